@@ -1,0 +1,86 @@
+"""`rlvr <command> [hydra overrides]`: one Hydra app per command, all sharing `conf/rlvr.yaml`.
+
+The apps are thin: each resolves its config, opens tracking, and calls the command's `run`
+function, which holds no Hydra logic. User errors become one line on stderr and exit code 2
+(full traceback with `debug=true`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+COMMANDS = {
+    "train": ("rlvr_linearity.train.app", "RL training (GRPO) that writes a trajectory of checkpoints"),
+    "linearity": ("rlvr_linearity.linearity.app", "weight, log-prob and low-rank linearity of a trajectory"),
+    "extrapolate": ("rlvr_linearity.extrapolate.app", "predicted checkpoints (relex, weight)"),
+    "evaluate": ("rlvr_linearity.evaluate.app", "benchmark evaluation of a model, model pair or responses file"),
+    "pipeline": ("rlvr_linearity.pipeline.app", "an experiment chaining the commands (experiment=demo, paper runs)"),
+    "figures": ("rlvr_linearity.figures.app", "regenerate the paper figures and tables from results directories"),
+}
+
+log = logging.getLogger("rlvr")
+
+
+def conf_dir() -> Path:
+    """The `conf/` tree: $RLVR_CONF_DIR, else the repository's (editable install)."""
+    env = os.environ.get("RLVR_CONF_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+
+
+def _usage() -> str:
+    lines = ["usage: rlvr <command> [hydra overrides] [-m] [--cfg job] ...", "", "commands:"]
+    lines += [f"  {name:<12} {doc}" for name, (_, doc) in COMMANDS.items()]
+    lines += ["", "Common keys: output_dir=DIR experiment=NAME trajectory.path=DIR logger=none debug=true"]
+    return "\n".join(lines)
+
+
+def run_command(command: str, cfg) -> object:
+    """Run one command on a resolved config: tracking around the command's `run(cfg, tracker)`."""
+    from rlvr_linearity.tracking import start_tracking
+    from rlvr_linearity.paths import resolve_output_dir
+
+    module = importlib.import_module(COMMANDS[command][0])
+    out = resolve_output_dir(cfg)
+    with start_tracking(cfg, command, out) as tracker:
+        return module.run(cfg, tracker)
+
+
+def _guarded(command: str, cfg):
+    from rlvr_linearity.errors import RlvrError
+
+    try:
+        return run_command(command, cfg)
+    except RlvrError as err:
+        if cfg.get("debug", False):
+            raise
+        print(f"rlvr {command}: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    command = argv.pop(0)
+    if command not in COMMANDS:
+        print(f"rlvr: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+
+    import hydra
+    from omegaconf import DictConfig
+
+    from rlvr_linearity.schemas import register_configs
+
+    register_configs()
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=command)
+    def _app(cfg: DictConfig):
+        return _guarded(command, cfg)
+
+    sys.argv = [f"rlvr-{command}", *argv]
+    _app()

@@ -1,0 +1,7 @@
+"""`rlvr extrapolate`: thin command entry point; the work lives in plain functions of this package."""
+
+from __future__ import annotations
+
+
+def run(cfg, tracker):
+    raise NotImplementedError("rlvr extrapolate is not implemented yet")

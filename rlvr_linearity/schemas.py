@@ -1,0 +1,69 @@
+"""Typed schemas for the config sections whose keys are the contract.
+
+Registered in Hydra's ConfigStore and used as the base of the matching group files, so a typo
+in an experiment preset (`extrapolate.histroy: 75`) or a wrong type fails at composition
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrajectorySchema:
+    path: Optional[str] = None
+    base: Optional[str] = None
+    hub_repo: Optional[str] = None
+    hub_revision_prefix: str = "step_"
+    steps: Optional[list[int]] = None
+    max_step: Optional[int] = None
+    check_finite: bool = True
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SamplingSchema:
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+    seed: int = 42
+
+
+@dataclass
+class RelexSchema:
+    method: str = "relex"
+    targets: list[int] = field(default_factory=list)
+    history: Optional[int] = None
+    window: Optional[list[int]] = None
+    last: Optional[int] = None
+    windows: Optional[list[Any]] = None
+    rank: int = 1
+    fit: str = "linear"
+    degree: int = 2
+    mode: str = "extrapolate"
+    dtype: Optional[str] = None
+    cache: bool = True
+
+
+@dataclass
+class WeightExtrapolationSchema:
+    method: str = "weight"
+    targets: list[int] = field(default_factory=list)
+    base_step: int = 0
+    second_step: Any = "???"
+    extrapolate_norms: bool = False
+    dtype: Optional[str] = None
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="trajectory", name="schema", node=TrajectorySchema)
+    cs.store(group="extrapolate", name="relex_schema", node=RelexSchema)
+    cs.store(group="extrapolate", name="weight_schema", node=WeightExtrapolationSchema)
+    cs.store(name="sampling_schema", node=SamplingSchema, package="sampling")

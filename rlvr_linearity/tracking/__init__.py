@@ -1,0 +1,131 @@
+"""Tracking: every command logs config, metrics, figures and tables to a local JSONL file
+(always) and to W&B (offline unless an API key or WANDB_MODE says otherwise; `logger=none` off).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class Tracker:
+    """Writes `<output_dir>/tracking.jsonl` and mirrors it to a W&B run when enabled."""
+
+    def __init__(self, cfg, command: str, output_dir: Path):
+        from omegaconf import OmegaConf
+
+        self.command = command
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / "tracking.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._config = OmegaConf.to_container(cfg, resolve=False)
+        self.wandb_run = None
+        logger_cfg = cfg.get("logger") or {}
+        if logger_cfg.get("backend", "none") == "wandb":
+            self.wandb_run = self._init_wandb(logger_cfg, cfg)
+        self._write({"event": "config", "command": command, "config": self._config})
+
+    def _init_wandb(self, logger_cfg, cfg):
+        try:
+            import wandb
+        except ImportError:  # pragma: no cover - wandb is a core dependency
+            log.warning("wandb is not installed; logging to tracking.jsonl only")
+            return None
+        mode = logger_cfg.get("mode") or os.environ.get("WANDB_MODE")
+        if not mode:
+            has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
+            mode = "online" if has_key else "offline"
+        if mode == "disabled":
+            return None
+        wandb_dir = Path(logger_cfg.get("dir") or self.output_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            project=logger_cfg.get("project", "rlvr-linearity"),
+            entity=logger_cfg.get("entity"),
+            group=logger_cfg.get("group"),
+            name=logger_cfg.get("name") or f"{self.command}-{self.output_dir.name}",
+            job_type=self.command,
+            tags=list(logger_cfg.get("tags") or []),
+            dir=str(wandb_dir),
+            mode=mode,
+            config=_jsonable(self._config),
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def _write(self, record: dict) -> None:
+        record = {"time": time.time(), **record}
+        self._file.write(json.dumps(_jsonable(record)) + "\n")
+        self._file.flush()
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        """Scalar metrics, optionally at a step (training step, target step...)."""
+        self._write({"event": "metrics", "step": step, "metrics": metrics})
+        if self.wandb_run is not None:
+            self.wandb_run.log(_jsonable(metrics), step=step)
+
+    def summary(self, values: dict) -> None:
+        """Final values of the run (accuracies, R² statistics, timings)."""
+        self._write({"event": "summary", "values": values})
+        if self.wandb_run is not None:
+            for key, value in _jsonable(values).items():
+                self.wandb_run.summary[key] = value
+
+    def table(self, name: str, rows: list[dict]) -> None:
+        """A table (per-benchmark metrics, per-tensor R², per-window RELEX results)."""
+        self._write({"event": "table", "name": name, "rows": rows})
+        if self.wandb_run is not None and rows:
+            import wandb
+
+            columns = sorted({k for row in rows for k in row})
+            data = [[_jsonable(row.get(c)) for c in columns] for row in rows]
+            self.wandb_run.log({name: wandb.Table(columns=columns, data=data)})
+
+    def figure(self, name: str, path: str | Path) -> None:
+        """A figure already saved as an image file."""
+        self._write({"event": "figure", "name": name, "path": str(path)})
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({name: wandb.Image(str(path))})
+
+    def finish(self, failed: bool = False) -> None:
+        self._write({"event": "end", "failed": failed})
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=1 if failed else 0)
+            self.wandb_run = None
+
+
+@contextmanager
+def start_tracking(cfg, command: str, output_dir: Path) -> Iterator[Tracker]:
+    tracker = Tracker(cfg, command, output_dir)
+    try:
+        yield tracker
+    except BaseException:
+        tracker.finish(failed=True)
+        raise
+    else:
+        tracker.finish()

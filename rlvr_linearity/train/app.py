@@ -1,0 +1,7 @@
+"""`rlvr train`: thin command entry point; the work lives in plain functions of this package."""
+
+from __future__ import annotations
+
+
+def run(cfg, tracker):
+    raise NotImplementedError("rlvr train is not implemented yet")
