@@ -1,0 +1,47 @@
+"""One figure style for every plot of the project (papers and reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PALETTE = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c", "#8d6a9f", "#595959"]
+
+RC = {
+    "figure.dpi": 110,
+    "savefig.dpi": 160,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "legend.frameon": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+}
+
+
+def figure(width: float = 5.0, height: float = 3.4, **kwargs):
+    """A new figure and axes in the project style."""
+    with plt.rc_context(RC):
+        return plt.subplots(figsize=(width, height), **kwargs)
+
+
+def save(fig, path: str | Path, pdf: bool = False) -> Path:
+    """Save as PNG (and PDF if asked) atomically; close the figure; return the PNG path."""
+    path = Path(path).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with plt.rc_context(RC):
+        for suffix in [".png", ".pdf"] if pdf else [".png"]:
+            target = path.with_suffix(suffix)
+            tmp = target.with_name(f".{target.stem}.tmp{suffix}")
+            fig.savefig(tmp)
+            tmp.replace(target)
+    plt.close(fig)
+    return path

@@ -1,0 +1,142 @@
+"""`report.md` of a pipeline run: tables and figures, with an honest verdict from the numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step, plot_training_curve
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _trained_accuracy(results: dict) -> dict[int, float]:
+    acc = {r["step"]: r["accuracy"] for r in results.get("rlvr", []) if r.get("accuracy") is not None}
+    if (results.get("base") or {}).get("accuracy") is not None:
+        acc[0] = results["base"]["accuracy"]
+    return acc
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def verdict(results: dict) -> list[str]:
+    """Plain statements comparing predictions with the trained checkpoints, from the numbers."""
+    acc = _trained_accuracy(results)
+    if not acc:
+        return []
+    last = max(acc)
+    lines = []
+    base = acc.get(0)
+    if base is not None:
+        gain = acc[last] - base
+        lines.append(f"GRPO moved held-out accuracy from {base:.3f} (base) to {acc[last]:.3f} at step {last} "
+                     f"({gain * 100:+.1f} points); the best trained checkpoint scored {max(acc.values()):.3f}.")
+    def source(r: dict) -> str:
+        if "history" in r:
+            return f"observing steps ≤ {r['history']}"
+        return f"from steps {r['base_step']} and {r['second_step']}"
+
+    for name, rows in (("RELEX", results.get("relex", [])),
+                       ("Weight extrapolation", results.get("weight_extrapolation", [])),
+                       ("Logits extrapolation", results.get("logits_extrapolation", []))):
+        scored = [r for r in rows if r.get("accuracy") is not None]
+        if not scored:
+            continue
+        at_trained = [r for r in scored if r["target"] in acc]
+        if at_trained:
+            diffs = [r["accuracy"] - acc[r["target"]] for r in at_trained]
+            mean = sum(diffs) / len(diffs)
+            best = max(at_trained, key=lambda r: r["accuracy"] - acc[r["target"]])
+            word = "matches or beats" if mean >= -0.01 else "falls short of"
+            lines.append(
+                f"{name} {word} the trained checkpoint at the same step on average ({mean * 100:+.1f} points over "
+                f"{len(at_trained)} predictions); best: {source(best)} → step {best['target']} scored "
+                f"{best['accuracy']:.3f} vs {acc[best['target']]:.3f} trained.")
+        beyond = [r for r in scored if r["target"] > last]
+        if beyond:
+            top = max(beyond, key=lambda r: r["accuracy"])
+            cmp = "above" if top["accuracy"] > acc[last] else "not above"
+            lines.append(f"{name} beyond the trained run: best {top['accuracy']:.3f} at step {top['target']}, "
+                         f"{cmp} the last trained checkpoint ({acc[last]:.3f}).")
+    return lines
+
+
+def write_report(cfg, out_dir: Path, results: dict) -> Path:
+    """Draw the figures into `out_dir/figures`, then write `out_dir/report.md` atomically."""
+    out_dir = Path(out_dir)
+    figs = out_dir / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    stages = out_dir / "stages"
+    images: list[tuple[str, str]] = []
+
+    metrics = _read_jsonl(stages / "train" / "train_metrics.jsonl")
+    if (p := plot_training_curve(metrics, figs / "training_reward.png")) is not None:
+        images.append(("Training reward", p.name))
+    if (p := plot_accuracy_vs_step(results, figs / "accuracy_vs_step.png")) is not None:
+        images.append(("Accuracy of trained and extrapolated checkpoints", p.name))
+    for stage in ("linearity", "relex"):
+        src = stages / stage / "figures"
+        if src.is_dir():
+            for png in sorted(src.glob("*.png")):
+                shutil.copyfile(png, figs / png.name)
+                images.append((png.stem.replace("_", " "), png.name))
+
+    acc = _trained_accuracy(results)
+    bench = results.get("benchmark", "test")
+    lines = [f"# rlvr-linearity report: {cfg.get('experiment_name') or 'pipeline'}", ""]
+    lines += [f"Benchmark: `{bench}` (held-out split), sampling: "
+              f"n={cfg.sampling.n}, temperature={cfg.sampling.temperature}. Trajectory: `{results.get('trajectory')}`.", ""]
+    lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
+
+    lines += ["## Trained checkpoints (RLVR)", ""]
+    lines += _table(["step", "accuracy"], [[str(s), _fmt(a)] for s, a in sorted(acc.items())]) + [""]
+
+    lin = results.get("linearity")
+    if lin:
+        lines += ["## Linearity", "",
+                  f"Per-weight R² over every weight of every tensor: median {_fmt(lin.get('median_r2'))}, "
+                  f"mean {_fmt(lin.get('mean_r2'))}, fraction with R² > 0.7: {_fmt(lin.get('frac_above_0.7'))} "
+                  "(LIN reports > 0.7 for most weights at paper scale).", ""]
+        lowrank = Path(lin["dir"]) / "linearity" / "lowrank.json" if lin.get("dir") else None
+        if lowrank is not None and lowrank.exists():
+            lr = json.loads(lowrank.read_text())
+            ev = (lr.get("summary") or {})
+            if ev:
+                lines += [f"Low rank (RELEX finding 1): {json.dumps(ev)[:400]}", ""]
+
+    for title, rows, cols in (
+        ("RELEX (rank-1, linear fit on step values)", results.get("relex", []), ["history", "target"]),
+        ("Weight extrapolation (LIN, two points)", results.get("weight_extrapolation", []), ["base_step", "second_step", "target"]),
+        ("Logits extrapolation (LIN, decoding time)", results.get("logits_extrapolation", []), ["base_step", "second_step", "target"]),
+    ):
+        if not rows:
+            continue
+        lines += [f"## {title}", ""]
+        body = [[str(r[c]) for c in cols] + [_fmt(r.get("accuracy")), _fmt(acc.get(r["target"]))] for r in rows]
+        lines += _table(cols + ["accuracy", "trained at target"], body) + [""]
+
+    if images:
+        lines += ["## Figures", ""] + [f"![{t}](figures/{n})" for t, n in images] + [""]
+    timings = results.get("timings") or {}
+    if timings:
+        lines += ["## Timings (seconds; 0 = reused from the stage cache)", ""]
+        lines += _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]) + [""]
+    path = out_dir / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+    return path
