@@ -30,22 +30,58 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def resolved_config(cfg) -> dict:
+    """The config as the run used it (interpolations resolved); unresolved if resolution fails."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that only resolves inside Hydra's job (e.g. hydra:...)
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def hydra_sweep() -> dict | None:
+    """`{"dir", "name", "num", "overrides"}` of the Hydra multirun this job belongs to, else None.
+
+    A sweep is one experiment: its jobs share a W&B group named after the sweep directory.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        sweep_dir = Path(str(hc.sweep.dir))
+        return {"dir": str(sweep_dir.resolve()), "name": sweep_dir.name, "num": hc.job.num,
+                "overrides": list(hc.overrides.task)}
+    except Exception:  # pragma: no cover - Hydra internals changed; tracking must not fail a run
+        return None
+
+
 class Tracker:
     """Writes `<output_dir>/tracking.jsonl` and mirrors it to a W&B run when enabled."""
 
     def __init__(self, cfg, command: str, output_dir: Path):
-        from omegaconf import OmegaConf
-
         self.command = command
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / "tracking.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")
-        self._config = OmegaConf.to_container(cfg, resolve=False)
+        self._config = resolved_config(cfg)
         self.wandb_run = None
         logger_cfg = cfg.get("logger") or {}
+        sweep = hydra_sweep()
+        self.group = logger_cfg.get("group") or (f"{command}-{sweep['name']}" if sweep else None)
+        self.run_name = logger_cfg.get("name") or (
+            f"{command}-{sweep['name']}-{sweep['num']}" if sweep else f"{command}-{self.output_dir.name}"
+        )
         if logger_cfg.get("backend", "none") == "wandb":
             self.wandb_run = self._init_wandb(logger_cfg, cfg)
-        self._write({"event": "config", "command": command, "config": self._config})
+        self._write({"event": "config", "command": command, "config": self._config,
+                     "group": self.group, "name": self.run_name, "sweep": sweep,
+                     "wandb": self._wandb_info()})
 
     def _init_wandb(self, logger_cfg, cfg):
         try:
@@ -64,8 +100,8 @@ class Tracker:
         return wandb.init(
             project=logger_cfg.get("project", "rlvr-linearity"),
             entity=logger_cfg.get("entity"),
-            group=logger_cfg.get("group"),
-            name=logger_cfg.get("name") or f"{self.command}-{self.output_dir.name}",
+            group=self.group,
+            name=self.run_name,
             job_type=self.command,
             tags=list(logger_cfg.get("tags") or []),
             dir=str(wandb_dir),
@@ -74,6 +110,12 @@ class Tracker:
             reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off"),
         )
+
+    def _wandb_info(self) -> dict | None:
+        run = self.wandb_run
+        if run is None:
+            return None
+        return {"mode": run.settings.mode, "dir": str(run.dir), "id": run.id, "group": run.group}
 
     def _write(self, record: dict) -> None:
         record = {"time": time.time(), **record}

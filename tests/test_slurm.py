@@ -1,0 +1,215 @@
+"""Hydra multiruns on a real single-node Slurm, started by the fixture (munged, slurmctld, slurmd).
+
+The cluster is private to the test: its own munge key and socket, free ports, state in a temp
+dir, daemons stopped by PID. Skipped only outside CI when slurm-wlm is not installed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parent.parent
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_conf(root: Path, host: str, sock: Path) -> str:
+    return textwrap.dedent(
+        f"""\
+        ClusterName=rlvrtest
+        SlurmctldHost={host}(127.0.0.1)
+        SlurmctldPort={_free_port()}
+        SlurmdPort={_free_port()}
+        SlurmUser={getpass.getuser()}
+        AuthType=auth/munge
+        CredType=cred/munge
+        AuthInfo=socket={sock}
+        StateSaveLocation={root}/state
+        SlurmdSpoolDir={root}/spool
+        SlurmctldPidFile={root}/slurmctld.pid
+        SlurmdPidFile={root}/slurmd.pid
+        SlurmctldLogFile={root}/slurmctld.log
+        SlurmdLogFile={root}/slurmd.log
+        ProctrackType=proctrack/linuxproc
+        TaskPlugin=task/none
+        JobAcctGatherType=jobacct_gather/none
+        AccountingStorageType=accounting_storage/none
+        SelectType=select/cons_tres
+        SelectTypeParameters=CR_CPU
+        MpiDefault=none
+        ReturnToService=2
+        SlurmctldTimeout=30
+        SlurmdTimeout=30
+        KillWait=5
+        MinJobAge=300
+        NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=2048 State=UNKNOWN
+        PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+        """
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node Slurm; yields the environment its client commands need."""
+    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    if missing:
+        if not os.environ.get("CI"):
+            pytest.skip(f"slurm-wlm/munge not installed ({', '.join(missing)}); .ci/run installs them")
+        pytest.fail(f"CI must have slurm-wlm and munge installed; missing {missing}")
+    # Short path: the munge socket path must fit in a sockaddr_un.
+    root = Path(tmp_path_factory.mktemp("slurm"))
+    os.chmod(root, 0o755)
+    for sub in ("state", "spool"):
+        (root / sub).mkdir()
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    os.chmod(key, 0o600)
+    sock = root / "munge.sock"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(_slurm_conf(root, host, sock))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+
+    procs: list[subprocess.Popen] = []
+
+    def start(name, argv):
+        log = open(root / f"{name}.out", "w")
+        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+
+    def stop():
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    try:
+        start("munged", ["munged", "-F", "-f", f"--socket={sock}", f"--key-file={key}",
+                         f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged.log'}",
+                         f"--seed-file={root / 'munged.seed'}"])
+        deadline = time.time() + 20
+        while not sock.exists():
+            if time.time() > deadline:
+                raise RuntimeError(f"munged did not start: {(root / 'munged.out').read_text()}")
+            time.sleep(0.1)
+        start("slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)])
+        start("slurmd", ["slurmd", "-D", "-f", str(conf), "-N", host])
+        deadline = time.time() + 60
+        state = ""
+        while state != "idle":
+            if time.time() > deadline or any(p.poll() is not None for p in procs):
+                logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(root.glob("*.out")))
+                raise RuntimeError(f"slurm node never became idle (state {state!r})\n{logs}")
+            time.sleep(0.3)
+            r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
+            state = r.stdout.strip()
+        yield {"env": env, "root": root}
+    finally:
+        stop()
+
+
+# A stand-in command for the jobs: the real CLI (Hydra app, tracking, output dir, error
+# handling) with `rlvr figures` replaced by a probe app. Installed through sitecustomize so that
+# the Slurm job's interpreter (which unpickles the Hydra task) sees the same replacement.
+PROBE = '''
+import json, os
+
+def run(cfg, tracker):
+    from rlvr_linearity.paths import resolve_output_dir
+    out = resolve_output_dir(cfg)
+    if cfg.seed == 14:
+        raise RuntimeError("probe: unexpected crash at seed 14")
+    result = {"seed": cfg.seed, "double": 2 * cfg.seed, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+              "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "group": tracker.group}
+    tracker.log({"double": result["double"]}, step=0)
+    tracker.summary(result)
+    tmp = out / "probe.json.tmp"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out / "probe.json")
+    return result
+'''
+
+SITECUSTOMIZE = '''
+try:
+    import rlvr_linearity.cli as _cli
+    _cli.COMMANDS["figures"] = ("rlvr_probe_app", "probe")
+except Exception:
+    pass
+'''
+
+
+@pytest.fixture()
+def probe_env(slurm_cluster, tmp_path):
+    pkg = tmp_path / "probe_path"
+    pkg.mkdir()
+    (pkg / "rlvr_probe_app.py").write_text(PROBE)
+    (pkg / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = dict(slurm_cluster["env"])
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg), *filter(None, [env.get("PYTHONPATH")])])
+    env["RLVR_CACHE_DIR"] = str(tmp_path / "cache")
+    env.pop("WANDB_MODE", None)
+    env.pop("WANDB_API_KEY", None)
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc: W&B must go offline by itself
+    (tmp_path / "home").mkdir()
+    return env
+
+
+def _multirun(env, sweep_dir: Path, seeds: str, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "rlvr_linearity", "figures", "-m", f"seed={seeds}",
+            "hydra/launcher=slurm_cpu", f"hydra.sweep.dir={sweep_dir}",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+            "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=30",
+            "hydra.launcher.partition=debug", "hydra.launcher.array_parallelism=4", *extra]
+    return subprocess.run(argv, env=env, cwd=sweep_dir.parent, capture_output=True, text=True, timeout=300)
+
+
+def test_multirun_of_four_jobs_completes_on_slurm(probe_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = _multirun(probe_env, sweep, "1,2,3,4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = [json.loads((sweep / str(i) / "probe.json").read_text()) for i in range(4)]
+    assert sorted(x["seed"] for x in results) == [1, 2, 3, 4]
+    assert all(x["double"] == 2 * x["seed"] for x in results)
+    # they really ran as Slurm array tasks of one job
+    job_ids = {x["slurm_job_id"] for x in results}
+    assert None not in job_ids and len(job_ids) == 4
+    assert sorted(int(x["array_task"]) for x in results) == [0, 1, 2, 3]
+    # the sweep is the W&B group of every job, and each job wrote its offline W&B run
+    groups = {x["group"] for x in results}
+    assert len(groups) == 1 and None not in groups and "sweep" in next(iter(groups))
+    for i in range(4):
+        assert list((sweep / str(i)).glob("wandb/offline-run-*/run-*.wandb")), f"job {i} has no W&B run"
+        events = [json.loads(line) for line in (sweep / str(i) / "tracking.jsonl").read_text().splitlines()]
+        assert events[-1] == {**events[-1], "event": "end", "failed": False}
+
+
+def test_failing_job_is_reported_with_its_error(probe_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    r = _multirun(probe_env, sweep, "5,14")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "unexpected crash at seed 14" in out, out
+    assert json.loads((sweep / "0" / "probe.json").read_text())["seed"] == 5

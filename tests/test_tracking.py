@@ -1,0 +1,124 @@
+"""Tracking: tracking.jsonl always; W&B offline without a key; `logger=none` writes no W&B run;
+a multirun's jobs share the sweep as their W&B group.
+
+The commands run through the real CLI (Hydra app, config, tracking) with `rlvr figures`' app
+swapped for a probe that logs metrics, a table, a figure and a summary, so these tests do not
+depend on the state of the other commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = '''
+import json, os
+from pathlib import Path
+
+def run(cfg, tracker):
+    from rlvr_linearity.paths import resolve_output_dir
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = resolve_output_dir(cfg)
+    for step in range(3):
+        tracker.log({"loss": 1.0 / (step + 1), "seed": cfg.seed}, step=step)
+    tracker.table("per_tensor", [{"name": "w", "r2": 0.9}, {"name": "b", "r2": float("nan")}])
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    fig.savefig(out / "line.png")
+    plt.close(fig)
+    tracker.figure("line", out / "line.png")
+    tracker.summary({"seed": cfg.seed, "group": tracker.group})
+'''
+
+SITECUSTOMIZE = '''
+try:
+    import rlvr_linearity.cli as _cli
+    _cli.COMMANDS["figures"] = ("rlvr_probe_app", "probe")
+except Exception:
+    pass
+'''
+
+
+@pytest.fixture()
+def probe_env(tmp_path):
+    pkg = tmp_path / "probe_path"
+    pkg.mkdir()
+    (pkg / "rlvr_probe_app.py").write_text(PROBE)
+    (pkg / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(pkg), *filter(None, [env.get("PYTHONPATH")])])
+    env["RLVR_CACHE_DIR"] = str(tmp_path / "cache")
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc
+    (tmp_path / "home").mkdir()
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_RUN_GROUP", "WANDB_DISABLED"):
+        env.pop(key, None)
+    return env
+
+
+def _rlvr(env, cwd, *args) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "rlvr_linearity", "figures", *args], env=env, cwd=cwd,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "tracking.jsonl").read_text().splitlines()]
+
+
+def test_offline_wandb_run_without_key(probe_env, tmp_path):
+    out = tmp_path / "run"
+    _rlvr(probe_env, tmp_path, f"output_dir={out}", "seed=7")
+    runs = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    events = _events(out)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "config" and kinds[-1] == "end"
+    assert kinds.count("metrics") == 3 and "table" in kinds and "figure" in kinds and "summary" in kinds
+    config = events[0]
+    assert config["wandb"]["mode"] == "offline"
+    # the resolved config: interpolations replaced by values
+    assert config["config"]["paths"]["cache_dir"] == str(tmp_path / "cache")
+    assert config["config"]["seed"] == 7 and config["group"] is None
+    assert events[-1]["failed"] is False
+    # the figure went to W&B as media
+    assert list(out.glob("wandb/offline-run-*/files/media/images/line_*.png"))
+
+
+def test_logger_none_writes_no_wandb_run(probe_env, tmp_path):
+    out = tmp_path / "run"
+    _rlvr(probe_env, tmp_path, f"output_dir={out}", "logger=none")
+    assert not (out / "wandb").exists()
+    assert not list(tmp_path.rglob("offline-run-*"))
+    events = _events(out)
+    assert events[0]["wandb"] is None
+    assert [e["event"] for e in events].count("metrics") == 3
+
+
+def test_multirun_jobs_share_the_sweep_as_group(probe_env, tmp_path):
+    sweep = tmp_path / "my_sweep"
+    _rlvr(probe_env, tmp_path, "-m", "seed=1,2", f"hydra.sweep.dir={sweep}")
+    groups = set()
+    for num in (0, 1):
+        job = sweep / str(num)
+        assert list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        config = _events(job)[0]
+        assert config["sweep"]["num"] == num and config["sweep"]["name"] == "my_sweep"
+        assert config["name"] == f"figures-my_sweep-{num}"
+        groups.add(config["group"])
+        groups.add(config["wandb"]["group"])
+    assert groups == {"figures-my_sweep"}
+
+
+def test_explicit_group_wins(probe_env, tmp_path):
+    sweep = tmp_path / "s"
+    _rlvr(probe_env, tmp_path, "-m", "seed=3", f"hydra.sweep.dir={sweep}", "logger.group=ablation-A")
+    config = _events(sweep / "0")[0]
+    assert config["group"] == config["wandb"]["group"] == "ablation-A"
