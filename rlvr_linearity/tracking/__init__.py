@@ -73,7 +73,9 @@ class Tracker:
         self.wandb_run = None
         logger_cfg = cfg.get("logger") or {}
         sweep = hydra_sweep()
-        self.group = logger_cfg.get("group") or (f"{command}-{sweep['name']}" if sweep else None)
+        # W&B group: explicit, else the sweep this job belongs to, else the experiment preset.
+        self.group = (logger_cfg.get("group") or (f"{command}-{sweep['name']}" if sweep else None)
+                      or cfg.get("experiment_name"))
         self.run_name = logger_cfg.get("name") or (
             f"{command}-{sweep['name']}-{sweep['num']}" if sweep else f"{command}-{self.output_dir.name}"
         )

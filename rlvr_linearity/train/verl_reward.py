@@ -1,0 +1,50 @@
+"""verl custom reward: this project's math grader (last \\boxed{}, math-verify).
+
+verl 0.9.1 loads it from `reward.custom_reward_function.path/name` and calls `compute_score`
+from reward-loop threads. math-verify's timeouts are signal based and raise outside the main
+thread, and a pathological answer can hang a worker, so each grade runs in a long-lived
+pebble process pool (one per process that imports this file) whose hung workers are killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+TIMEOUT_S = float(os.environ.get("RLVR_REWARD_TIMEOUT", "10"))
+WORKERS = int(os.environ.get("RLVR_REWARD_WORKERS", "4"))
+
+_lock = threading.Lock()
+_pool = None
+_pool_pid = None
+
+
+def _get_pool():
+    """The process's grading pool, created on first use (and again after a fork)."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid() or not _pool.active:
+            import pebble
+
+            _pool = pebble.ProcessPool(max_workers=WORKERS, context=multiprocessing.get_context("spawn"))
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _grade(solution_str: str, ground_truth: str, timeout: float) -> float:
+    """Runs in a pool worker's main thread, where math-verify's signal timeouts work."""
+    from rlvr_linearity.evaluate.grading import grade_math
+
+    (result,) = grade_math([solution_str], [str(ground_truth)], timeout=timeout, workers=0)
+    return 1.0 if result.correct else 0.0
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
+    """verl's reward signature. Returns `{"score", "acc"}`; a grading timeout or crash scores 0."""
+    future = _get_pool().schedule(_grade, args=(solution_str, ground_truth, TIMEOUT_S), timeout=TIMEOUT_S * 2)
+    try:
+        score = future.result()
+    except Exception:  # timeout, killed worker or grader failure: not a correct answer
+        score = 0.0
+    return {"score": score, "acc": score}

@@ -1,0 +1,310 @@
+"""trainer=verl on CPU: our config -> verl overrides -> verl's own tree, composed and validated by
+verl; the saved config is accepted by `verl.trainer.main_ppo --cfg job`; the data rows load
+through verl's RLHFDataset; the reward goes through verl's loader and reward manager.
+(verl GRPO itself needs GPUs and vLLM; see ecosystem.md.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("verl")
+pytestmark = pytest.mark.verl
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from rlvr_linearity.cli import conf_dir  # noqa: E402
+from rlvr_linearity.errors import ConfigError  # noqa: E402
+from rlvr_linearity.schemas import register_configs  # noqa: E402
+from rlvr_linearity.train import verl_launcher as vl  # noqa: E402
+
+PRESETS = ["paper/lin_deepscaler_r1_distill_1.5b", "paper/relex_qwen2.5_math_1.5b",
+           "paper/relex_qwen3_4b_base", "paper/relex_qwen3_8b_base"]
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture()
+def math_files(tmp_path):
+    """Local replacements of the hub sources, with the hub datasets' fields."""
+    train = tmp_path / "deepscaler.jsonl"
+    with train.open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"problem": f"Compute {i} + {i}.", "answer": str(2 * i), "solution": "..."}) + "\n")
+    val = tmp_path / "val.jsonl"
+    with val.open("w") as f:
+        for i in range(5):
+            f.write(json.dumps({"problem": f"Compute {i} * 3.", "answer": str(3 * i)}) + "\n")
+    return train, val
+
+
+def _cfg(*overrides: str):
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=["logger=none", *overrides])
+
+
+def _local_data(train: Path, val: Path | None = None) -> list[str]:
+    out = [f"train.train_file={train}", "train.val_size=8"]
+    if val is not None:
+        out += ["train.val_dataset=deepscaler", f"train.val_file={val}"]
+    else:
+        out += ["train.val_dataset=null"]
+    return out
+
+
+def _saved(path: Path):
+    return OmegaConf.load(path)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_paper_presets_compose_and_validate(preset, math_files, tmp_path):
+    train, val = math_files
+    cfg = _cfg(f"experiment={preset}", "train.dataset=deepscaler", *_local_data(train, val))
+    out = tmp_path / "run"
+    path = vl.write_verl_config(cfg, out)
+    v = _saved(path)
+    a = v.actor_rollout_ref
+    # forced settings for trajectory work
+    assert list(a.actor.checkpoint.save_contents) == ["model", "optimizer", "extra", "hf_model"]
+    assert v.trainer.save_freq == cfg.train.save_every >= 1
+    assert v.trainer.default_local_dir == str((out / "trajectory").resolve())
+    assert v.trainer.resume_mode == "auto"
+    assert list(v.trainer.logger) == ["console", "file"]
+    assert v.reward.custom_reward_function.path == str(Path(vl.__file__).with_name("verl_reward.py"))
+    assert v.reward.custom_reward_function.name == "compute_score"
+    assert v.algorithm.adv_estimator == "grpo"
+    assert a.model.path == cfg.train.model
+    assert v.trainer.nnodes * v.trainer.n_gpus_per_node >= 8
+    assert Path(v.data.train_files).is_file() and Path(v.data.val_files).is_file()
+
+
+def test_lin_preset_carries_lins_hyperparameters(math_files, tmp_path):
+    train, val = math_files
+    cfg = _cfg("experiment=paper/lin_deepscaler_r1_distill_1.5b", *_local_data(train, val))
+    v = _saved(vl.write_verl_config(cfg, tmp_path / "run"))
+    a = v.actor_rollout_ref
+    assert a.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert a.actor.optim.lr == 1e-6 and a.actor.optim.lr_scheduler_type == "constant"
+    assert a.actor.optim.weight_decay == 0.01 and a.actor.grad_clip == 1.0
+    assert v.data.train_batch_size == 128 and a.actor.ppo_mini_batch_size == 64
+    assert a.rollout.n == 16 and a.rollout.temperature == 1.0
+    assert v.data.max_prompt_length == 2048 and v.data.max_response_length == 16384
+    assert (a.actor.clip_ratio_low, a.actor.clip_ratio_high, a.actor.clip_ratio_c) == (0.2, 0.28, 3.0)
+    assert a.actor.loss_agg_mode == "seq-mean-token-mean"
+    assert a.actor.use_kl_loss is False and v.algorithm.use_kl_in_reward is False
+    assert a.actor.entropy_coeff == 0
+    assert a.actor.use_dynamic_bsz is True and a.actor.ppo_max_token_len_per_gpu == 30000
+    assert a.rollout.gpu_memory_utilization == 0.85 and a.rollout.max_num_batched_tokens == 35840
+    assert v.trainer.save_freq == 50 and v.trainer.test_freq == 20 and v.trainer.val_before_train is True
+    assert v.trainer.nnodes == 4 and v.trainer.n_gpus_per_node == 8
+    # the analysis/evaluation side of the preset
+    assert cfg.sampling.n == 64 and cfg.sampling.temperature == 0.6 and cfg.sampling.top_p == 0.95
+    assert cfg.extrapolate.method == "weight" and cfg.extrapolate.second_step == 1400
+    assert {"aime24", "aime25", "math500"} <= set(cfg.benchmarks)
+    # save cadence is configurable
+    cfg2 = _cfg("experiment=paper/lin_deepscaler_r1_distill_1.5b", "train.save_every=1", *_local_data(train, val))
+    assert _saved(vl.write_verl_config(cfg2, tmp_path / "run2")).trainer.save_freq == 1
+
+
+def test_relex_preset_settings():
+    cfg = _cfg("experiment=paper/relex_qwen2.5_math_1.5b")
+    assert cfg.trajectory.hub_repo == "relex-rlvr/RLVR-Qwen2.5-Math-1.5B"
+    assert cfg.trajectory.base == "Qwen/Qwen2.5-Math-1.5B"
+    assert cfg.extrapolate.method == "relex" and cfg.extrapolate.history == 75
+    assert cfg.extrapolate.targets[-1] == 500 and cfg.extrapolate.rank == 1 and cfg.extrapolate.fit == "linear"
+    assert cfg.sampling.temperature == 0.0 and cfg.sampling.max_tokens == 4096
+    cfg8 = _cfg("experiment=paper/relex_qwen3_8b_base")
+    assert cfg8.extrapolate.history == 100 and cfg8.extrapolate.targets[-1] == 750
+
+
+def test_our_hydra_state_survives_composing_verl(math_files, tmp_path):
+    train, _ = math_files
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=none", "trainer=verl", "train.model=/models/x",
+                                          "train.dataset=deepscaler", *_local_data(train)])
+        vl.write_verl_config(cfg, tmp_path / "run")
+        assert GlobalHydra.instance().is_initialized()
+        again = compose("train", overrides=["seed=3"])  # still our tree, not verl's
+        assert again.command == "train" and again.seed == 3
+
+
+def test_main_ppo_accepts_the_saved_config(math_files, tmp_path):
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", "train.launch=false",
+               *_local_data(train))
+    out = tmp_path / "run"
+    traj = vl.launch_verl(cfg, out)
+    assert traj == (out / "trajectory").resolve() and not traj.exists()  # launch=false: nothing trained
+    path = out / "verl_config.yaml"
+    r = subprocess.run([*vl.main_ppo_command(path), "--cfg", "job"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = OmegaConf.create(r.stdout)
+    assert job.trainer.default_local_dir == str(traj)
+    assert "hf_model" in list(job.actor_rollout_ref.actor.checkpoint.save_contents)
+    assert job.reward.custom_reward_function.name == "compute_score"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.use_dynamic_bsz=false", "train.mini_batch_size=256"], "verl config invalid"),  # > 128 prompts
+        (["train.save_every=0"], "save_every"),
+        (["train.save_contents=[model,optimizer]"], "save_contents"),
+        (["train.model=tiny"], "train.model"),
+        (["train.overrides=['trainer.no_such_key=1']"], "verl rejects"),
+        (["train.dataset=no_such_set"], "unknown training dataset"),
+    ],
+)
+def test_bad_settings_are_config_errors(overrides, message, math_files, tmp_path):
+    train, _ = math_files
+    base = ["trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", *_local_data(train)]
+    cfg = _cfg(*base, *overrides)
+    with pytest.raises(ConfigError, match=message):
+        vl.write_verl_config(cfg, tmp_path / "run")
+
+
+def test_format_value_round_trips_through_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    values = [None, True, 3, 1e-6, -0.5, "a/b-c.parquet", "it's a \\boxed{} ", [1, "x y", None], "null",
+              "end\\", "a\\'b", "$x = 1,2$"]
+    for v in values:
+        parsed = parser.parse_override(f"k={vl.format_value(v)}").value()
+        expected = list(v) if isinstance(v, list) else v
+        assert parsed == expected, (v, vl.format_value(v))
+
+
+# --------------------------------------------------------------------------- data and reward
+
+
+def _tiny_tokenizer(tmp_path: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["Compute 1 + 1. Let's think step by step and output the final answer within \\boxed{}.",
+              "The answer is \\boxed{2}. user assistant system"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|end|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>", pad_token="<|end|>")
+    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    return fast
+
+
+def test_rows_load_through_verl_rlhf_dataset(math_files, tmp_path):
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", *_local_data(train))
+    v = _saved(vl.write_verl_config(cfg, tmp_path / "run"))
+    tok = _tiny_tokenizer(tmp_path)
+    data_cfg = OmegaConf.merge(v.data, {"max_prompt_length": 256, "cache_dir": str(tmp_path / "verl_cache"),
+                                        "dataloader_num_workers": 0})
+    ds = RLHFDataset(data_files=[v.data.train_files], tokenizer=tok, config=data_cfg)
+    assert len(ds) == 40 - 8  # the last val_size rows are held out
+    item = ds[3]
+    assert item["data_source"] == "deepscaler"
+    assert item["reward_model"] == {"style": "rule", "ground_truth": "6"}
+    assert item["extra_info"]["split"] == "train" and item["extra_info"]["index"] == 3
+    prompt = item["raw_prompt"][0]
+    assert prompt["role"] == "user" and prompt["content"].startswith("Compute 3 + 3.")
+    assert prompt["content"].endswith("\\boxed{}.")
+    val = RLHFDataset(data_files=[v.data.val_files], tokenizer=tok, config=data_cfg)
+    assert len(val) == 8 and val[0]["extra_info"]["split"] == "val"
+
+
+def test_demo_task_rows(tmp_path):
+    pytest.importorskip("rlvr_linearity.tasks.arithmetic")
+    from rlvr_linearity.train.verl_data import build_verl_data
+
+    cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=arithmetic", "train.val_size=16")
+    train_file, val_file = build_verl_data(cfg, tmp_path / "data")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(train_file).to_pylist()
+    assert len(rows) == cfg.task.n_train
+    assert all(r["data_source"] == "arithmetic" and r["reward_model"]["ground_truth"] for r in rows)
+    assert len(pq.read_table(val_file).to_pylist()) == 16
+
+
+def test_reward_through_verl_loader_and_reward_manager(math_files, tmp_path):
+    pytest.importorskip("rlvr_linearity.evaluate.grading")
+    import torch
+    from verl import DataProto
+    from verl.trainer.ppo.reward import get_custom_reward_fn, load_reward_manager
+
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", *_local_data(train))
+    v = _saved(vl.write_verl_config(cfg, tmp_path / "run"))
+    fn = get_custom_reward_fn(v)  # imports verl_reward.py by path, as verl's workers do
+    assert fn(data_source="deepscaler", solution_str="so \\boxed{\\frac{1}{2}}", ground_truth="0.5")["score"] == 1.0
+    assert fn(data_source="deepscaler", solution_str="so \\boxed{3}", ground_truth="4")["score"] == 0.0
+
+    tok = _tiny_tokenizer(tmp_path)
+    manager = load_reward_manager(v, tok)
+    responses = ["The answer is \\boxed{2}.", "The answer is \\boxed{3}."]
+    scores = []
+    for text in responses:
+        prompt_ids = tok("Compute 1 + 1.", return_tensors="pt")["input_ids"]
+        resp_ids = tok(text, return_tensors="pt")["input_ids"]
+        data = DataProto.from_dict(
+            tensors={"prompts": prompt_ids, "responses": resp_ids,
+                     "attention_mask": torch.ones(1, prompt_ids.shape[1] + resp_ids.shape[1], dtype=torch.long)},
+            non_tensors={"data_source": ["deepscaler"], "reward_model": [{"ground_truth": "2", "style": "rule"}],
+                         "extra_info": [{"split": "train", "index": 0}]},
+        )
+        out = manager.loop.run_until_complete(manager.run_single(data)) if not manager.loop.is_running() \
+            else asyncio.run(manager.run_single(data))
+        scores.append(out["reward_score"])
+    assert scores == [1.0, 0.0]
+
+
+# --------------------------------------------------------------------------- trajectory description
+
+
+def test_describe_trajectory_lists_complete_steps_and_converts_metrics(tmp_path):
+    out = tmp_path / "run"
+    traj = out / "trajectory"
+    for step, complete in [(1, True), (2, True), (3, False), (4, True)]:
+        hf = traj / f"global_step_{step}" / "actor" / "huggingface"
+        hf.mkdir(parents=True)
+        if complete:
+            (hf / "model.safetensors").write_bytes(b"x")
+    (traj / "latest_checkpointed_iteration.txt").write_text("3")  # step 4 is a save in progress
+    (out / "verl_metrics.jsonl").write_text(
+        json.dumps({"step": 1, "data": {"critic/score/mean": 0.25, "critic/rewards/mean": 0.25,
+                                        "response_length/mean": 12.0}}) + "\n")
+    cfg = OmegaConf.create({"train": {"model": "/models/base"}})
+    info = vl.describe_trajectory(cfg, out)
+    assert info["steps"] == [1, 2]
+    assert json.loads((traj / "trajectory.json").read_text())["base"] == "/models/base"
+    (m,) = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert m["step"] == 1 and m["accuracy"] == 0.25 and m["response_length"] == 12.0
+
+
+def test_single_node_run_is_a_plain_subprocess(tmp_path):
+    from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
+
+    marker = tmp_path / "ran"
+    rc = run_on_ray_cluster([sys.executable, "-c", f"import os; open({str(marker)!r}, 'w').write(os.environ['X'])"],
+                            tmp_path / "ray", nodes=1, env={"X": "42"})
+    assert rc == 0 and marker.read_text() == "42"
+    assert run_on_ray_cluster([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "ray", nodes=1) == 3
