@@ -1,0 +1,94 @@
+"""Low-rank structure of a trajectory from per-tensor Gram matrices (RELEX findings 1 and 2).
+
+For a tensor with deltas Δ_s = W_s - W_0 (rows of M, one per observed step, uncentred), the
+Gram matrix G = M Mᵀ [T, T] holds everything needed: its eigenvalues are the squared singular
+values of M, a prefix window's Gram is its leading block, and the projection of any delta onto
+the window's top-r right singular subspace is a weighted sum of the window's deltas. So nothing
+of size steps x parameters is ever formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _eigh_desc(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors of a symmetric PSD matrix."""
+    vals, vecs = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
+    order = np.argsort(vals)[::-1]
+    return np.clip(vals[order], 0.0, None), vecs[:, order]
+
+
+def explained_variance(gram: np.ndarray, ranks) -> dict[int, float]:
+    """Uncentred energy fraction of the top-r singular values of M: Σ_{i<=r} σ_i² / Σ σ_i².
+
+    NaN when the tensor never moved (trace 0).
+    """
+    vals, _ = _eigh_desc(gram)
+    total = float(np.trace(gram))
+    cum = np.cumsum(vals)
+    return {int(r): (float(min(cum[min(int(r), len(vals)) - 1] / total, 1.0)) if total > 0 else float("nan"))
+            for r in ranks}
+
+
+def linear_fit(x, y) -> tuple[float, float, float]:
+    """OLS line y ~ a + b x -> (slope b, intercept a, R²); R² NaN when y is constant."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx, syy = float(xc @ xc), float(yc @ yc)
+    b = float(xc @ yc) / sxx
+    a = float(y.mean() - b * x.mean())
+    r2 = float(min(max((xc @ yc) ** 2 / (sxx * syy), 0.0), 1.0)) if syy > 0 else float("nan")
+    return b, a, r2
+
+
+def rank1_coefficients(gram: np.ndarray, n_history: int) -> np.ndarray:
+    """c_t = Δ_t · v₁ for every step t, with v₁ the top right singular vector of the first
+    `n_history` rows of M (c = σ₁u₁ on those rows; later rows are projections, out of sample).
+
+    Sign fixed so that the last coefficient is positive (for plots). Zeros if nothing moved.
+    """
+    g = np.asarray(gram, dtype=np.float64)
+    vals, vecs = _eigh_desc(g[:n_history, :n_history])
+    if vals[0] <= 0:
+        return np.zeros(len(g))
+    u, sigma = vecs[:, 0], np.sqrt(vals[0])
+    c = g[:, :n_history] @ u / sigma
+    return -c if c[-1] < 0 else c
+
+
+def coefficient_linearity(gram: np.ndarray, steps, history: int | None) -> dict:
+    """RELEX finding 2: are the rank-1 coefficients linear in the step?
+
+    `steps`: the observed steps (rows of the Gram, base excluded). The direction comes from the
+    steps <= history (all if None); the line is fitted on them (R² in sample) and scored on the
+    later steps: 1 - SS_res / SS_tot with SS_tot around the later coefficients' own mean.
+    """
+    steps = np.asarray(steps, dtype=np.float64)
+    n_hist = len(steps) if history is None else int(np.sum(steps <= history))
+    c = rank1_coefficients(gram, n_hist)
+    out = {"steps": steps.tolist(), "coefficients": c.tolist(), "n_history": n_hist,
+           "slope": None, "intercept": None, "r2_in_sample": None, "r2_out_of_sample": None}
+    if n_hist < 2 or not np.any(c):
+        return out
+    b, a, r2 = linear_fit(steps[:n_hist], c[:n_hist])
+    out.update(slope=b, intercept=a, r2_in_sample=r2)
+    fut_x, fut_c = steps[n_hist:], c[n_hist:]
+    if len(fut_c) >= 2:
+        ss_res = float(np.sum((fut_c - (a + b * fut_x)) ** 2))
+        ss_tot = float(np.sum((fut_c - fut_c.mean()) ** 2))
+        out["r2_out_of_sample"] = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    return out
+
+
+def projection_weights(gram: np.ndarray, n_window: int, target: int, rank: int) -> np.ndarray:
+    """Weights w [n_window] with Σ_t w_t Δ_t = projection of Δ_target onto the top-`rank` right
+    singular subspace of the window's rows (M_w): V_r V_rᵀ Δ = M_wᵀ U_r Λ_r⁻¹ U_rᵀ (M_w Δ)."""
+    g = np.asarray(gram, dtype=np.float64)
+    vals, vecs = _eigh_desc(g[:n_window, :n_window])
+    r = int(min(rank, int(np.sum(vals > vals[0] * 1e-12)) if vals[0] > 0 else 0))
+    if r == 0:
+        return np.zeros(n_window)
+    u = vecs[:, :r]
+    return u @ ((u.T @ g[:n_window, target]) / vals[:r])
