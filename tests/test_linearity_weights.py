@@ -1,0 +1,151 @@
+"""Streaming per-weight R² driver vs an independent float64 reference over the whole trajectory."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from rlvr_linearity.linearity.names import parse_name
+from rlvr_linearity.linearity.r2 import sample_indices, sample_size
+from rlvr_linearity.linearity.weights import weight_linearity
+
+STEPS = [0, 2, 3, 5, 9, 10, 14]
+SHAPES = {"model.embed_tokens.weight": (50, 8), "model.layers.0.self_attn.q_proj.weight": (8, 8),
+          "model.layers.0.self_attn.q_proj.bias": (8,), "model.layers.0.input_layernorm.weight": (8,),
+          "model.layers.1.mlp.experts.3.up_proj.weight": (16, 8), "model.norm.weight": (8,),
+          "lm_head.weight": (50, 8)}
+
+
+class MemModel:
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def shape(self, name):
+        return tuple(self.tensors[name].shape)
+
+
+class MemTrajectory:
+    """In-memory stand-in with the documented Trajectory surface used by the driver."""
+
+    def __init__(self, values):
+        self.values = values  # {step: {name: tensor}}
+        self.steps = sorted(values)
+        self.tensor_names = list(SHAPES)
+
+    def model(self, step):
+        return MemModel(self.values[step])
+
+    def iter_blocks(self, name, steps, max_elements):
+        shape = self.values[0][name].shape
+        rows = shape[0]
+        per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        step_rows = max(1, max_elements // (len(steps) * per_row))
+        for a in range(0, rows, step_rows):
+            b = min(rows, a + step_rows)
+            yield a, b, torch.stack([self.values[s][name][a:b] for s in steps])
+
+
+def make_values(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    base = {n: torch.randn(s, generator=g) for n, s in SHAPES.items()}
+    trend = {n: torch.randn(s, generator=g) * 1e-2 for n, s in SHAPES.items()}
+    for s in STEPS:
+        out[s] = {}
+        for n in SHAPES:
+            v = base[n] + s * trend[n] + torch.randn(SHAPES[n], generator=g) * 2e-2 * (s > 0)
+            if n == "model.norm.weight":
+                v = base[n]  # constant: all undefined
+            out[s][n] = v.to(dtype)
+    out_vals = {s: {n: t.clone() for n, t in d.items()} for s, d in out.items()}
+    # a few weights that never change inside a moving tensor
+    for s in STEPS:
+        out_vals[s]["model.layers.0.self_attn.q_proj.weight"][0, :3] = out_vals[0]["model.layers.0.self_attn.q_proj.weight"][0, :3]
+    return out_vals
+
+
+def reference(values, steps, names, idx=None):
+    x = np.asarray(steps, float)
+    per = {}
+    for n in names:
+        y = np.stack([values[s][n].double().numpy().ravel() for s in steps])
+        if idx is not None:
+            y = y[:, idx[n]]
+        r = np.full(y.shape[1], np.nan)
+        for j in range(y.shape[1]):
+            if np.ptp(y[:, j]) > 0:
+                r[j] = np.corrcoef(x, y[:, j])[0, 1] ** 2
+        per[n] = r
+    return per
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [7 * 8 * 3, 1 << 20])
+def test_weight_r2_matches_reference(tmp_path, dtype, chunk):
+    values = make_values(dtype)
+    traj = MemTrajectory(values)
+    res = weight_linearity(traj, windows=[5, 10, "all"], chunk_elements=chunk,
+                           per_weight_path=tmp_path / "w.safetensors", progress=False)
+    assert sorted(res["windows"]) == ["10", "5", "all"]
+    for label, steps in (("5", STEPS[:4]), ("10", STEPS[:6]), ("all", STEPS)):
+        ref = reference(values, steps, SHAPES)
+        allv = np.concatenate(list(ref.values()))
+        dv = allv[~np.isnan(allv)]
+        w = res["windows"][label]
+        assert w["steps"] == steps
+        assert w["n_weights"] == allv.size and w["n_defined"] == dv.size
+        assert abs(w["mean"] - dv.mean()) < 1e-9
+        assert abs(w["median"] - np.median(dv)) < 1e-6
+        for t in ("0.5", "0.7", "0.9"):
+            assert w["frac_above"][t] == pytest.approx(np.mean(dv > float(t)), abs=1e-12)
+        for row in w["per_tensor"]:
+            r = ref[row["name"]]
+            d = r[~np.isnan(r)]
+            assert row["numel"] == r.size and row["n_defined"] == d.size
+            if d.size:
+                assert abs(row["mean"] - d.mean()) < 1e-9 and abs(row["median"] - np.median(d)) < 1e-6
+                assert row["frac_above_0.7"] == pytest.approx(np.mean(d > 0.7))
+    top = {k: res[k] for k in ("steps", "n_weights", "n_defined", "mean", "median", "frac_above")}
+    assert top == {k: res["windows"]["all"][k] for k in top}
+    norm = next(r for r in res["per_tensor"] if r["name"] == "model.norm.weight")
+    assert norm["n_defined"] == 0
+    saved = load_file(tmp_path / "w.safetensors")
+    ref = reference(values, STEPS, SHAPES)
+    for n, shape in SHAPES.items():
+        assert saved[n].shape == shape and saved[n].dtype == np.float32
+        assert np.allclose(saved[n].ravel(), ref[n], atol=1e-6, equal_nan=True)
+    json.dumps(res, allow_nan=True)
+    hm = res["heatmap"]
+    assert hm["layers"] == [0, 1] and "self_attn.q_proj" in hm["modules"] and "mlp.experts.up_proj" in hm["modules"]
+    assert set(hm["side"]) == {"embed_tokens", "norm", "lm_head"}
+
+
+def test_lin_filters_and_sampling_match_reference():
+    values = make_values(torch.bfloat16, seed=3)
+    traj = MemTrajectory(values)
+    kw = dict(sample_fraction=0.1, min_samples=5, min_abs_change=1e-2, min_unique=4, sample_seed=42)
+    res = weight_linearity(traj, chunk_elements=200, progress=False, **kw)
+    idx = {n: sample_indices(int(np.prod(s)), sample_size(int(np.prod(s)), 0.1, 5), 42, n) for n, s in SHAPES.items()}
+    x = np.asarray(STEPS, float)
+    kept = []
+    for n in SHAPES:
+        y = np.stack([values[s][n].double().numpy().ravel() for s in STEPS])[:, idx[n]]
+        for j in range(y.shape[1]):
+            col = y[:, j]
+            if np.ptp(col) > 1e-2 and len(np.unique(col)) >= 4:
+                kept.append(np.corrcoef(x, col)[0, 1] ** 2)
+    kept = np.asarray(kept)
+    assert res["n_weights"] == sum(len(i) for i in idx.values())
+    assert res["n_defined"] == kept.size > 0
+    assert abs(res["mean"] - kept.mean()) < 1e-9 and abs(res["median"] - np.median(kept)) < 1e-6
+
+
+def test_parse_name():
+    assert parse_name("model.layers.12.self_attn.q_proj.weight") == ("self_attn.q_proj", 12)
+    assert parse_name("model.layers.3.mlp.experts.17.down_proj.weight") == ("mlp.experts.down_proj", 3)
+    assert parse_name("model.layers.0.self_attn.k_proj.bias") == ("self_attn.k_proj.bias", 0)
+    assert parse_name("model.embed_tokens.weight") == ("embed_tokens", None)
+    assert parse_name("lm_head.weight") == ("lm_head", None)
+    assert parse_name("transformer.h.5.attn.c_attn.weight") == ("attn.c_attn", 5)
