@@ -119,3 +119,29 @@ def test_lowrank_matches_svd():
     proj = vt[:2].T @ (vt[:2] @ m[8])
     assert np.allclose(w @ m[:6], proj, atol=1e-10)
     assert np.isnan(lowrank.explained_variance(np.zeros((3, 3)), [1])[1])
+
+
+def test_lowrank_report_vs_svd():
+    rng = np.random.default_rng(1)
+    steps = [1, 2, 4, 5, 8, 11]
+    mats = {"a": rng.normal(size=(6, 40)), "b": np.outer(np.asarray(steps, float), rng.normal(size=30)) + rng.normal(size=(6, 30)) * 1e-2,
+            "c": np.zeros((6, 5))}
+    grams = {k: m @ m.T for k, m in mats.items()}
+    rep = lowrank.lowrank_report(grams, steps, [4, "all"], [1, 2], coefficient_history=5)
+    assert rep["windows"]["4"]["steps"] == [1, 2, 4]
+    full = np.concatenate(list(mats.values()), 1)
+    for label, n in (("4", 3), ("all", 6)):
+        for k, m in mats.items():
+            s = np.linalg.svd(m[:n], compute_uv=False)
+            for r in (1, 2):
+                got = rep["windows"][label]["per_tensor"][k][str(r)]
+                if k == "c":
+                    assert np.isnan(got)
+                else:
+                    assert abs(got - np.sum(s[:r] ** 2) / np.sum(s ** 2)) < 1e-9
+        s = np.linalg.svd(full[:n], compute_uv=False)
+        assert abs(rep["windows"][label]["model"]["1"] - s[0] ** 2 / np.sum(s ** 2)) < 1e-9
+    assert rep["windows"]["all"]["summary"]["1"]["n"] == 2
+    b = rep["coefficients"]["per_tensor"]["b"]
+    assert b["n_history"] == 4 and b["r2_in_sample"] > 0.99 and b["r2_out_of_sample"] is not None
+    assert rep["summary"]["rank1_ev"]["n"] == 2

@@ -92,3 +92,50 @@ def projection_weights(gram: np.ndarray, n_window: int, target: int, rank: int) 
         return np.zeros(n_window)
     u = vecs[:, :r]
     return u @ ((u.T @ g[:n_window, target]) / vals[:r])
+
+
+def _stats(values) -> dict:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    out = {"n": int(v.size), "mean": float(v.mean()), "median": float(np.median(v)),
+           "min": float(v.min()), "max": float(v.max())}
+    for t in (0.9, 0.95, 0.99):
+        out[f"count_ge_{t:g}"] = int(np.sum(v >= t))
+    return out
+
+
+def lowrank_report(grams: dict[str, np.ndarray], steps, windows, ranks, coefficient_history=None) -> dict:
+    """The `lowrank.json` content from per-tensor Grams over `steps` (observed steps, base excluded).
+
+    Per window (steps <= T): explained variance of each rank per tensor, summary statistics over
+    tensors, and the same for the whole model (the sum of the Grams is the Gram of the
+    concatenated deltas). Rank-1 coefficients and their linearity per tensor (direction from the
+    steps <= coefficient_history, out-of-sample R² on the later steps).
+    """
+    steps = [int(s) for s in steps]
+    ranks = [int(r) for r in ranks]
+    total = sum(grams.values()) if grams else np.zeros((len(steps), len(steps)))
+    out = {"steps": steps, "ranks": ranks, "windows": {}}
+    for w in windows or ["all"]:
+        label = "all" if w is None or str(w).lower() == "all" else str(int(w))
+        n = len(steps) if label == "all" else sum(1 for s in steps if s <= int(w))
+        per = {name: explained_variance(g[:n, :n], ranks) for name, g in grams.items()}
+        out["windows"][label] = {
+            "steps": steps[:n],
+            "model": {str(r): v for r, v in explained_variance(total[:n, :n], ranks).items()},
+            "summary": {str(r): _stats(p[r] for p in per.values()) for r in ranks},
+            "per_tensor": {name: {str(r): v for r, v in p.items()} for name, p in per.items()},
+        }
+    coef = {name: coefficient_linearity(g, steps, coefficient_history) for name, g in grams.items()}
+    out["coefficients"] = {
+        "history": coefficient_history,
+        "model": coefficient_linearity(total, steps, coefficient_history),
+        "summary": {k: _stats(c[k] for c in coef.values()) for k in ("r2_in_sample", "r2_out_of_sample")},
+        "per_tensor": coef,
+    }
+    largest = max(out["windows"].values(), key=lambda w: len(w["steps"]))
+    out["summary"] = {"rank1_ev": largest["summary"].get("1"), "model_ev": largest["model"],
+                      "coefficient_r2_in_sample": out["coefficients"]["summary"]["r2_in_sample"],
+                      "coefficient_r2_out_of_sample": out["coefficients"]["summary"]["r2_out_of_sample"]}
+    return out
