@@ -1,0 +1,185 @@
+"""Figures of the linearity analysis; plain functions taking the JSON dicts that
+`rlvr linearity` writes (weights_r2.json, logprob_r2.json, lowrank.json) and a PNG path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rlvr_linearity.figures.style import PALETTE, figure, save
+
+
+def _hist_from_tensors(res: dict):
+    """Per-tensor means weighted by defined counts (the JSON holds no per-weight values)."""
+    rows = [r for r in res.get("per_tensor", []) if r.get("n_defined")]
+    return np.asarray([r["mean"] for r in rows]), np.asarray([r["n_defined"] for r in rows], float)
+
+
+def plot_r2_histogram(values, frac_above: float | None, path, title: str, xlabel: str = "R²", weights=None):
+    fig, ax = figure()
+    ax.hist(np.clip(np.asarray(values, float), 0, 1), bins=50, range=(0, 1), weights=weights, color=PALETTE[0], alpha=0.85)
+    ax.axvline(0.7, color=PALETTE[1], ls="--", lw=1)
+    if frac_above is not None:
+        ax.text(0.71, 0.95, f"{100 * frac_above:.1f}% > 0.7", transform=ax.get_xaxis_transform(), va="top", color=PALETTE[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_weight_r2_histogram(res: dict, path, per_weight=None):
+    """Histogram of per-weight R² (from `per_weight` values when given, else per-tensor means
+    weighted by their weight counts), the fraction above 0.7 marked."""
+    if per_weight is not None:
+        v = np.asarray(per_weight, float)
+        return plot_r2_histogram(v[np.isfinite(v)], res["frac_above"].get("0.7"), path, "Per-weight R²")
+    v, w = _hist_from_tensors(res)
+    return plot_r2_histogram(v, res["frac_above"].get("0.7"), path,
+                             f"Weight R² (tensor means; median over weights {res['median']:.3f})", weights=w)
+
+
+def plot_r2_heatmap(res: dict, path):
+    """Module type x layer mean R², with a side column for non-layer tensors (any layer count)."""
+    hm = res.get("heatmap") or {}
+    modules, layers, side = hm.get("modules", []), hm.get("layers", []), hm.get("side", {})
+    if not modules and not side:
+        return None
+    grid = np.array([[np.nan if v is None else v for v in row] for row in hm["mean"]], float) if modules else np.zeros((0, 0))
+    width = 2.5 + 0.32 * max(len(layers), 1) + 1.2
+    fig, axes = figure(width, 1.2 + 0.35 * max(len(modules), len(side), 1), ncols=2,
+                       gridspec_kw={"width_ratios": [max(len(layers), 1), 1.5]})
+    ax, sax = axes
+    for a in axes:
+        a.grid(False)
+    if modules:
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_yticks(range(len(modules)), modules)
+        step = max(1, len(layers) // 16)
+        ax.set_xticks(range(0, len(layers), step), [str(l) for l in layers[::step]])
+        ax.set_xlabel("layer")
+        if len(layers) * len(modules) <= 160:
+            for i in range(len(modules)):
+                for j in range(len(layers)):
+                    if np.isfinite(grid[i, j]):
+                        ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="white" if grid[i, j] < 0.6 else "black")
+        fig.colorbar(im, ax=sax, fraction=0.5, label="mean R²")
+    names = list(side)
+    col = np.array([[np.nan if side[n] is None else side[n]] for n in names], float) if names else np.zeros((0, 1))
+    if names:
+        sax.imshow(col, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        sax.set_yticks(range(len(names)), names)
+        sax.yaxis.tick_right()
+        sax.set_xticks([])
+        for i, v in enumerate(col[:, 0]):
+            if np.isfinite(v):
+                sax.text(0, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    else:
+        sax.axis("off")
+    ax.set_title("Mean weight R² by module and layer")
+    return save(fig, path)
+
+
+def plot_weight_examples(res: dict, path):
+    """A few weights' values vs step with their OLS lines."""
+    ex = res.get("examples") or []
+    if not ex:
+        return None
+    fig, axes = figure(3.2 * len(ex), 2.8, ncols=len(ex), squeeze=False)
+    for ax, e in zip(axes[0], ex):
+        _trajectory(ax, e["steps"], e["values"], f"{e['tensor'].split('.', 1)[-1][:28]}[{e['index']}]\nR² = {e['r2']:.3f}")
+    return save(fig, path)
+
+
+def _trajectory(ax, steps, values, title):
+    x, y = np.asarray(steps, float), np.asarray(values, float)
+    ax.plot(x, y, "o", ms=3, color=PALETTE[0])
+    if np.ptp(x) > 0:
+        b, a = np.polyfit(x, y, 1)
+        ax.plot(x, a + b * x, "--", color=PALETTE[1], lw=1)
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("step")
+
+
+def plot_logprob_histogram(res: dict, path, kind: str = "logprob"):
+    v = (res.get(kind) or {}).get("r2_values")
+    if not v:
+        return None
+    st = res[kind]
+    return plot_r2_histogram(v, (st.get("frac_above") or {}).get("0.7"), path,
+                             f"Token {'log-prob' if kind == 'logprob' else 'logit'} R² (n={st.get('n_tokens')})")
+
+
+def plot_token_examples(res: dict, path):
+    ex = res.get("examples") or []
+    if not ex:
+        return None
+    fig, axes = figure(3.0 * len(ex), 2.8, ncols=len(ex), squeeze=False)
+    for ax, e in zip(axes[0], ex):
+        _trajectory(ax, res["steps"], e["logprobs"], f"{e['token']!r}  R² = {e['r2']:.3f}")
+        ax.set_ylabel("log-prob")
+    return save(fig, path)
+
+
+def plot_explained_variance(res: dict, path):
+    """Explained variance of each rank per tensor (largest window), tensors in model order."""
+    win = max(res["windows"].values(), key=lambda w: len(w["steps"]))
+    names = list(win["per_tensor"])
+    if not names:
+        return None
+    fig, ax = figure(max(5.0, 0.05 * len(names) + 3), 3.4)
+    for i, r in enumerate(res["ranks"]):
+        ax.plot(range(len(names)), [win["per_tensor"][n][str(r)] for n in names], ".", ms=4,
+                color=PALETTE[i % len(PALETTE)], label=f"rank {r}")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("tensor (model order)")
+    ax.set_ylabel("explained variance")
+    ax.set_title(f"Explained variance by tensor ({len(win['steps'])} steps)")
+    ax.legend()
+    return save(fig, path)
+
+
+def plot_rank1_coefficients(res: dict, path, tensor: str | None = None):
+    """Rank-1 coefficient vs step (the whole model's unless `tensor`), the linear fit on the
+    history steps and the held-out later steps."""
+    co = res["coefficients"]
+    c = co["per_tensor"][tensor] if tensor else co["model"]
+    x, y, n = np.asarray(c["steps"], float), np.asarray(c["coefficients"], float), c["n_history"]
+    if y.size == 0:
+        return None
+    fig, ax = figure()
+    ax.plot(x[:n], y[:n], "o", ms=4, color=PALETTE[0], label="history (fit)")
+    if n < len(x):
+        ax.plot(x[n:], y[n:], "s", ms=4, color=PALETTE[2], label="held out")
+    if c.get("slope") is not None:
+        ax.plot(x, c["intercept"] + c["slope"] * x, "--", color=PALETTE[1], lw=1,
+                label=f"fit R²={c['r2_in_sample']:.3f}" + (f", held-out R²={c['r2_out_of_sample']:.3f}"
+                                                        if c.get("r2_out_of_sample") is not None else ""))
+    ax.set_xlabel("step")
+    ax.set_ylabel("rank-1 coefficient")
+    ax.set_title(f"Rank-1 coefficient: {tensor or 'whole model'}")
+    ax.legend()
+    return save(fig, path)
+
+
+def linearity_figures(out_dir: Path, weights=None, lowrank=None, logprobs=None, per_weight=None) -> dict[str, Path]:
+    """Every linearity figure that the given results allow, under `out_dir` -> {name: path}."""
+    out_dir = Path(out_dir)
+    jobs = []
+    if weights:
+        jobs += [("weight_r2_histogram", plot_weight_r2_histogram, weights, {"per_weight": per_weight}),
+                 ("weight_r2_heatmap", plot_r2_heatmap, weights, {}),
+                 ("weight_examples", plot_weight_examples, weights, {})]
+    if logprobs:
+        jobs += [("logprob_r2_histogram", plot_logprob_histogram, logprobs, {}),
+                 ("token_examples", plot_token_examples, logprobs, {})]
+    if lowrank:
+        jobs += [("explained_variance", plot_explained_variance, lowrank, {}),
+                 ("rank1_coefficients", plot_rank1_coefficients, lowrank, {})]
+    out = {}
+    for name, fn, res, kw in jobs:
+        p = fn(res, out_dir / f"{name}.png", **kw)
+        if p is not None:
+            out[name] = p
+    return out
