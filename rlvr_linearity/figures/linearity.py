@@ -10,15 +10,9 @@ import numpy as np
 from rlvr_linearity.figures.style import PALETTE, figure, save
 
 
-def _hist_from_tensors(res: dict):
-    """Per-tensor means weighted by defined counts (the JSON holds no per-weight values)."""
-    rows = [r for r in res.get("per_tensor", []) if r.get("n_defined")]
-    return np.asarray([r["mean"] for r in rows]), np.asarray([r["n_defined"] for r in rows], float)
-
-
-def plot_r2_histogram(values, frac_above: float | None, path, title: str, xlabel: str = "R²", weights=None):
+def plot_r2_histogram(values, frac_above: float | None, path, title: str, xlabel: str = "R²", weights=None, bins=50):
     fig, ax = figure()
-    ax.hist(np.clip(np.asarray(values, float), 0, 1), bins=50, range=(0, 1), weights=weights, color=PALETTE[0], alpha=0.85)
+    ax.hist(np.clip(np.asarray(values, float), 0, 1), bins=bins, range=(0, 1), weights=weights, color=PALETTE[0], alpha=0.85)
     ax.axvline(0.7, color=PALETTE[1], ls="--", lw=1)
     if frac_above is not None:
         ax.text(0.71, 0.95, f"{100 * frac_above:.1f}% > 0.7", transform=ax.get_xaxis_transform(), va="top", color=PALETTE[1])
@@ -28,15 +22,15 @@ def plot_r2_histogram(values, frac_above: float | None, path, title: str, xlabel
     return save(fig, path)
 
 
-def plot_weight_r2_histogram(res: dict, path, per_weight=None):
-    """Histogram of per-weight R² (from `per_weight` values when given, else per-tensor means
-    weighted by their weight counts), the fraction above 0.7 marked."""
-    if per_weight is not None:
-        v = np.asarray(per_weight, float)
-        return plot_r2_histogram(v[np.isfinite(v)], res["frac_above"].get("0.7"), path, "Per-weight R²")
-    v, w = _hist_from_tensors(res)
-    return plot_r2_histogram(v, res["frac_above"].get("0.7"), path,
-                             f"Weight R² (tensor means; median over weights {res['median']:.3f})", weights=w)
+def plot_weight_r2_histogram(res: dict, path):
+    """Histogram of the R² of every weight (the JSON's 100-bin counts), fraction above 0.7 marked."""
+    counts = np.asarray(res.get("histogram") or [], float)
+    if not counts.sum():
+        return None
+    centres = (np.arange(counts.size) + 0.5) / counts.size
+    return plot_r2_histogram(centres, res["frac_above"].get("0.7"), path,
+                             f"Per-weight R² ({res['n_defined']:,} weights, median {res['median']:.3f})",
+                             weights=counts, bins=counts.size)
 
 
 def plot_r2_heatmap(res: dict, path):
@@ -163,12 +157,12 @@ def plot_rank1_coefficients(res: dict, path, tensor: str | None = None):
     return save(fig, path)
 
 
-def linearity_figures(out_dir: Path, weights=None, lowrank=None, logprobs=None, per_weight=None) -> dict[str, Path]:
+def linearity_figures(out_dir: Path, weights=None, lowrank=None, logprobs=None) -> dict[str, Path]:
     """Every linearity figure that the given results allow, under `out_dir` -> {name: path}."""
     out_dir = Path(out_dir)
     jobs = []
     if weights:
-        jobs += [("weight_r2_histogram", plot_weight_r2_histogram, weights, {"per_weight": per_weight}),
+        jobs += [("weight_r2_histogram", plot_weight_r2_histogram, weights, {}),
                  ("weight_r2_heatmap", plot_r2_heatmap, weights, {}),
                  ("weight_examples", plot_weight_examples, weights, {})]
     if logprobs:

@@ -1,7 +1,182 @@
-"""`rlvr linearity`: thin command entry point; the work lives in plain functions of this package."""
+"""`rlvr linearity`: per-weight R², low-rank findings and token log-prob linearity of a trajectory.
+
+`run(cfg, tracker)` is the command; `analyse(cfg, out_dir)` does the same work without Hydra or
+tracking (the pipeline calls it) and returns the summary numbers. Outputs under
+`out_dir/linearity/` (weights_r2.json, weights_r2.safetensors, lowrank.json, logprob_r2.json,
+reconstruct/step_<s>_rank<r>/) and figures under `out_dir/figures/`.
+"""
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.linearity.r2 import window_lengths
+from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.tracking import _jsonable
+
+log = logging.getLogger(__name__)
+
+
+def _device(lin) -> str:
+    dev = str(lin.get("device") or "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"linearity.device={dev} but no CUDA device is available")
+    return dev
+
+
+def _write(path: Path, data) -> None:
+    write_json_atomic(path, _jsonable(data))
+
+
+def _weights(cfg, traj, steps, out: Path) -> dict:
+    from rlvr_linearity.linearity.weights import weight_linearity
+
+    lin = cfg.linearity
+    return weight_linearity(
+        traj, steps, windows=list(lin.windows), thresholds=tuple(float(t) for t in lin.thresholds),
+        device=_device(lin), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.get("sample_fraction"),
+        min_samples=int(lin.min_samples), min_abs_change=float(lin.min_abs_change or 0.0),
+        min_unique=int(lin.min_unique or 0), sample_seed=int(lin.sample_seed),
+        per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None)
+
+
+def _lowrank(cfg, traj, steps, out: Path) -> dict:
+    from rlvr_linearity.linearity.gram import compute_grams
+    from rlvr_linearity.linearity.lowrank import lowrank_report
+    from rlvr_linearity.paths import cache_dir
+
+    lin = cfg.linearity
+    observed = [s for s in steps if s != 0]
+    grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
+    report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.get("coefficient_history"))
+    if lin.get("reconstruct_steps"):
+        report["reconstruct"] = reconstruct(traj, grams, observed, [int(s) for s in lin.reconstruct_steps],
+                                            int(lin.reconstruct_rank), lin.get("coefficient_history"),
+                                            out / "reconstruct", int(lin.chunk_elements))
+    return report
+
+
+def reconstruct(traj, grams: dict, observed: list[int], targets: list[int], rank: int, history, out_root: Path,
+                chunk_elements: int = 1 << 21) -> list[dict]:
+    """Write W_0 + Δ̃_s for each target step s: Δ̃_s = projection of the actual Δ_s onto the
+    top-`rank` subspace of the window (steps <= history, all if None), as a weighted sum of the
+    window's deltas (one streaming read of the window). Returns [{step, rank, path}]."""
+    from rlvr_linearity.linearity.lowrank import projection_weights
+    from rlvr_linearity.trajectory import ModelWriter
+
+    n_win = len(observed) if history is None else sum(1 for s in observed if s <= int(history))
+    for s in targets:
+        if s not in observed:
+            raise ConfigError(f"linearity.reconstruct_steps: step {s} is not in the trajectory's steps {observed}")
+    read_steps = [0] + observed[:n_win]  # the projection is a combination of the window's deltas
+    weights = {name: np.stack([projection_weights(g, n_win, observed.index(s), rank) for s in targets])
+               for name, g in grams.items()}
+    base = traj.model(0)
+    with ExitStack() as stack:
+        writers = [stack.enter_context(ModelWriter(out_root / f"step_{s}_rank{rank}", template=base)) for s in targets]
+        for name in writers[0].tensor_names:
+            shape = tuple(base.shape(name))
+            outs = [torch.empty(shape, dtype=torch.float32) for _ in targets]
+            wt = torch.from_numpy(weights[name])  # [targets, n_win]
+            row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+            for start, stop, block in traj.iter_blocks(name, read_steps, max(row, chunk_elements)):
+                b = block.reshape(len(read_steps), -1).to(torch.float64)
+                d = b[1:] - b[0]
+                pred = b[0] + wt @ d  # [targets, C]
+                for o, p in zip(outs, pred):
+                    o.view(-1)[start * row: stop * row] = p.to(torch.float32)
+            for w, o in zip(writers, outs):
+                w.write(name, o)
+    return [{"step": s, "rank": rank, "history": history, "path": str(out_root / f"step_{s}_rank{rank}")} for s in targets]
+
+
+def _probes(cfg, traj, out: Path) -> list[dict]:
+    from rlvr_linearity.linearity.logprob import generate_probes, load_probes
+
+    pc = cfg.linearity.probes
+    if pc.get("file"):
+        return load_probes(pc.file)
+    if not pc.get("generate", True):
+        raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
+    from rlvr_linearity.evaluate.benchmarks import load_benchmark
+
+    problems = load_benchmark(pc.benchmark, cfg)[: int(pc.n_problems)]
+    texts = [p["problem"] if isinstance(p, dict) else getattr(p, "problem") for p in problems]
+    items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
+                            max_new_tokens=int(cfg.sampling.max_tokens), temperature=float(pc.get("temperature", 1.0)),
+                            seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
+                            device=_device(cfg.linearity))
+    _write(out / "probes.json", items)
+    return [{"problem": it["problem"], "response_id": g["response_id"], "response": g["text"]}
+            for it in items for g in it["generated_texts"]]
+
+
+def _logprobs(cfg, traj, steps, out: Path) -> dict:
+    from rlvr_linearity.linearity.logprob import teacher_forced_matrix, token_linearity
+
+    pc = cfg.linearity.probes
+    probes = _probes(cfg, traj, out)
+    lp, lg, tokens = teacher_forced_matrix(traj, steps, probes, instruction=pc.get("instruction"),
+                                           batch_size=int(pc.batch_size), chunk=int(pc.get("chunk_positions", 256)),
+                                           device=_device(cfg.linearity))
+    res = token_linearity(lp.astype(np.float64), lg.astype(np.float64), steps, min_change=float(pc.min_change or 0.0),
+                          max_tokens=pc.get("max_tokens_sampled"), seed=int(cfg.linearity.sample_seed),
+                          tokens=tokens)
+    res["n_sequences"] = len(probes)
+    return res
+
+
+def analyse(cfg, out_dir) -> dict:
+    """Run every analysis that `cfg.linearity` enables on `cfg.trajectory`; write the outputs
+    under out_dir and return the summary numbers (weights: mean/median/frac_above; low rank)."""
+    from rlvr_linearity.figures.linearity import linearity_figures
+    from rlvr_linearity.trajectory import open_trajectory
+
+    lin = cfg.linearity
+    out_dir = Path(out_dir)
+    out = out_dir / "linearity"
+    traj = open_trajectory(cfg.trajectory)
+    steps = list(traj.steps)
+    window_lengths(steps, list(lin.windows))  # bad windows fail before any work
+    summary: dict = {"dir": str(out_dir), "steps": steps}
+    weights = lowrank = logprobs = None
+    if lin.weights:
+        weights = _weights(cfg, traj, steps, out)
+        _write(out / "weights_r2.json", weights)
+        summary.update({k: weights[k] for k in ("n_weights", "n_defined", "mean", "median", "frac_above")})
+        summary["windows"] = {k: {"median": w["median"], "mean": w["mean"], "frac_above": w["frac_above"]}
+                              for k, w in weights["windows"].items()}
+    if lin.lowrank:
+        lowrank = _lowrank(cfg, traj, steps, out)
+        _write(out / "lowrank.json", lowrank)
+        summary["lowrank"] = lowrank["summary"]
+    if lin.logprobs:
+        logprobs = _logprobs(cfg, traj, steps, out)
+        _write(out / "logprob_r2.json", logprobs)
+        summary["logprob"] = {k: logprobs["logprob"].get(k) for k in ("median", "mean", "frac_above", "n_tokens")}
+    figs = linearity_figures(out_dir / "figures", weights=weights, lowrank=lowrank, logprobs=logprobs)
+    summary["figures"] = {k: str(v) for k, v in figs.items()}
+    return summary
+
 
 def run(cfg, tracker):
-    raise NotImplementedError("rlvr linearity is not implemented yet")
+    from rlvr_linearity.paths import resolve_output_dir
+
+    summary = analyse(cfg, resolve_output_dir(cfg))
+    flat = {"median_r2": summary.get("median"), "mean_r2": summary.get("mean"), "n_weights": summary.get("n_weights"),
+            "n_defined": summary.get("n_defined")}
+    flat.update({f"frac_above_{k}": v for k, v in (summary.get("frac_above") or {}).items()})
+    if summary.get("lowrank") and summary["lowrank"].get("rank1_ev"):
+        flat["rank1_ev_median"] = summary["lowrank"]["rank1_ev"].get("median")
+    if summary.get("logprob"):
+        flat["logprob_median_r2"] = summary["logprob"].get("median")
+    tracker.summary({k: v for k, v in flat.items() if v is not None})
+    for name, path in summary["figures"].items():
+        tracker.figure(name, path)
+    return summary

@@ -208,6 +208,17 @@ class R2Stats:
         bins = torch.searchsorted(cum, ks, right=True).double()
         return float(((bins + 0.5) / HIST_BINS).mean())
 
+    def histogram(self, bins: int = 100) -> list[int]:
+        """Counts in `bins` equal bins of [0, 1] (fine-bin midpoints when in histogram mode)."""
+        if self.n == 0:
+            return [0] * bins
+        if self._values is not None:
+            idx = (torch.cat(self._values) * bins).to(torch.int64).clamp_(0, bins - 1)
+            return torch.bincount(idx.cpu(), minlength=bins).tolist()
+        mids = (torch.arange(HIST_BINS, dtype=torch.float64) + 0.5) / HIST_BINS
+        coarse = (mids * bins).to(torch.int64).clamp_(0, bins - 1)
+        return torch.zeros(bins, dtype=torch.int64).index_add_(0, coarse, self._hist.cpu()).tolist()
+
     def summary(self) -> dict:
         n = self.n
         return {

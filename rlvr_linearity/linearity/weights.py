@@ -79,7 +79,8 @@ def _window_result(steps, n, stats: R2Stats, rows: list[dict], n_weights: int) -
     heatmap = {"modules": modules, "layers": layers,
                "mean": [[cells.get((m, l), {}).get("mean") for l in layers] for m in modules],
                "side": {m: by_module[m]["mean"] for m in side}}
-    return {"steps": list(steps[:n]), "n_weights": n_weights, **s, "per_tensor": per_tensor,
+    return {"steps": list(steps[:n]), "n_weights": n_weights, **s, "histogram": stats.histogram(),
+            "per_tensor": per_tensor,
             "by_module": by_module, "by_layer": {str(k): v for k, v in sorted(by_layer.items())},
             "heatmap": heatmap}
 
