@@ -142,6 +142,21 @@ def run(cfg, tracker):
     out = resolve_output_dir(cfg)
     if cfg.seed == 14:
         raise RuntimeError("probe: unexpected crash at seed 14")
+    if cfg.seed == 21:  # a stage, then a long wait in which the test preempts the job
+        attempts = out / "attempts"
+        n = int(attempts.read_text()) + 1 if attempts.exists() else 1
+        attempts.write_text(str(n))
+        stage = out / "stage.json"
+        if not stage.exists():  # stands for a cached stage: done once, found on resume
+            stage.write_text(json.dumps({"computed_in_attempt": n}))
+        if n == 1:
+            (out / "waiting").touch()
+            import time
+            time.sleep(120)
+        result = {"seed": 21, "attempts": n, "stage": json.loads(stage.read_text()),
+                  "restart_count": os.environ.get("SLURM_RESTART_COUNT")}
+        (out / "probe.json").write_text(json.dumps(result))
+        return result
     result = {"seed": cfg.seed, "double": 2 * cfg.seed, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
               "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "group": tracker.group}
     tracker.log({"double": result["double"]}, step=0)
@@ -213,3 +228,41 @@ def test_failing_job_is_reported_with_its_error(probe_env, tmp_path):
     out = r.stdout + r.stderr
     assert "unexpected crash at seed 14" in out, out
     assert json.loads((sweep / "0" / "probe.json").read_text())["seed"] == 5
+
+
+def test_preempted_job_is_requeued_and_resumes(probe_env, slurm_cluster, tmp_path):
+    """USR2 is what Slurm sends before a time limit or preemption (`--signal`): submitit
+    checkpoints the Hydra job and requeues it; the rerun finds its finished stage and completes."""
+    sweep = tmp_path / "sweep"
+    sweep.parent.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "rlvr_linearity", "figures", "-m", "seed=21", "hydra/launcher=slurm_cpu",
+            f"hydra.sweep.dir={sweep}", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+            "hydra.launcher.timeout_min=10", "hydra.launcher.partition=debug"]
+    proc = subprocess.Popen(argv, env=probe_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.time() + 90
+        while not (sweep / "0" / "waiting").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.5)
+        env = slurm_cluster["env"]
+        jobs = subprocess.run(["squeue", "-h", "-o", "%A"], env=env, capture_output=True, text=True).stdout.split()
+        assert len(jobs) == 1, jobs
+        subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=env, check=True)
+        # Slurm holds a requeued job for a while (Reason=BeginTime); release it so the test is fast.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            state = subprocess.run(["squeue", "-h", "-j", jobs[0], "-o", "%T %r"], env=env,
+                                   capture_output=True, text=True).stdout.split()
+            if state[:2] == ["PENDING", "BeginTime"]:
+                subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"], env=env, check=True)
+                break
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    result = json.loads((sweep / "0" / "probe.json").read_text())
+    assert result["attempts"] == 2 and result["restart_count"] == "1"
+    assert result["stage"] == {"computed_in_attempt": 1}  # not redone after the requeue

@@ -124,43 +124,69 @@ class Tracker:
         self._file.write(json.dumps(_jsonable(record)) + "\n")
         self._file.flush()
 
+    def _to_wandb(self, send) -> None:
+        """Mirror a record to W&B. A broken W&B (its service killed by Slurm's pre-timeout signal,
+        a full disk) turns W&B off for the rest of the run instead of failing it."""
+        if self.wandb_run is None:
+            return
+        try:
+            send(self.wandb_run)
+        except Exception as err:
+            log.warning("W&B logging failed (%s); continuing with tracking.jsonl only", err)
+            self._write({"event": "wandb_error", "error": str(err)})
+            self.wandb_run = None
+
     def log(self, metrics: dict, step: int | None = None) -> None:
         """Scalar metrics, optionally at a step (training step, target step...)."""
         self._write({"event": "metrics", "step": step, "metrics": metrics})
-        if self.wandb_run is not None:
-            self.wandb_run.log(_jsonable(metrics), step=step)
+        self._to_wandb(lambda run: run.log(_jsonable(metrics), step=step))
 
     def summary(self, values: dict) -> None:
         """Final values of the run (accuracies, R² statistics, timings)."""
         self._write({"event": "summary", "values": values})
-        if self.wandb_run is not None:
+
+        def send(run):
             for key, value in _jsonable(values).items():
-                self.wandb_run.summary[key] = value
+                run.summary[key] = value
+
+        self._to_wandb(send)
 
     def table(self, name: str, rows: list[dict]) -> None:
         """A table (per-benchmark metrics, per-tensor R², per-window RELEX results)."""
         self._write({"event": "table", "name": name, "rows": rows})
-        if self.wandb_run is not None and rows:
+        if not rows:
+            return
+
+        def send(run):
             import wandb
 
             columns = sorted({k for row in rows for k in row})
             data = [[_jsonable(row.get(c)) for c in columns] for row in rows]
-            self.wandb_run.log({name: wandb.Table(columns=columns, data=data)})
+            run.log({name: wandb.Table(columns=columns, data=data)})
+
+        self._to_wandb(send)
 
     def figure(self, name: str, path: str | Path) -> None:
         """A figure already saved as an image file."""
         self._write({"event": "figure", "name": name, "path": str(path)})
-        if self.wandb_run is not None:
+
+        def send(run):
             import wandb
 
-            self.wandb_run.log({name: wandb.Image(str(path))})
+            run.log({name: wandb.Image(str(path))})
+
+        self._to_wandb(send)
 
     def finish(self, failed: bool = False) -> None:
+        """Close the run; never raises, so it cannot mask the error that ended a run."""
         self._write({"event": "end", "failed": failed})
         self._file.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish(exit_code=1 if failed else 0)
-            self.wandb_run = None
+        run, self.wandb_run = self.wandb_run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=1 if failed else 0)
+            except Exception as err:
+                log.warning("W&B finish failed (%s); tracking.jsonl is complete", err)
 
 
 @contextmanager
