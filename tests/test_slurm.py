@@ -266,3 +266,35 @@ def test_preempted_job_is_requeued_and_resumes(probe_env, slurm_cluster, tmp_pat
     result = json.loads((sweep / "0" / "probe.json").read_text())
     assert result["attempts"] == 2 and result["restart_count"] == "1"
     assert result["stage"] == {"computed_in_attempt": 1}  # not redone after the requeue
+
+
+def test_launcher_presets_resolve():
+    """The three presets compose on top of submitit_slurm with our keys and site defaults."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.schemas import register_configs
+
+    register_configs()
+
+    def hydra_cfg(*args):
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=list(args), return_hydra_config=True)
+        return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                for k, v in cfg.hydra.launcher.items_ex(resolve=True)}
+
+    cpu = hydra_cfg("hydra/launcher=slurm_cpu", "hydra.launcher.partition=cpu", "hydra.launcher.account=acct",
+                    "hydra.launcher.timeout_min=30", "hydra.launcher.mem_gb=4", "hydra.launcher.array_parallelism=2")
+    assert cpu["_target_"].endswith("SlurmLauncher")
+    assert (cpu["partition"], cpu["account"], cpu["timeout_min"], cpu["mem_gb"], cpu["array_parallelism"]) == \
+        ("cpu", "acct", 30, 4, 2)
+    assert cpu["max_num_timeout"] > 0 and cpu["signal_delay_s"] > 0  # requeue on time-out
+    gpu = hydra_cfg("hydra/launcher=slurm_gpu")
+    assert gpu["gpus_per_node"] == 1 and gpu["partition"] is None
+    multi = hydra_cfg("hydra/launcher=slurm_multinode", "hydra.launcher.nodes=4")
+    assert multi["nodes"] == 4 and multi["tasks_per_node"] == 1 and multi["gpus_per_node"] == 8
+    assert multi["additional_parameters"] == {"exclusive": True}
+    # site defaults from a `slurm:` section (conf/local/default.yaml)
+    site = hydra_cfg("hydra/launcher=slurm_gpu", "+slurm.partition=big", "+slurm.account=lab")
+    assert (site["partition"], site["account"]) == ("big", "lab")

@@ -122,3 +122,14 @@ def test_explicit_group_wins(probe_env, tmp_path):
     _rlvr(probe_env, tmp_path, "-m", "seed=3", f"hydra.sweep.dir={sweep}", "logger.group=ablation-A")
     config = _events(sweep / "0")[0]
     assert config["group"] == config["wandb"]["group"] == "ablation-A"
+
+
+def test_only_rank_zero_of_a_multinode_job_reports(probe_env, tmp_path):
+    out = tmp_path / "run"
+    _rlvr({**probe_env, "SLURM_NTASKS": "2", "SLURM_PROCID": "1"}, tmp_path, f"output_dir={out}")
+    assert not (out / "tracking.jsonl").exists() and not (out / "wandb").exists()
+    assert [e["event"] for e in _events_file(out / "tracking.rank1.jsonl")].count("metrics") == 3
+
+
+def _events_file(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -308,3 +308,41 @@ def test_single_node_run_is_a_plain_subprocess(tmp_path):
                             tmp_path / "ray", nodes=1, env={"X": "42"})
     assert rc == 0 and marker.read_text() == "42"
     assert run_on_ray_cluster([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "ray", nodes=1) == 3
+
+
+def test_ray_cluster_head_and_worker_roles(tmp_path, monkeypatch):
+    """Orchestration only (no real Ray): the head waits for every node, runs the command against
+    the cluster and leaves a done marker; a worker joins, waits for the marker, stops."""
+    from rlvr_linearity.train import ray_cluster as rc
+
+    calls = []
+    monkeypatch.setattr(rc, "_ray", lambda *a: calls.append(a))
+    monkeypatch.setattr(rc, "head_host", lambda: "node-a")
+    alive = iter([1, 2])
+    monkeypatch.setattr(rc, "_alive_nodes", lambda address: next(alive))
+    monkeypatch.setattr(rc.time, "sleep", lambda s: None)
+    monkeypatch.setattr(rc.subprocess, "run", _fake_run(calls))
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    code = rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000, env={"X": "1"})
+    assert code == 0 and (tmp_path / "ray" / "done").exists()
+    assert calls[0] == ("start", "--head", "--port=7000")
+    (cmd, env), stop = calls[1], calls[2]
+    assert cmd == ["train"] and env["RAY_ADDRESS"] == "node-a:7000" and env["X"] == "1"
+    assert stop[0][-2:] == ["stop", "--force"]
+
+    calls.clear()
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000) is None
+    assert calls[0] == ("start", "--address=node-a:7000") and calls[1][0][-2:] == ["stop", "--force"]
+    assert len(calls) == 2  # the worker never runs the command
+
+
+def _fake_run(calls):
+    class Done:
+        returncode = 0
+
+    def run(argv, env=None, **kwargs):
+        calls.append((argv, env) if env is not None else (argv,))
+        return Done()
+
+    return run

@@ -67,7 +67,9 @@ class Tracker:
     def __init__(self, cfg, command: str, output_dir: Path):
         self.command = command
         self.output_dir = Path(output_dir)
-        self.path = self.output_dir / "tracking.jsonl"
+        # A multi-node job (slurm_multinode) runs the command on every node; only rank 0 reports.
+        self.rank = int(os.environ.get("SLURM_PROCID", 0)) if int(os.environ.get("SLURM_NTASKS", 1)) > 1 else 0
+        self.path = self.output_dir / ("tracking.jsonl" if self.rank == 0 else f"tracking.rank{self.rank}.jsonl")
         self._file = open(self.path, "a", encoding="utf-8")
         self._config = resolved_config(cfg)
         self.wandb_run = None
@@ -79,7 +81,7 @@ class Tracker:
         self.run_name = logger_cfg.get("name") or (
             f"{command}-{sweep['name']}-{sweep['num']}" if sweep else f"{command}-{self.output_dir.name}"
         )
-        if logger_cfg.get("backend", "none") == "wandb":
+        if logger_cfg.get("backend", "none") == "wandb" and self.rank == 0:
             self.wandb_run = self._init_wandb(logger_cfg, cfg)
         self._write({"event": "config", "command": command, "config": self._config,
                      "group": self.group, "name": self.run_name, "sweep": sweep,
