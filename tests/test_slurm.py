@@ -286,7 +286,7 @@ def test_launcher_presets_resolve():
 
     cpu = hydra_cfg("hydra/launcher=slurm_cpu", "hydra.launcher.partition=cpu", "hydra.launcher.account=acct",
                     "hydra.launcher.timeout_min=30", "hydra.launcher.mem_gb=4", "hydra.launcher.array_parallelism=2")
-    assert cpu["_target_"].endswith("SlurmLauncher")
+    assert cpu["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert (cpu["partition"], cpu["account"], cpu["timeout_min"], cpu["mem_gb"], cpu["array_parallelism"]) == \
         ("cpu", "acct", 30, 4, 2)
     assert cpu["max_num_timeout"] > 0 and cpu["signal_delay_s"] > 0  # requeue on time-out
@@ -298,3 +298,4 @@ def test_launcher_presets_resolve():
     # site defaults from a `slurm:` section (conf/local/default.yaml)
     site = hydra_cfg("hydra/launcher=slurm_gpu", "+slurm.partition=big", "+slurm.account=lab")
     assert (site["partition"], site["account"]) == ("big", "lab")
+
