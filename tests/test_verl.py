@@ -6,7 +6,6 @@ through verl's RLHFDataset; the reward goes through verl's loader and reward man
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -84,7 +83,7 @@ def test_paper_presets_compose_and_validate(preset, math_files, tmp_path):
     assert v.trainer.default_local_dir == str((out / "trajectory").resolve())
     assert v.trainer.resume_mode == "auto"
     assert list(v.trainer.logger) == ["console", "file"]
-    assert v.reward.custom_reward_function.path == str(Path(vl.__file__).with_name("verl_reward.py"))
+    assert v.reward.custom_reward_function.path == "pkg://rlvr_linearity.train.verl_reward"
     assert v.reward.custom_reward_function.name == "compute_score"
     assert v.algorithm.adv_estimator == "grpo"
     assert a.model.path == cfg.train.model
@@ -194,11 +193,12 @@ def test_format_value_round_trips_through_hydra():
 
 
 def _tiny_tokenizer(tmp_path: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     corpus = ["Compute 1 + 1. Let's think step by step and output the final answer within \\boxed{}.",
               "The answer is \\boxed{2}. user assistant system"] * 20
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|end|>"],
@@ -257,6 +257,11 @@ def test_reward_through_verl_loader_and_reward_manager(math_files, tmp_path):
     fn = get_custom_reward_fn(v)  # imports verl_reward.py by path, as verl's workers do
     assert fn(data_source="deepscaler", solution_str="so \\boxed{\\frac{1}{2}}", ground_truth="0.5")["score"] == 1.0
     assert fn(data_source="deepscaler", solution_str="so \\boxed{3}", ground_truth="4")["score"] == 0.0
+    # users may point verl at the file itself: it must still grade in its process pool
+    from verl.utils.import_utils import load_extern_object
+
+    by_path = load_extern_object(str(Path(vl.__file__).with_name("verl_reward.py")), "compute_score")
+    assert by_path("deepscaler", "\\boxed{7}", "7")["score"] == 1.0
 
     tok = _tiny_tokenizer(tmp_path)
     manager = load_reward_manager(v, tok)
@@ -271,8 +276,7 @@ def test_reward_through_verl_loader_and_reward_manager(math_files, tmp_path):
             non_tensors={"data_source": ["deepscaler"], "reward_model": [{"ground_truth": "2", "style": "rule"}],
                          "extra_info": [{"split": "train", "index": 0}]},
         )
-        out = manager.loop.run_until_complete(manager.run_single(data)) if not manager.loop.is_running() \
-            else asyncio.run(manager.run_single(data))
+        out = manager.loop.run_until_complete(manager.run_single(data))
         scores.append(out["reward_score"])
     assert scores == [1.0, 0.0]
 

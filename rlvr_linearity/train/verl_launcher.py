@@ -29,6 +29,8 @@ VERL_CONFIG_MODULE = "verl.trainer.config"
 CONFIG_NAME = "verl_config"
 # What the analysis needs in every checkpoint: hf_model is the exact-precision HF export.
 REQUIRED_SAVE_CONTENTS = ("model", "optimizer", "extra", "hf_model")
+# Imported by name (not by file path) so its process-pool workers can unpickle the grader.
+REWARD_MODULE = "pkg://rlvr_linearity.train.verl_reward"
 
 
 def format_value(value) -> str:
@@ -141,7 +143,7 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "actor_rollout_ref.rollout.val_kwargs.do_sample": bool(ro.val_do_sample),
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": int(ro.log_prob_micro_batch_size_per_gpu),
         "actor_rollout_ref.ref.fsdp_config.param_offload": True,
-        "reward.custom_reward_function.path": str(Path(__file__).with_name("verl_reward.py")),
+        "reward.custom_reward_function.path": REWARD_MODULE,
         "reward.custom_reward_function.name": "compute_score",
         "trainer.total_training_steps": int(t.steps),
         "trainer.save_freq": save_every,

@@ -1,6 +1,7 @@
 """verl custom reward: this project's math grader (last \\boxed{}, math-verify).
 
-verl 0.9.1 loads it from `reward.custom_reward_function.path/name` and calls `compute_score`
+verl 0.9.1 loads it from `reward.custom_reward_function.path/name` (we set
+`pkg://rlvr_linearity.train.verl_reward`; a file path works too) and calls `compute_score`
 from reward-loop threads. math-verify's timeouts are signal based and raise outside the main
 thread, and a pathological answer can hang a worker, so each grade runs in a long-lived
 pebble process pool (one per process that imports this file) whose hung workers are killed.
@@ -42,7 +43,11 @@ def _grade(solution_str: str, ground_truth: str, timeout: float) -> float:
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
     """verl's reward signature. Returns `{"score", "acc"}`; a grading timeout or crash scores 0."""
-    future = _get_pool().schedule(_grade, args=(solution_str, ground_truth, TIMEOUT_S), timeout=TIMEOUT_S * 2)
+    # By its importable name even when verl loaded this file by path: the pool's spawned workers
+    # unpickle `_grade` by module name.
+    from rlvr_linearity.train.verl_reward import _get_pool as get_pool, _grade as grade
+
+    future = get_pool().schedule(grade, args=(solution_str, ground_truth, TIMEOUT_S), timeout=TIMEOUT_S * 2)
     try:
         score = future.result()
     except Exception:  # timeout, killed worker or grader failure: not a correct answer
