@@ -193,20 +193,14 @@ def test_format_value_round_trips_through_hydra():
 
 
 def _tiny_tokenizer(tmp_path: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The shared tiny byte-level tokenizer (tests/conftest.py), with its chat template."""
+    from conftest import copy_tokenizer
+    from transformers import AutoTokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["Compute 1 + 1. Let's think step by step and output the final answer within \\boxed{}.",
-              "The answer is \\boxed{2}. user assistant system"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<|end|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|end|>", pad_token="<|end|>")
-    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    return fast
+    d = tmp_path / "tokenizer"
+    d.mkdir(exist_ok=True)
+    copy_tokenizer(d)
+    return AutoTokenizer.from_pretrained(d)
 
 
 def test_rows_load_through_verl_rlhf_dataset(math_files, tmp_path):
