@@ -238,16 +238,19 @@ def main_ppo_command(config_path: Path) -> list[str]:
             "--config-name", config_path.stem]
 
 
-def launch_verl(cfg, out_dir: Path) -> Path:
+def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
     """Write and validate `DIR/verl_config.yaml`; with `train.launch`, train and describe the trajectory.
 
     Returns `DIR/trajectory` (verl's `global_step_N/actor/huggingface` tree). On several Slurm
     nodes every node calls this; `ray_cluster` makes the first the head and the rest workers.
+    `tracker` (optional) receives the per-step training metrics and a summary.
     """
     out_dir = Path(out_dir).resolve()
     traj = out_dir / "trajectory"
     config_path = write_verl_config(cfg, out_dir)
     log.info("verl config written and validated: %s", config_path)
+    if tracker is not None:
+        tracker.summary({"verl_config": str(config_path), "launched": bool(cfg.train.get("launch", True))})
     if not cfg.train.get("launch", True):
         return traj
     from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
@@ -260,7 +263,14 @@ def launch_verl(cfg, out_dir: Path) -> Path:
         return traj
     if rc != 0:
         raise RuntimeError(f"verl training failed with exit code {rc} (log above; config {config_path})")
-    describe_trajectory(cfg, out_dir)
+    info = describe_trajectory(cfg, out_dir)
+    if tracker is not None:
+        metrics = out_dir / "train_metrics.jsonl"
+        for line in metrics.read_text().splitlines() if metrics.exists() else []:
+            rec = json.loads(line)
+            tracker.log({k: v for k, v in rec.items() if k not in ("step", "verl") and v is not None},
+                        step=rec["step"])
+        tracker.summary({"saved_steps": info["steps"], "trajectory": str(traj)})
     return traj
 
 
