@@ -83,11 +83,12 @@ def reference(values, steps, names, idx=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk", [7 * 8 * 3, 1 << 20])
-def test_weight_r2_matches_reference(tmp_path, dtype, chunk):
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_weight_r2_matches_reference(tmp_path, dtype, chunk, engine):
     values = make_values(dtype)
     traj = MemTrajectory(values)
     res = weight_linearity(traj, windows=[5, 10, "all"], chunk_elements=chunk,
-                           per_weight_path=tmp_path / "w.safetensors", progress=False)
+                           per_weight_path=tmp_path / "w.safetensors", progress=False, engine=engine, sub_chunk=5)
     assert sorted(res["windows"]) == ["10", "5", "all"]
     for label, steps in (("5", STEPS[:4]), ("10", STEPS[:6]), ("all", STEPS)):
         ref = reference(values, steps, SHAPES)
@@ -149,3 +150,28 @@ def test_parse_name():
     assert parse_name("model.embed_tokens.weight") == ("embed_tokens", None)
     assert parse_name("lm_head.weight") == ("lm_head", None)
     assert parse_name("transformer.h.5.attn.c_attn.weight") == ("attn.c_attn", 5)
+
+
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_histogram_path_and_abs_change_filter(monkeypatch, engine):
+    """Large-tensor path (histogram medians, bound 2**-20) with LIN's min-abs-change filter alone."""
+    from rlvr_linearity.linearity import weights as wmod
+
+    monkeypatch.setattr(wmod, "SMALL_TENSOR", 10)
+    values = make_values(torch.float32, seed=5)
+    res = weight_linearity(MemTrajectory(values), windows=[9, "all"], min_abs_change=0.05, chunk_elements=500,
+                           progress=False, engine=engine)
+    for label, steps in (("9", STEPS[:5]), ("all", STEPS)):
+        x = np.asarray(steps, float)
+        per = {}
+        for n in SHAPES:
+            y = np.stack([values[s][n].double().numpy().ravel() for s in steps])
+            per[n] = np.array([np.corrcoef(x, y[:, j])[0, 1] ** 2 for j in range(y.shape[1]) if np.ptp(y[:, j]) > 0.05])
+        allv = np.concatenate(list(per.values()))
+        w = res["windows"][label]
+        assert w["n_defined"] == allv.size
+        assert abs(w["mean"] - allv.mean()) < 1e-9 and abs(w["median"] - np.median(allv)) < 1e-6
+        for row in w["per_tensor"]:
+            if per[row["name"]].size:
+                assert abs(row["median"] - np.median(per[row["name"]])) < 1e-6
+                assert abs(row["mean"] - per[row["name"]].mean()) < 1e-9

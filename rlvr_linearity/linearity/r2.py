@@ -18,8 +18,9 @@ import torch
 
 from rlvr_linearity.errors import ConfigError
 
-HIST_BITS = 20
-HIST_BINS = 1 << HIST_BITS  # median error bound: half a bin = 2**-21 < 1e-6
+HIST_BITS = 19
+HIST_BINS = 1 << HIST_BITS  # median error bound: half a bin = 2**-20 < 1e-6
+MEDIAN_ERROR_BOUND = 0.5 / HIST_BINS
 EXACT_LIMIT = 1 << 22  # up to this many values the median is exact (values kept); beyond: histogram
 
 
@@ -145,7 +146,7 @@ class R2Stats:
     """Streaming statistics of R² values: count, mean, fractions above thresholds, median.
 
     The median is exact while at most `exact_limit` values were added (they are kept); beyond,
-    it comes from a fixed 2**20-bin histogram of [0, 1] (bin midpoints: error < 2**-21 < 1e-6).
+    it comes from a fixed 2**19-bin histogram of [0, 1] (bin midpoints: error <= 2**-20 < 1e-6).
     """
 
     thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
@@ -160,15 +161,19 @@ class R2Stats:
         self.above = [0] * len(self.thresholds)
 
     def add(self, v: torch.Tensor) -> None:
-        """Add defined R² values (1-D float64, no NaN)."""
+        """Add R² values (1-D float64); NaN (undefined or filtered out) are skipped."""
         if v.numel() == 0:
             return
-        self.n += int(v.numel())
-        self.total += float(v.sum())
+        defined = ~torch.isnan(v)
+        n = int(defined.sum())
+        if n == 0:
+            return
+        self.n += n
+        self.total += float(torch.nansum(v))
         for i, t in enumerate(self.thresholds):
-            self.above[i] += int((v > t).sum())
+            self.above[i] += int((v > t).sum())  # NaN compares False
         if self._values is not None:
-            self._values.append(v)
+            self._values.append(v[defined] if n < v.numel() else v.clone())
             if self.n <= self.exact_limit:
                 return
             values, self._values = self._values, None
@@ -178,9 +183,20 @@ class R2Stats:
             self._bin(v)
 
     def _bin(self, v: torch.Tensor) -> None:
-        idx = (v * HIST_BINS).to(torch.int64).clamp_(0, HIST_BINS - 1)
-        counts = torch.bincount(idx, minlength=HIST_BINS)
-        self._hist = counts if self._hist is None else self._hist.add_(counts)
+        """Histogram counts; NaN lands in an extra last bin that is never read."""
+        idx = (torch.nan_to_num(v, nan=2.0) * HIST_BINS).to(torch.int64).clamp_(0, HIST_BINS)
+        if self._hist is None:
+            self._hist = torch.zeros(HIST_BINS + 1, dtype=torch.int64, device=v.device)
+        self._hist.index_add_(0, idx, torch.ones_like(idx))
+
+    @classmethod
+    def from_hist(cls, thresholds, n: int, total: float, above, hist) -> "R2Stats":
+        """Statistics given as counts and a histogram [HIST_BINS] (the fused kernel's output)."""
+        st = cls(tuple(thresholds))
+        st.n, st.total, st.above, st._values = int(n), float(total), [int(a) for a in above], None
+        st._hist = torch.zeros(HIST_BINS + 1, dtype=torch.int64)
+        st._hist[:HIST_BINS] = torch.as_tensor(hist)
+        return st
 
     def merge(self, other: "R2Stats") -> None:
         """Add another accumulator's values (same thresholds)."""
@@ -203,7 +219,7 @@ class R2Stats:
         if self._values is not None:
             allv = torch.cat(self._values).sort().values
             return float((allv[(self.n - 1) // 2] + allv[self.n // 2]) / 2)
-        cum = torch.cumsum(self._hist, 0)
+        cum = torch.cumsum(self._hist[:HIST_BINS], 0)
         ks = torch.as_tensor([(self.n - 1) // 2, self.n // 2], device=cum.device)
         bins = torch.searchsorted(cum, ks, right=True).double()
         return float(((bins + 0.5) / HIST_BINS).mean())
@@ -217,7 +233,7 @@ class R2Stats:
             return torch.bincount(idx.cpu(), minlength=bins).tolist()
         mids = (torch.arange(HIST_BINS, dtype=torch.float64) + 0.5) / HIST_BINS
         coarse = (mids * bins).to(torch.int64).clamp_(0, bins - 1)
-        return torch.zeros(bins, dtype=torch.int64).index_add_(0, coarse, self._hist.cpu()).tolist()
+        return torch.zeros(bins, dtype=torch.int64).index_add_(0, coarse, self._hist[:HIST_BINS].cpu()).tolist()
 
     def summary(self) -> dict:
         n = self.n

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
-from rlvr_linearity.linearity.r2 import (R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
+from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
 
 
@@ -85,23 +85,60 @@ def _window_result(steps, n, stats: R2Stats, rows: list[dict], n_weights: int) -
             "heatmap": heatmap}
 
 
+def _block_r2_stats(block, design, lengths, min_abs_change, min_unique, tstats, sub_chunk, keep_last):
+    """R² of a block's columns in cache-sized pieces, added to the per-window statistics;
+    returns the largest window's R² of every column when `keep_last` (else None)."""
+    last = []
+    for a in range(0, block.shape[1], sub_chunk):
+        b = block[:, a: a + sub_chunk]
+        d = block_deltas(b)
+        r2 = block_r2(d, design)
+        keep = block_keep(b, d, lengths, min_abs_change, min_unique)
+        if keep is not None:
+            r2 = r2.masked_fill_(~keep, float("nan"))
+        for j, st in enumerate(tstats):
+            st.add(r2[j])
+        if keep_last:
+            last.append(r2[-1])
+    return torch.cat(last) if keep_last else None
+
+
+SMALL_TENSOR = 1 << 16  # up to this many weights a tensor's statistics are exact (values kept)
+
+
+def _as_numpy(block: torch.Tensor) -> np.ndarray:
+    """float32/float64 kept as stored; bf16/fp16 widened exactly to float32 for the kernel."""
+    if block.dtype not in (torch.float32, torch.float64):
+        block = block.float()
+    return block.contiguous().numpy()
+
+
 def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), thresholds=(0.5, 0.7, 0.9),
                      device: str = "cpu", chunk_elements: int = 1 << 21, sample_fraction: float | None = None,
                      min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
-                     sample_seed: int = 42, names: list[str] | None = None, per_weight_path: Path | None = None,
+                     sample_seed: int = 42, sub_chunk: int = 8192, engine: str = "auto",
+                     names: list[str] | None = None, per_weight_path: Path | None = None,
                      examples: int = 4, progress: bool = True) -> dict:
     """R² of every weight (or LIN's sample) of every tensor over `steps` (default: all, base first).
 
-    chunk_elements bounds one block (all steps together) in elements; memory stays at a few
-    such blocks in float64 whatever the number of steps. Returns the `weights_r2.json` content:
-    the contract's keys for the largest window plus `windows: {label: same keys}`.
+    chunk_elements bounds one block read (all steps together) in elements. engine "auto" uses
+    the fused numba kernel on CPU (one pass per block, windows nearly free) and torch otherwise
+    ("torch": always torch; it processes `sub_chunk` columns at a time so its float64 work stays
+    in cache, and runs on `device`). Memory stays at a few blocks whatever the number of steps.
+    Returns the `weights_r2.json` content: the contract's keys for the largest window plus
+    `windows: {label: same keys}`.
     """
+    from rlvr_linearity.linearity import kernel
+
     steps = list(traj.steps if steps is None else steps)
     if steps[0] != 0:
         steps = [0] + steps
     wins = window_lengths(steps, windows)
     lengths = [n for _, n in wins]
+    use_kernel = (engine != "torch" and str(device) == "cpu" and kernel.available() and min_unique <= 1)
     design = WindowDesign.build(steps, lengths, device)
+    cpu_design = design if str(device) == "cpu" else WindowDesign.build(steps, lengths, "cpu")
+    ks = kernel.KernelStats(steps, lengths, thresholds, min_abs_change, HIST_BINS) if use_kernel else None
     names = list(traj.tensor_names if names is None else names)
     base = traj.model(0)
     glob = [R2Stats(tuple(thresholds)) for _ in wins]
@@ -121,6 +158,9 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             idx_t = torch.from_numpy(idx) if idx is not None else None
             n_weights += k
             tstats = [R2Stats(tuple(thresholds)) for _ in wins]
+            exact = k <= SMALL_TENSOR or writer is not None  # kernel: keep values instead of histograms
+            if ks is not None:
+                ks.start_tensor()
             rows_per_block = max(1, chunk_elements // (len(steps) * row_size))
             for start, stop, block in traj.iter_blocks(name, steps, rows_per_block * row_size * len(steps)):
                 block = block.reshape(len(steps), -1)
@@ -133,27 +173,35 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                         continue
                     cols = idx_t[a:b] - lo
                     block = block[:, cols]
-                block = block.to(design.m.device, non_blocking=True)
-                d = block_deltas(block)
-                r2 = block_r2(d, design)
-                keep = block_keep(block, d, lengths, min_abs_change, min_unique)
-                if keep is not None:
-                    r2 = r2.masked_fill_(~keep, float("nan"))
-                for j in range(len(wins)):
-                    v = r2[j]
-                    tstats[j].add(v[~torch.isnan(v)])
+                if ks is not None:
+                    out = np.empty((len(wins), block.shape[1])) if exact else None
+                    ks.add(_as_numpy(block), out)
+                    last = None
+                    if out is not None:
+                        for j in range(len(wins)):
+                            tstats[j].add(torch.from_numpy(out[j]))
+                        last = torch.from_numpy(out[-1])
+                else:
+                    last = _block_r2_stats(block.to(design.m.device, non_blocking=True), design, lengths,
+                                           min_abs_change, min_unique, tstats, sub_chunk, keep_last=writer is not None)
                 if writer is not None:
-                    full = r2[-1]
+                    full = last
                     if idx_t is not None:
                         full = torch.full(((stop - start) * row_size,), float("nan"), dtype=torch.float64)
-                        full[cols] = r2[-1].cpu()
+                        full[cols] = last.cpu()
                     writer.write(full)
                 if len(example_rows) < examples and block.shape[1]:
                     col = int(rng.integers(block.shape[1]))
-                    if not torch.isnan(r2[-1, col]):
+                    one = block[:, col: col + 1].cpu()
+                    r2 = block_r2(block_deltas(one), cpu_design)[-1, 0]
+                    if not torch.isnan(r2):
                         example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if idx_t is not None else col),
-                                             "steps": steps, "values": block[:, col].double().cpu().tolist(),
-                                             "r2": float(r2[-1, col])})
+                                             "steps": steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
+            if ks is not None and not exact:
+                n, tot, above = ks.tensor_counts()
+                hist = ks.take_hist()
+                hist = np.zeros((len(wins), HIST_BINS), dtype=np.int64) if hist is None else hist
+                tstats = [R2Stats.from_hist(thresholds, n[j], tot[j], above[j], hist[j]) for j in range(len(wins))]
             module, layer = parse_name(name)
             for j in range(len(wins)):
                 s = tstats[j].summary()
@@ -175,6 +223,6 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     top["filters"] = {"sample_fraction": sample_fraction, "min_samples": min_samples if sample_fraction else None,
                       "min_abs_change": min_abs_change, "min_unique": min_unique, "seed": sample_seed}
     top["thresholds"] = [_key(t) for t in thresholds]
-    top["median_error_bound"] = 0.0 if glob[-1]._values is not None else 2.0 ** -21
+    top["median_error_bound"] = 0.0 if glob[-1]._values is not None else MEDIAN_ERROR_BOUND
     top["examples"] = example_rows
     return top

@@ -1,0 +1,162 @@
+"""Fused CPU kernel for per-weight R² (numba): one pass over a block of stored values computes,
+per column, cumulative float64 sums of the deltas against the base, snapshots them at every
+prefix-window end, and adds the window's R² straight into the statistics (count, sum, counts
+above thresholds, 2**20-bin histogram). Windows therefore cost almost nothing extra and nothing
+of size [windows, columns] is materialised. The torch path (`r2.py`) is the reference and the
+CUDA path; both are tested against numpy.
+
+Optional: without numba the torch path runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba as nb
+except ImportError:  # pragma: no cover - numba is an optional accelerator
+    nb = None
+
+TILE = 512
+
+
+def available() -> bool:
+    return nb is not None
+
+
+if nb is not None:
+
+    @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy",
+             fastmath={"nnan", "ninf", "nsz", "contract"})  # inputs are finite (validated on read)
+    def r2_accumulate(x, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, sums, cnts,
+                      above, out):  # pragma: no cover - compiled
+        """x [T, C] (base in row 0); ends [W] ascending window lengths; hist [P, W, B] int32 (size
+        0 in the last axis to skip); sums [P, W]; cnts [P, W]; above [P, W, K];
+        out [W, C] float64 (every window's R², NaN undefined; size 0 to skip).
+        """
+        n_slots = sums.shape[0]
+        n_steps, n_cols = x.shape
+        n_win = ends.shape[0]
+        n_bins = hist.shape[2]
+        use_hist = n_bins > 0
+        use_out = out.shape[1] > 0
+        use_range = min_abs_change > 0.0
+        n_thr = thresholds.shape[0]
+        for p in nb.prange(n_slots):
+            lo = p * n_cols // n_slots
+            hi = (p + 1) * n_cols // n_slots
+            s = np.empty(TILE)
+            q = np.empty(TILE)
+            sx = np.empty(TILE)
+            mn = np.empty(TILE)
+            mx = np.empty(TILE)
+            x0 = np.empty(TILE)
+            ab = np.zeros(n_thr, dtype=np.int64)
+            for j0 in range(lo, hi, TILE):
+                m = min(TILE, hi - j0)
+                row0 = x[0]
+                for k in range(m):
+                    s[k] = 0.0
+                    q[k] = 0.0
+                    sx[k] = 0.0
+                    mn[k] = 0.0
+                    mx[k] = 0.0
+                    x0[k] = np.float64(row0[j0 + k])
+                w = 0
+                for t in range(1, n_steps):
+                    xt = steps[t]
+                    row = x[t]
+                    if use_range:
+                        for k in range(m):
+                            d = np.float64(row[j0 + k]) - x0[k]
+                            s[k] += d
+                            q[k] += d * d
+                            sx[k] += xt * d
+                            mn[k] = min(mn[k], d)
+                            mx[k] = max(mx[k], d)
+                    else:
+                        for k in range(m):
+                            d = np.float64(row[j0 + k]) - x0[k]
+                            s[k] += d
+                            q[k] += d * d
+                            sx[k] += xt * d
+                    while w < n_win and ends[w] == t + 1:
+                        n = ends[w]
+                        hw = hist[p, w]
+                        cnt = 0
+                        tot = 0.0
+                        for i in range(n_thr):
+                            ab[i] = 0
+                        for k in range(m):
+                            if q[k] == 0.0 or (use_range and mx[k] - mn[k] <= min_abs_change):
+                                if use_out:
+                                    out[w, j0 + k] = np.nan
+                                continue
+                            syy = q[k] - s[k] * s[k] / n
+                            sxy = sx[k] - xbar[w] * s[k]
+                            r2 = min(max(sxy * sxy / (sxx[w] * syy), 0.0), 1.0)
+                            tot += r2
+                            cnt += 1
+                            for i in range(n_thr):
+                                if r2 > thresholds[i]:
+                                    ab[i] += 1
+                            if use_hist:
+                                hw[min(np.int64(r2 * n_bins), n_bins - 1)] += 1
+                            if use_out:
+                                out[w, j0 + k] = r2
+                        sums[p, w] += tot
+                        cnts[p, w] += cnt
+                        for i in range(n_thr):
+                            above[p, w, i] += ab[i]
+                        w += 1
+
+
+class KernelStats:
+    """State of the fused kernel for one trajectory pass: per-slot (thread) per-window int32
+    histograms of the current tensor (cache-sized: 2**19 bins = 2 MiB), folded into int64
+    global histograms at the end of every tensor; exact sums and counts."""
+
+    def __init__(self, steps, lengths, thresholds, min_abs_change: float, n_bins: int):
+        x = np.asarray(steps, dtype=np.float64)
+        self.steps = x
+        self.ends = np.asarray(lengths, dtype=np.int64)
+        self.xbar = np.array([x[:n].mean() for n in lengths])
+        self.sxx = np.array([np.sum((x[:n] - x[:n].mean()) ** 2) for n in lengths])
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        self.min_abs_change = float(min_abs_change or 0.0)
+        self.slots = max(1, nb.get_num_threads())
+        w, k = len(lengths), len(thresholds)
+        self.hist = np.zeros((self.slots, w, n_bins), dtype=np.int32)
+        self.no_hist = np.zeros((self.slots, w, 0), dtype=np.int32)
+        self.no_out = np.zeros((w, 0))
+        self.sums = np.zeros((self.slots, w))
+        self.cnts = np.zeros((self.slots, w), dtype=np.int64)
+        self.above = np.zeros((self.slots, w, k), dtype=np.int64)
+
+    def start_tensor(self) -> None:
+        self.sums[:] = 0
+        self.cnts[:] = 0
+        self.above[:] = 0
+        self.dirty = False
+
+    def add(self, x: np.ndarray, out: np.ndarray | None) -> None:
+        """Accumulate a block; `out` [W, C] receives every R² (small tensors: exact medians and
+        no histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin)."""
+        if out is None:
+            self.dirty = True
+        r2_accumulate(x, self.steps, self.ends, self.xbar, self.sxx, self.thresholds, self.min_abs_change,
+                      self.no_hist if out is not None else self.hist, self.sums, self.cnts, self.above,
+                      self.no_out if out is None else out)
+
+    def tensor_counts(self):
+        """(n [W], sum [W], above [W, K]) of the current tensor."""
+        return self.cnts.sum(0), self.sums.sum(0), self.above.sum(0)
+
+    def take_hist(self) -> np.ndarray | None:
+        """The current tensor's histograms [W, B] (int64), the slots zeroed; None if unused."""
+        if not self.dirty:
+            return None
+        h = self.hist.sum(0, dtype=np.int64)
+        self.hist[:] = 0
+        self.dirty = False
+        return h

@@ -1,0 +1,167 @@
+"""Benchmark of `rlvr linearity` on a synthetic ~120M-parameter Qwen2 trajectory (bf16, base + 20
+checkpoints): the I/O floor, full-coverage weight R², the low-rank pass, 4 windows vs 1, peak
+RSS of each child process and the bytes left behind. Prints a markdown table for the README.
+
+    nice -n 10 .venv/bin/python scripts/bench_linearity.py /tmp/bench_traj [--steps 20]
+
+The trajectory is built once (cached under the path). Each measured run is a separate
+`rlvr linearity` process; its start-up (`rlvr linearity --cfg job`) is subtracted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+HIDDEN, LAYERS, INTER, VOCAB, KV = 768, 12, 2304, 32000, 768
+
+
+def shapes() -> dict[str, tuple[int, ...]]:
+    """A small Qwen2 (tied embeddings): about 117M parameters."""
+    s = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        s |= {p + "input_layernorm.weight": (HIDDEN,),
+              p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN), p + "self_attn.q_proj.bias": (HIDDEN,),
+              p + "self_attn.k_proj.weight": (KV, HIDDEN), p + "self_attn.k_proj.bias": (KV,),
+              p + "self_attn.v_proj.weight": (KV, HIDDEN), p + "self_attn.v_proj.bias": (KV,),
+              p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+              p + "post_attention_layernorm.weight": (HIDDEN,),
+              p + "mlp.gate_proj.weight": (INTER, HIDDEN), p + "mlp.up_proj.weight": (INTER, HIDDEN),
+              p + "mlp.down_proj.weight": (HIDDEN, INTER)}
+    s["model.norm.weight"] = (HIDDEN,)
+    return s
+
+
+def config() -> dict:
+    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": HIDDEN,
+            "intermediate_size": INTER, "num_hidden_layers": LAYERS, "num_attention_heads": 12,
+            "num_key_value_heads": 12, "vocab_size": VOCAB, "max_position_embeddings": 2048,
+            "tie_word_embeddings": True, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-6, "rope_theta": 10000.0}
+
+
+def build(root: Path, n_steps: int) -> None:
+    """step_0 (base) ... step_N: W_t = W_0 + t * trend + noise, each stored in bf16."""
+    marker = root / ".complete"
+    if marker.exists() and json.loads(marker.read_text()) == {"steps": n_steps}:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    g = torch.Generator().manual_seed(0)
+    sh = shapes()
+    base = {n: torch.randn(s, generator=g) * 0.02 for n, s in sh.items()}
+    trend = {n: torch.randn(s, generator=g) * 2e-4 for n, s in sh.items()}
+    for step in range(n_steps + 1):
+        d = root / f"step_{step}"
+        d.mkdir(parents=True)
+        tensors = {n: (base[n] + step * trend[n] + torch.randn(sh[n], generator=g) * 1e-4 * (step > 0)).to(torch.bfloat16)
+                   for n in sh}
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+        (d / "config.json").write_text(json.dumps(config()))
+        print(f"  wrote {d}", flush=True)
+    marker.write_text(json.dumps({"steps": n_steps}))
+
+
+def floor(root: Path, n_steps: int) -> float:
+    """Read every tensor of every checkpoint once, converted to float32."""
+    t = time.perf_counter()
+    total = 0.0
+    for step in range(n_steps + 1):
+        with safe_open(str(root / f"step_{step}" / "model.safetensors"), "pt") as f:
+            for name in f.keys():
+                total += float(f.get_tensor(name).float()[..., :1].sum())
+    return time.perf_counter() - t
+
+
+def child(args: list[str], env) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in MiB, return code) of one `rlvr` process."""
+    t = time.perf_counter()
+    p = subprocess.Popen([str(Path(sys.executable).parent / "rlvr"), *args], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        print(err[-3000:], file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, rc
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).exists() else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", type=Path, help="where the synthetic trajectory is built (cached)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--skip", nargs="*", default=[], help="skip runs: r2 lowrank windows")
+    a = ap.parse_args()
+    print(f"building/using trajectory at {a.path}", flush=True)
+    build(a.path, a.steps)
+    n_params = sum(int(np.prod(s)) for s in shapes().values())
+    size = du(a.path)
+    floor(a.path, a.steps)  # warm the page cache
+    fl = min(floor(a.path, a.steps) for _ in range(2))
+
+    work = Path(tempfile.mkdtemp(prefix="bench_lin_"))
+    env = {**os.environ, "RLVR_CACHE_DIR": str(work / "cache"), "WANDB_MODE": "disabled"}
+    common = [f"trajectory.path={a.path}", "logger=none"]
+    startup = min(child(["linearity", *common, "--cfg", "job"], env)[0] for _ in range(2))
+    runs = {
+        "weight R² (1 window, every weight)": ["linearity.lowrank=false", "linearity.windows=[all]"],
+        "weight R² (4 windows)": ["linearity.lowrank=false", f"linearity.windows=[5,10,15,all]"],
+        "low-rank pass (Grams, EV, coefficients)": ["linearity.weights=false", "linearity.windows=[5,10,15,all]"],
+        "LIN preset (0.1% sample, filters)": ["linearity=lin_paper", "linearity.lowrank=false"],
+    }
+    if "windows" in a.skip:
+        runs.pop("weight R² (4 windows)")
+    if "lowrank" in a.skip:
+        runs.pop("low-rank pass (Grams, EV, coefficients)")
+    rows = []
+    results = {}
+    for i, (label, extra) in enumerate(runs.items()):
+        out = work / f"run{i}"
+        before = du(work / "cache")
+        wall, rss, rc = child(["linearity", *common, f"output_dir={out}", *extra], env)
+        net = wall - startup
+        results[label] = net
+        left = du(work / "cache") - before
+        stray = [p for p in out.rglob("*") if ".tmp" in p.name]
+        rows.append((label, net, net / fl, rss, rc, left, len(stray)))
+        if (out / "linearity" / "weights_r2.json").exists():
+            w = json.loads((out / "linearity" / "weights_r2.json").read_text())
+            print(f"  {label}: median R² {w['median']:.4f}, frac>0.7 {w['frac_above']['0.7']:.4f}, "
+                  f"{w['n_defined']:,}/{w['n_weights']:,} weights", flush=True)
+        print(f"  {label}: {net:.1f}s (rc {rc}, peak RSS {rss:.0f} MiB)", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print(f"Synthetic Qwen2 trajectory: {n_params / 1e6:.0f}M parameters, base + {a.steps} bf16 checkpoints, "
+          f"{size / 2**30:.2f} GiB; {os.cpu_count()} CPU cores; torch {torch.__version__}.")
+    print(f"Start-up of `rlvr linearity --cfg job`: {startup:.1f} s (subtracted).\n")
+    print("| run | seconds | × floor | peak RSS (MiB) | cache bytes written | temp files left |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| floor: read every tensor of every checkpoint once, to float32 | {fl:.1f} | 1.0 | – | – | – |")
+    for label, net, ratio, rss, rc, left, stray in rows:
+        mark = "" if rc == 0 else f" (exit {rc})"
+        print(f"| {label}{mark} | {net:.1f} | {ratio:.2f} | {rss:.0f} | {left:,} | {stray} |")
+    one, four = results.get("weight R² (1 window, every weight)"), results.get("weight R² (4 windows)")
+    if one and four:
+        print(f"\n4 windows / 1 window: {four / one:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
