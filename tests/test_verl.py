@@ -375,6 +375,8 @@ for step in range(1, cfg.trainer.total_training_steps + 1):
         open(os.path.join(root, "latest_checkpointed_iteration.txt"), "w").write(str(step))
     with open(os.environ["VERL_FILE_LOGGER_PATH"], "a") as f:
         f.write(json.dumps({"step": step, "data": {"critic/score/mean": step / 10}}) + "\n")
+json.dump({k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_RUN_GROUP")},
+          open(os.path.join(os.path.dirname(sys.argv[1]), "env.json"), "w"))
 sys.exit(int(os.environ.get("FAKE_RC", "0")))
 '''
 
@@ -397,15 +399,23 @@ def test_launch_runs_the_trainer_and_describes_the_trajectory(math_files, tmp_pa
     script.write_text(FAKE_MAIN_PPO)
     monkeypatch.setattr(vl, "main_ppo_command", lambda path: [sys.executable, str(script), str(path)])
     train, _ = math_files
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", "train.steps=4",
-               "train.save_every=2", *_local_data(train))
+               "train.save_every=2", *_local_data(train), "logger=wandb")
     out = tmp_path / "run"
     rec = _Recorder()
+    rec.group = "sweep-7"
     traj = vl.launch_verl(cfg, out, tracker=rec)
     info = json.loads((traj / "trajectory.json").read_text())
     assert info["steps"] == [2, 4] and info["base"] == "/models/base"
     assert [s for s, _ in rec.logged] == [1, 2, 3, 4] and rec.logged[-1][1]["accuracy"] == 0.4
     assert rec.summaries[-1]["saved_steps"] == [2, 4]
+    # verl's own W&B logger: offline without a key, files under DIR, the sweep as group
+    env = json.loads((out / "env.json").read_text())
+    assert env == {"WANDB_MODE": "offline", "WANDB_DIR": str(out.resolve()), "WANDB_RUN_GROUP": "sweep-7"}
+    assert "wandb" in list(OmegaConf.load(out / "verl_config.yaml").trainer.logger)
     monkeypatch.setenv("FAKE_RC", "3")
     with pytest.raises(RuntimeError, match="exit code 3"):
         vl.launch_verl(cfg, tmp_path / "run_failing")

@@ -40,6 +40,15 @@ def resolved_config(cfg) -> dict:
         return OmegaConf.to_container(cfg, resolve=False)
 
 
+def wandb_mode(logger_cfg) -> str:
+    """`logger.mode`, else $WANDB_MODE, else online with an API key (env or ~/.netrc), else offline."""
+    mode = (logger_cfg or {}).get("mode") or os.environ.get("WANDB_MODE")
+    if not mode:
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
+        mode = "online" if has_key else "offline"
+    return mode
+
+
 def hydra_sweep() -> dict | None:
     """`{"dir", "name", "num", "overrides"}` of the Hydra multirun this job belongs to, else None.
 
@@ -93,10 +102,7 @@ class Tracker:
         except ImportError:  # pragma: no cover - wandb is a core dependency
             log.warning("wandb is not installed; logging to tracking.jsonl only")
             return None
-        mode = logger_cfg.get("mode") or os.environ.get("WANDB_MODE")
-        if not mode:
-            has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
-            mode = "online" if has_key else "offline"
+        mode = wandb_mode(logger_cfg)
         if mode == "disabled":
             return None
         wandb_dir = Path(logger_cfg.get("dir") or self.output_dir)

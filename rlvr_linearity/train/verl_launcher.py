@@ -255,7 +255,7 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
         return traj
     from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
 
-    env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl")}
+    env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl"), **_wandb_env(cfg, out_dir, tracker)}
     nodes, _ = cluster_shape(cfg.train)
     rc = run_on_ray_cluster(main_ppo_command(config_path), out_dir / "ray_cluster", nodes=nodes,
                             port=int(cfg.train.get("ray_port", 6379)), env=env)
@@ -272,6 +272,23 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
                         step=rec["step"])
         tracker.summary({"saved_steps": info["steps"], "trajectory": str(traj)})
     return traj
+
+
+def _wandb_env(cfg, out_dir: Path, tracker) -> dict:
+    """verl's own W&B logger follows this project's policy: offline without a key, run files
+    under DIR, the sweep's group."""
+    logger_cfg = cfg.get("logger") or {}
+    if logger_cfg.get("backend") != "wandb":
+        return {}
+    from rlvr_linearity.tracking import wandb_mode
+
+    env = {"WANDB_MODE": wandb_mode(logger_cfg), "WANDB_DIR": str(logger_cfg.get("dir") or out_dir)}
+    group = getattr(tracker, "group", None) or logger_cfg.get("group")
+    if group:
+        env["WANDB_RUN_GROUP"] = str(group)
+    if logger_cfg.get("entity"):
+        env["WANDB_ENTITY"] = str(logger_cfg.entity)
+    return env
 
 
 def describe_trajectory(cfg, out_dir: Path) -> dict:
