@@ -23,6 +23,7 @@ class TrajectorySchema:
     max_step: Optional[int] = None
     check_finite: bool = True
     trust_remote_code: bool = False
+    cache_dir: Optional[str] = None
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""`open_trajectory`: the base model plus step checkpoints, validated before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from rlvr_linearity.errors import ConfigError, TrajectoryError, where
+
+from .discover import Found, discover, trajectory_json, verl_base_hint
+from .files import ModelFiles
+from .hub import fetch_hub_trajectory, hub_cache_dir, hub_steps, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+KEYS = ("path", "base", "hub_repo", "hub_revision_prefix", "steps", "max_step", "check_finite",
+        "trust_remote_code", "cache_dir")
+
+
+class Trajectory:
+    """Base model (step 0) and checkpoints, all with the same tensor names and shapes.
+
+    Validated on construction (files, headers, names, shapes); NaN/Inf are checked while
+    streaming (`iter_blocks`) when `check_finite`.
+    """
+
+    def __init__(self, models: Mapping[int, ModelFiles], path: Path | None = None, check_finite: bool = True):
+        self._models = dict(sorted(models.items()))
+        self.steps = list(self._models)
+        self.path = path
+        self.check_finite = check_finite
+        if not self.steps or self.steps[0] != 0:
+            raise TrajectoryError(f"{where(path)}: missing base model (step 0)")
+        self._validate()
+
+    @property
+    def base(self) -> ModelFiles:
+        return self._models[0]
+
+    def model(self, step: int) -> ModelFiles:
+        try:
+            return self._models[int(step)]
+        except KeyError:
+            raise TrajectoryError(f"{where(self.path, step)}: step not in the trajectory {self.steps}") from None
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return self.base.tensor_names
+
+    def __repr__(self) -> str:
+        return f"Trajectory({str(self.path)!r}, steps={self.steps})"
+
+    def _validate(self) -> None:
+        base = self.base
+        names = set(base.tensor_names)
+        for s, mf in self._models.items():
+            if s == 0:
+                continue
+            have = set(mf.tensor_names)
+            for name in base.tensor_names:
+                if name not in have:
+                    raise TrajectoryError(f"{where(mf.path, s, name)}: tensor missing (present in the base model)")
+                if mf.shape(name) != base.shape(name):
+                    raise TrajectoryError(f"{where(mf.path, s, name)}: shape {list(mf.shape(name))} differs from "
+                                          f"the base model's {list(base.shape(name))}")
+                if mf.dtype(name).is_floating_point != base.dtype(name).is_floating_point:
+                    raise TrajectoryError(f"{where(mf.path, s, name)}: dtype {mf.dtype(name)} incompatible with "
+                                          f"the base model's {base.dtype(name)}")
+            extra = sorted(have - names)
+            if extra:
+                raise TrajectoryError(f"{where(mf.path, s, extra[0])}: tensor not in the base model "
+                                      f"{base.path} ({len(extra)} such)")
+
+    def fingerprint(self) -> str:
+        """Content identity for caches: sha256 over the step list and, per step, each weight
+        file's name, size and full safetensors header (names, dtypes, shapes, offsets), four
+        64 KiB ranges sampled evenly through its data, and config.json. Paths and mtimes are not
+        covered (a copied trajectory keeps its fingerprint); an in-place edit that keeps sizes
+        and misses the sampled ranges is not detected."""
+        h = hashlib.sha256(json.dumps(self.steps).encode())
+        for s, mf in self._models.items():
+            h.update(f"|{s}:{mf.sample_digest()}".encode())
+        return h.hexdigest()
+
+    def iter_blocks(self, name: str, steps=None, max_elements: int = 1 << 24
+                    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield (start, stop, block): rows [start:stop) of dim 0 of `name` for `steps` (default all),
+        block `[len(steps), stop - start, *shape[1:]]` in stored dtype (the widest one if steps
+        differ, e.g. bf16 base + fp32 steps: exact). A block holds at most `max_elements`
+        elements, but always at least one row."""
+        steps = list(self.steps if steps is None else steps)
+        models = [self.model(s) for s in steps]
+        shape = self.base.shape(name)
+        rows = shape[0] if shape else 1
+        rest = tuple(shape[1:])
+        row_size = 1
+        for d in rest:
+            row_size *= d
+        dtype = models[0].dtype(name)
+        for m in models[1:]:
+            dtype = torch.promote_types(dtype, m.dtype(name))
+        per = max(1, int(max_elements) // max(1, len(steps) * row_size))
+        for start in range(0, rows, per):
+            stop = min(rows, start + per)
+            block = torch.empty((len(steps), stop - start, *rest), dtype=dtype)
+            for i, (s, m) in enumerate(zip(steps, models)):
+                block[i] = m.read_rows(name, start, stop).reshape(stop - start, *rest)
+            if self.check_finite and dtype.is_floating_point and not torch.isfinite(block).all():
+                i = int((~torch.isfinite(block.reshape(len(steps), -1))).any(1).nonzero()[0])
+                raise TrajectoryError(f"{where(models[i].info(name).file, steps[i], name)}: NaN/Inf weights "
+                                      f"(rows {start}:{stop})")
+            yield start, stop, block
+
+
+def _get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        v = cfg.get(key, default)
+    else:
+        v = getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def open_trajectory(cfg=None, **kwargs) -> Trajectory:
+    """Open and validate a trajectory from `cfg.trajectory` (a DictConfig/dict/dataclass) and/or
+    keyword overrides: path, base, hub_repo, hub_revision_prefix, steps, max_step, check_finite,
+    trust_remote_code, cache_dir (default: RLVR_CACHE_DIR or ~/.cache/rlvr-linearity)."""
+    unknown = set(kwargs) - set(KEYS)
+    if unknown:
+        raise TypeError(f"open_trajectory: unknown arguments {sorted(unknown)}")
+    opt = {k: kwargs.get(k) if kwargs.get(k) is not None else _get(cfg, k) for k in KEYS}
+    steps_req = None if opt["steps"] is None else sorted({int(s) for s in opt["steps"]})
+    max_step = None if opt["max_step"] is None else int(opt["max_step"])
+    check_finite = True if opt["check_finite"] is None else bool(opt["check_finite"])
+
+    if opt["hub_repo"]:
+        if opt["path"]:
+            raise ConfigError("trajectory: set either trajectory.path or trajectory.hub_repo, not both")
+        from rlvr_linearity.paths import cache_dir
+
+        cache = Path(opt["cache_dir"]).expanduser() if opt["cache_dir"] else cache_dir()
+        repo, prefix = str(opt["hub_repo"]), str(opt["hub_revision_prefix"] or "step_")
+        if steps_req is not None and max_step is None:
+            wanted = steps_req
+        else:
+            avail = hub_steps(repo, prefix, hub_cache_dir(cache, repo))
+            wanted = _select(avail, steps_req, max_step, where_=f"trajectory.hub_repo {repo}")
+        root = fetch_hub_trajectory(repo, [s for s in wanted if s != 0 or not opt["base"]], cache, prefix)
+        found = [f for f in discover(root) if f.step in set(wanted)]
+    elif opt["path"]:
+        root = Path(str(opt["path"])).expanduser().resolve()
+        found = discover(root)
+        avail = [f.step for f in found]
+        wanted = _select(avail, steps_req, max_step, where_=str(root))
+        found = [f for f in found if f.step in set(wanted) or f.step == 0]
+    else:
+        raise ConfigError("trajectory: set trajectory.path=DIR (or trajectory.hub_repo=ORG/NAME)")
+
+    models: dict[int, ModelFiles] = {}
+    for f in found:
+        models[f.step] = _open_found(f)
+    if opt["base"]:
+        if 0 in models:
+            log.info("trajectory.base given: it replaces the trajectory's own step 0 (%s)", models[0].path)
+        models[0] = ModelFiles(resolve_model_path(str(opt["base"])), step=0)
+    elif 0 not in models:
+        models[0] = ModelFiles(_base_from_run(root, found), step=0)
+    if len(models) < 2:
+        raise TrajectoryError(f"{where(root)}: no checkpoints besides the base model")
+    log.info("trajectory %s: base %s, steps %s", root, models[0].path, sorted(models)[1:])
+    return Trajectory(models, path=root, check_finite=check_finite)
+
+
+def _open_found(f: Found) -> ModelFiles:
+    if f.layout == "verl_fsdp":
+        from .verl_fsdp import FsdpShardFiles
+
+        return FsdpShardFiles(f.dir, step=f.step)
+    return ModelFiles(f.dir, step=f.step)
+
+
+def _select(avail: list[int], steps_req, max_step, where_: str) -> list[int]:
+    """Steps kept by trajectory.steps / trajectory.max_step (0 is always kept if present)."""
+    if steps_req is not None:
+        missing = [s for s in steps_req if s not in avail and s != 0]
+        if missing:
+            raise TrajectoryError(f"{where_}: requested step(s) {missing} not found (available: {avail})")
+        chosen = [s for s in avail if s in steps_req or s == 0]
+    else:
+        chosen = list(avail)
+    if max_step is not None:
+        chosen = [s for s in chosen if s <= max_step]
+    if not [s for s in chosen if s != 0]:
+        raise TrajectoryError(f"{where_}: no checkpoints left after trajectory.steps={steps_req} "
+                              f"max_step={max_step} (available: {avail})")
+    return chosen
+
+
+def _base_from_run(root: Path, found: list[Found]) -> Path:
+    """The base recorded by the run: trajectory.json, else the verl config; else an error."""
+    meta = trajectory_json(root)
+    if meta and meta.get("base"):
+        spec = str(meta["base"])
+        rel = root / spec
+        if not Path(spec).is_absolute() and rel.exists():
+            spec = str(rel)
+        listed = [int(s) for s in meta.get("steps") or []]
+        have = {f.step for f in discover(root)}
+        gone = [s for s in listed if s not in have]
+        if gone:
+            raise TrajectoryError(f"{where(root / 'trajectory.json')}: lists step(s) {gone} that are not on disk")
+        return resolve_model_path(spec, what=f"base model named in {root / 'trajectory.json'}")
+    hint = verl_base_hint(root, found)
+    if hint:
+        return resolve_model_path(hint, what="base model from the verl run's config")
+    raise TrajectoryError(f"{where(root)}: missing base model: the trajectory holds no step 0 and no "
+                          "trajectory.json; set trajectory.base=PATH_OR_HUB_ID")

@@ -1,0 +1,218 @@
+"""One HF model directory on disk: safetensors headers parsed up front, tensors read lazily.
+
+Tensors are always read in their STORED dtype through `safe_open` (mmap); config.json's dtype
+is ignored on purpose (verl writes fp32 tensors under a config that says bfloat16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlvr_linearity.errors import TrajectoryError, where
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset of the data in `file`
+    stop: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed safetensors header, checked against the file's size."""
+
+    path: Path
+    size: int
+    raw: bytes
+    tensors: dict[str, TensorInfo]  # in data-offset order
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+
+def read_header(path: Path, step=None) -> Header:
+    """Parse a safetensors header; raise TrajectoryError if it is unreadable or if the data it
+    describes runs past the end of the file (a truncated or still-being-written file)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise TrajectoryError(f"{where(path, step)}: truncated safetensors file ({size} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise TrajectoryError(f"{where(path, step)}: truncated safetensors file "
+                                      f"(header of {n} bytes, file of {size})")
+            raw = f.read(n)
+    except OSError as e:
+        raise TrajectoryError(f"{where(path, step)}: cannot read ({e.strerror or e})") from None
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TrajectoryError(f"{where(path, step)}: corrupt safetensors header") from None
+    meta.pop("__metadata__", None)
+    base = 8 + n
+    items = []
+    for name, info in meta.items():
+        try:
+            a, b = (int(x) for x in info["data_offsets"])
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(x) for x in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise TrajectoryError(f"{where(path, step, name)}: corrupt safetensors header entry") from None
+        if base + b > size:
+            raise TrajectoryError(f"{where(path, step, name)}: truncated safetensors file (data ends at byte "
+                                  f"{base + b}, file has {size})")
+        items.append((a, name, TensorInfo(path, dtype, shape, base + a, base + b)))
+    items.sort(key=lambda x: x[0])
+    return Header(path, size, raw, {name: ti for _, name, ti in items})
+
+
+class ModelFiles:
+    """A HF model directory (config.json + single or sharded safetensors), opened lazily.
+
+    Headers are parsed (and checked against file sizes) on construction, so a truncated file
+    fails at open time, before any output is written. `step` only labels error messages.
+    """
+
+    def __init__(self, path, step=None):
+        self.path = Path(path)
+        self.step = step
+        if not self.path.is_dir():
+            raise TrajectoryError(f"{where(self.path, step)}: model directory not found")
+        cfg = self.path / "config.json"
+        if not cfg.is_file():
+            raise TrajectoryError(f"{where(cfg, step)}: missing config.json (not a HF model directory)")
+        try:
+            self.config = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrajectoryError(f"{where(cfg, step)}: unreadable config.json ({e})") from None
+        self.files = self._weight_files()
+        self.headers = [read_header(f, step) for f in self.files]
+        self._info: dict[str, TensorInfo] = {}
+        for h in self.headers:
+            for name, ti in h.tensors.items():
+                if name in self._info:
+                    raise TrajectoryError(f"{where(h.path, step, name)}: tensor stored in two shards")
+                self._info[name] = ti
+        if self._index is not None:
+            for name, fname in self._index.items():
+                if name not in self._info or self._info[name].file.name != fname:
+                    raise TrajectoryError(f"{where(self.path / fname, step, name)}: listed in {INDEX} "
+                                          "but not stored in that shard")
+        if not self._info:
+            raise TrajectoryError(f"{where(self.files[0], step)}: no tensors stored")
+        self._handles: dict[Path, object] = {}
+
+    def _weight_files(self) -> list[Path]:
+        self._index = None
+        idx = self.path / INDEX
+        if idx.is_file():
+            try:
+                wm = json.loads(idx.read_text())["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise TrajectoryError(f"{where(idx, self.step)}: unreadable shard index ({e})") from None
+            self._index = dict(wm)
+            files = sorted({self.path / f for f in wm.values()})
+            for f in files:
+                if not f.is_file():
+                    raise TrajectoryError(f"{where(f, self.step)}: shard listed in {INDEX} is missing")
+            return files
+        if (self.path / SINGLE).is_file():
+            return [self.path / SINGLE]
+        files = sorted(self.path.glob("*.safetensors"))
+        if files:
+            return files
+        bins = sorted(p.name for p in self.path.glob("*.bin"))
+        extra = f" (found {', '.join(bins)}: convert to safetensors)" if bins else ""
+        raise TrajectoryError(f"{where(self.path, self.step)}: config.json but no safetensors weights{extra}")
+
+    def __repr__(self) -> str:
+        return f"ModelFiles({str(self.path)!r}, step={self.step})"
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """Stored names in file order (shard by shard, data-offset order)."""
+        return list(self._info)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._info[name]
+        except KeyError:
+            raise TrajectoryError(f"{where(self.path, self.step, name)}: tensor missing") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype stored in the file (not config.json's)."""
+        return self.info(name).dtype
+
+    def numel(self, name: str) -> int:
+        n = 1
+        for d in self.info(name).shape:
+            n *= d
+        return n
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """config.tie_word_embeddings and no separate lm_head stored."""
+        cfg = self.config.get("text_config", self.config) if "tie_word_embeddings" not in self.config else self.config
+        return bool(cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info
+
+    def _handle(self, file: Path):
+        h = self._handles.get(file)
+        if h is None:
+            from safetensors import safe_open
+
+            try:
+                h = safe_open(str(file), framework="pt", device="cpu")
+            except Exception as e:  # safetensors raises its own error type for corrupt files
+                raise TrajectoryError(f"{where(file, self.step)}: cannot open safetensors ({e})") from None
+            self._handles[file] = h
+        return h
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole tensor, stored precision, CPU."""
+        return self._handle(self.info(name).file).get_tensor(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start:stop) of dim 0 (elements for 1-D tensors), read via get_slice."""
+        ti = self.info(name)
+        if not ti.shape:
+            return self.read(name).reshape(1)[start:stop]
+        return self._handle(ti.file).get_slice(name)[start:stop]
+
+    def sample_digest(self, n_ranges: int = 4, size: int = 1 << 16) -> str:
+        """sha256 of every header plus `n_ranges` evenly spaced `size`-byte ranges of each file's data."""
+        h = hashlib.sha256()
+        for hd in self.headers:
+            h.update(f"{hd.path.name}:{hd.size}:{hd.digest}".encode())
+            data0 = 8 + len(hd.raw)
+            span = max(0, hd.size - data0 - size)
+            with open(hd.path, "rb") as f:
+                for i in range(n_ranges):
+                    f.seek(data0 + (span * i) // max(1, n_ranges - 1))
+                    h.update(f.read(size))
+        cfg = self.path / "config.json"
+        h.update(cfg.read_bytes())
+        return h.hexdigest()

@@ -1,0 +1,219 @@
+"""ModelWriter: write a HF model directory tensor by tensor, atomically, in bounded memory.
+
+The safetensors headers are computed up front from the template's (name, shape, target dtype)
+list, the files are pre-sized, and each `write(name, tensor)` puts that tensor's bytes at its
+offset: memory holds one tensor at a time, any write order works, and many writers can be open
+at once. Everything goes to `<out>.tmp-<random>`, renamed to `<out>` only when every tensor has
+been written and the files re-read as valid safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from rlvr_linearity.errors import RlvrError
+
+from .files import DTYPE_NAMES, INDEX, SINGLE, ModelFiles, read_header
+
+log = logging.getLogger(__name__)
+
+AUX_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".tiktoken", ".py")
+SKIP = {INDEX, "trajectory.json", "fsdp_config.json"}
+DTYPE_ALIASES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "float64": torch.float64}
+EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch.dtype or a name ('float32', 'bf16', ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPE_ALIASES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise RlvrError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)") from None
+
+
+def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]) -> bytes:
+    meta: dict = {"__metadata__": {"format": "pt"}}
+    for name, dt, shape, a, b in entries:
+        meta[name] = {"dtype": DTYPE_NAMES[dt], "shape": list(shape), "data_offsets": [a, b]}
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+class ModelWriter:
+    """`with ModelWriter(out, template=mf, dtype=None) as w: for n in w.tensor_names: w.write(n, t)`.
+
+    dtype None keeps each tensor's stored dtype in the template; otherwise floating tensors are
+    cast to `dtype` on write. Above `shard_bytes` the weights are split into
+    `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`. The template's config
+    (dtype updated), generation config, tokenizer and chat template are copied.
+    """
+
+    def __init__(self, out_dir, template, dtype=None, shard_bytes: int = 5 * 10**9):
+        self.out = Path(out_dir).resolve()
+        self.template = template if isinstance(template, ModelFiles) else ModelFiles(template)
+        self.dtype = parse_dtype(dtype)
+        self.tensor_names = list(self.template.tensor_names)
+        self._entries = {}
+        for n in self.tensor_names:
+            src = self.template.dtype(n)
+            dt = self.dtype if (self.dtype is not None and src.is_floating_point) else src
+            shape = tuple(self.template.shape(n))
+            numel = 1
+            for d in shape:
+                numel *= d
+            self._entries[n] = (dt, shape, numel * dt.itemsize)
+        self._shards = self._plan(shard_bytes)
+        self._tmp: Path | None = None
+        self._files: dict[str, object] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file name, abs offset, nbytes)
+        self._written: set[str] = set()
+
+    def _plan(self, shard_bytes: int) -> list[list[str]]:
+        shards, cur, size = [], [], 0
+        for n in self.tensor_names:
+            nb = self._entries[n][2]
+            if cur and size + nb > shard_bytes:
+                shards.append(cur)
+                cur, size = [], 0
+            cur.append(n)
+            size += nb
+        shards.append(cur)
+        return shards
+
+    # -- context management
+    def __enter__(self) -> "ModelWriter":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.out.parent / f"{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        try:
+            k = len(self._shards)
+            for i, names in enumerate(self._shards):
+                fname = SINGLE if k == 1 else f"model-{i + 1:05d}-of-{k:05d}.safetensors"
+                entries, off = [], 0
+                for n in names:
+                    dt, shape, nb = self._entries[n]
+                    entries.append((n, dt, shape, off, off + nb))
+                    off += nb
+                head = _header_bytes(entries)
+                f = open(self._tmp / fname, "wb+")
+                f.write(head)
+                f.truncate(len(head) + off)
+                self._files[fname] = f
+                for n, _, _, a, b in entries:
+                    self._where[n] = (fname, len(head) + a, b - a)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- writing
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one tensor (any float dtype, cast to the target dtype; shape must match)."""
+        if self._tmp is None:
+            raise RuntimeError("ModelWriter.write outside its `with` block")
+        if name not in self._entries:
+            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
+        dt, shape, nb = self._entries[name]
+        t = torch.as_tensor(tensor).detach()
+        if tuple(t.shape) != shape:
+            raise RlvrError(f"tensor {name}: shape {list(t.shape)} does not match the template's {list(shape)}")
+        data = t.to(device="cpu", dtype=dt).contiguous().reshape(-1).view(torch.uint8).numpy()
+        fname, off, n = self._where[name]
+        assert data.nbytes == n
+        f = self._files[fname]
+        f.seek(off)
+        f.write(memoryview(data))
+        self._written.add(name)
+
+    def _finish(self) -> None:
+        missing = [n for n in self.tensor_names if n not in self._written]
+        if missing:
+            raise RlvrError(f"{self.out}: tensor {missing[0]} never written ({len(missing)} missing); "
+                            "output discarded")
+        self._keep_tied()
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        self._files.clear()
+        for fname in {w[0] for w in self._where.values()}:
+            read_header(self._tmp / fname)  # sizes and offsets consistent
+        if len(self._shards) > 1:
+            total = sum(e[2] for e in self._entries.values())
+            index = {"metadata": {"total_size": total}, "weight_map": {n: self._where[n][0] for n in self.tensor_names}}
+            (self._tmp / INDEX).write_text(json.dumps(index, indent=2))
+        self._copy_aux()
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f"{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.out, old)
+        os.replace(self._tmp, self.out)
+        self._tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _keep_tied(self) -> None:
+        """A tied template storing both embedding and lm_head: keep them byte-identical."""
+        cfg = self.template.config
+        if not (cfg.get("tie_word_embeddings") and EMB in self._where and HEAD in self._where):
+            return
+        (fe, oe, n), (fh, oh, _) = self._where[EMB], self._where[HEAD]
+        src, dst = self._files[fe], self._files[fh]
+        src.seek(oe)
+        emb = src.read(n)
+        dst.seek(oh)
+        if dst.read(n) != emb:
+            log.warning("%s: tied embeddings written with a different lm_head; lm_head set to the embedding", self.out)
+            dst.seek(oh)
+            dst.write(emb)
+
+    def _written_dtype(self) -> torch.dtype | None:
+        sizes: dict[torch.dtype, int] = {}
+        for dt, _, nb in self._entries.values():
+            if dt.is_floating_point:
+                sizes[dt] = sizes.get(dt, 0) + nb
+        return max(sizes, key=sizes.get) if sizes else None
+
+    def _copy_aux(self) -> None:
+        src = self.template.path
+        for f in sorted(src.iterdir()):
+            if not f.is_file() or f.name in SKIP or f.suffix == ".safetensors":
+                continue
+            if f.suffix in AUX_SUFFIXES or f.name.startswith("tokenizer"):
+                shutil.copy2(f, self._tmp / f.name)
+        cfg = dict(self.template.config)
+        dt = self._written_dtype()
+        if dt is not None:
+            name = str(dt).removeprefix("torch.")
+            cfg["dtype"] = name
+            if "torch_dtype" in cfg:
+                cfg["torch_dtype"] = name
+        (self._tmp / "config.json").write_text(json.dumps(cfg, indent=2))
