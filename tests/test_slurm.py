@@ -299,3 +299,26 @@ def test_launcher_presets_resolve():
     site = hydra_cfg("hydra/launcher=slurm_gpu", "+slurm.partition=big", "+slurm.account=lab")
     assert (site["partition"], site["account"]) == ("big", "lab")
 
+
+
+def test_linearity_sweep_over_four_windows_on_slurm(slurm_cluster, tmp_path):
+    """A real command: `rlvr linearity -m` over 4 observation windows of a tiny trajectory, as a
+    Slurm job array; every job's result is collected and matches its window."""
+    pytest.importorskip("rlvr_linearity.trajectory")
+    from conftest import make_trajectory
+
+    traj = make_trajectory(tmp_path / "traj", "checkpoint", steps=tuple(range(1, 9)), write_json=True)
+    env = {**slurm_cluster["env"], "RLVR_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    sweep = tmp_path / "sweep"
+    windows = [3, 4, 6, 8]
+    argv = [sys.executable, "-m", "rlvr_linearity", "linearity", "-m",
+            f"trajectory.max_step={','.join(map(str, windows))}", f"trajectory.path={traj.path}",
+            "linearity.lowrank=false", "logger=none", "hydra/launcher=slurm_cpu", f"hydra.sweep.dir={sweep}",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=5",
+            "hydra.launcher.partition=debug"]
+    r = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for num, window in enumerate(windows):
+        result = json.loads((sweep / str(num) / "linearity" / "weights_r2.json").read_text())
+        assert max(result["steps"]) == window
+        assert result["n_defined"] > 0 and 0.9 < result["median"] <= 1.0  # linear drift: R² near 1

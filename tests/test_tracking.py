@@ -133,3 +133,25 @@ def test_only_rank_zero_of_a_multinode_job_reports(probe_env, tmp_path):
 
 def _events_file(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("logger", ["wandb", "none"])
+def test_real_command_writes_offline_wandb_run(logger, tmp_path):
+    """`rlvr linearity` on a tiny trajectory, no key and WANDB_MODE unset: offline W&B run files
+    (or none with logger=none) next to tracking.jsonl, which holds the metrics either way."""
+    pytest.importorskip("rlvr_linearity.trajectory")
+    from conftest import make_trajectory
+
+    traj = make_trajectory(tmp_path / "traj", "checkpoint", steps=(1, 2, 3, 4), write_json=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), RLVR_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "rlvr_linearity", "linearity", f"trajectory.path={traj.path}",
+                        "linearity.lowrank=false", f"output_dir={out}", f"logger={logger}"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == (1 if logger == "wandb" else 0)
+    events = _events(out)
+    assert events[0]["event"] == "config" and events[-1] == {**events[-1], "event": "end", "failed": False}
+    assert (out / "linearity" / "weights_r2.json").exists()
