@@ -1,0 +1,136 @@
+"""`rlvr linearity` end to end on tiny on-disk trajectories: the contract's JSON against a float64
+numpy reference of the stored values, figures, the CLI, and errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_trajectory
+from hydra import compose, initialize_config_dir
+
+from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.schemas import register_configs
+
+STEPS = (1, 2, 4, 7, 8, 12)
+HAS_GRAM = True
+try:
+    import rlvr_linearity.linearity.gram  # noqa: F401
+except ImportError:
+    HAS_GRAM = False
+
+
+def compose_cfg(*overrides):
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("linearity", overrides=["logger=none", *overrides])
+
+
+def reference(tt, steps):
+    x = np.asarray(steps, float)
+    per = {}
+    for n in tt.names:
+        y = np.stack([tt.values[s][n].numpy().ravel() for s in steps])
+        r = np.full(y.shape[1], np.nan)
+        for j in range(y.shape[1]):
+            if np.ptp(y[:, j]) > 0:
+                r[j] = np.corrcoef(x, y[:, j])[0, 1] ** 2
+        per[n] = r
+    return per
+
+
+@pytest.mark.parametrize("tied,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_analyse_matches_reference(tmp_path, rlvr_cache, tied, dtype):
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", layout="checkpoint", steps=STEPS, tied=tied, dtype=dtype,
+                         drift="random", scale=1e-2, write_json=True)
+    cfg = compose_cfg(f"trajectory.path={tt.path}", f"linearity.lowrank={HAS_GRAM}", "linearity.windows=[4,8,all]",
+                      "linearity.save_per_weight=true")
+    out = tmp_path / "out"
+    summary = analyse(cfg, out)
+    res = json.loads((out / "linearity" / "weights_r2.json").read_text())
+    assert set(res) >= {"steps", "n_weights", "n_defined", "mean", "median", "frac_above", "per_tensor", "windows"}
+    assert set(res["frac_above"]) == {"0.5", "0.7", "0.9"}
+    assert res["steps"] == [0, *STEPS]
+    for label, steps in (("4", [0, 1, 2, 4]), ("8", [0, 1, 2, 4, 7, 8]), ("all", [0, *STEPS])):
+        ref = reference(tt, steps)
+        allv = np.concatenate(list(ref.values()))
+        d = allv[~np.isnan(allv)]
+        w = res["windows"][label]
+        assert w["n_weights"] == allv.size and w["n_defined"] == d.size
+        assert abs(w["mean"] - d.mean()) < 1e-6 and abs(w["median"] - np.median(d)) < 1e-6
+        assert abs(w["frac_above"]["0.7"] - np.mean(d > 0.7)) < 1e-12
+    names = [r["name"] for r in res["per_tensor"]]
+    assert sorted(names) == sorted(tt.names) and ("lm_head.weight" in names) == (not tied)
+    for r in res["per_tensor"]:
+        assert set(r) >= {"name", "numel", "n_defined", "mean", "median", "frac_above_0.7"}
+    from safetensors.numpy import load_file
+    saved = load_file(out / "linearity" / "weights_r2.safetensors")
+    ref = reference(tt, [0, *STEPS])
+    for n in tt.names:
+        assert np.allclose(saved[n].ravel(), ref[n], atol=1e-6, equal_nan=True)
+    assert summary["median"] == res["median"] and summary["dir"] == str(out)
+    assert (out / "figures" / "weight_r2_histogram.png").exists() and (out / "figures" / "weight_r2_heatmap.png").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.skipif(not HAS_GRAM, reason="linearity/gram.py (compute_grams) not in the tree yet")
+def test_lowrank_json_vs_svd(tmp_path, rlvr_cache):
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
+    cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity.weights=false", "linearity.windows=[4,all]",
+                      "linearity.ranks=[1,2]", "linearity.coefficient_history=7", "linearity.reconstruct_steps=[8]",
+                      "linearity.reconstruct_rank=2")
+    analyse(cfg, tmp_path / "out")
+    rep = json.loads((tmp_path / "out" / "linearity" / "lowrank.json").read_text())
+    for n in tt.names:
+        m = np.stack([(tt.values[s][n] - tt.values[0][n]).numpy().ravel() for s in STEPS])
+        for label, k in (("4", 3), ("all", len(STEPS))):
+            sv = np.linalg.svd(m[:k], compute_uv=False)
+            for r in (1, 2):
+                assert abs(rep["windows"][label]["per_tensor"][n][str(r)] - np.sum(sv[:r] ** 2) / np.sum(sv ** 2)) < 1e-6
+        _, _, vt = np.linalg.svd(m[:4], full_matrices=False)
+        c = m @ vt[0]
+        c = -c if c[-1] < 0 else c
+        co = rep["coefficients"]["per_tensor"][n]
+        assert np.allclose(co["coefficients"], c, atol=1e-8 * max(1, np.abs(c).max()))
+        assert abs(co["r2_in_sample"] - np.corrcoef(STEPS[:4], c[:4])[0, 1] ** 2) < 1e-6
+        # reconstruct: projection of step 8's delta on the window's top-2 subspace (window = steps <= 7)
+    from safetensors.numpy import load_file
+    rec = load_file(tmp_path / "out" / "linearity" / "reconstruct" / "step_8_rank2" / "model.safetensors")
+    for n in tt.names:
+        m = np.stack([(tt.values[s][n] - tt.values[0][n]).numpy().ravel() for s in STEPS])
+        _, _, vt = np.linalg.svd(m[:4], full_matrices=False)
+        want = tt.values[0][n].numpy().ravel() + vt[:2].T @ (vt[:2] @ m[4])
+        assert np.allclose(rec[n].ravel(), want, atol=1e-5)
+
+
+def test_bad_window_is_config_error(tmp_path, rlvr_cache):
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 2, 3), write_json=True)
+    with pytest.raises(ConfigError, match="window 10"):
+        analyse(compose_cfg(f"trajectory.path={tt.path}", "linearity.windows=[10]"), tmp_path / "out")
+
+
+def test_cli(tmp_path, rlvr_cache):
+    tt = make_trajectory(tmp_path / "run", layout="verl", steps=(1, 2, 3, 5), write_json=True)
+    rlvr = Path(sys.executable).parent / "rlvr"
+    env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache)}
+    extra = [] if HAS_GRAM else ["linearity.lowrank=false"]
+    p = subprocess.run([str(rlvr), "linearity", f"trajectory.path={tt.path}", f"output_dir={tmp_path / 'o'}",
+                        "logger=none", *extra], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "o" / "linearity" / "weights_r2.json").read_text())
+    assert res["n_defined"] > 0 and 0 <= res["median"] <= 1
+    p = subprocess.run([str(rlvr), "linearity", f"trajectory.path={tt.path}", f"output_dir={tmp_path / 'e'}",
+                        "logger=none", "linearity.windows=[9]"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "window 9" in p.stderr
+    assert not (tmp_path / "e" / "linearity" / "weights_r2.json").exists()
