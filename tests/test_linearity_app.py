@@ -80,8 +80,26 @@ def test_analyse_matches_reference(tmp_path, rlvr_cache, tied, dtype):
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
-@pytest.mark.skipif(not HAS_GRAM, reason="linearity/gram.py (compute_grams) not in the tree yet")
-def test_lowrank_json_vs_svd(tmp_path, rlvr_cache):
+@pytest.fixture
+def grams_available(monkeypatch):
+    """The real compute_grams when gram.py exists; until then a plain float64 numpy stand-in
+    (reads every step fully), so the low-rank driver and reconstruct mode are still tested."""
+    if HAS_GRAM:
+        return
+    import types
+
+    def compute_grams(traj, steps, cache_dir=None, names=None):
+        out = {}
+        for n in names or traj.tensor_names:
+            base = traj.model(0).read(n).double().ravel()
+            m = torch.stack([traj.model(s).read(n).double().ravel() - base for s in steps])
+            out[n] = (m @ m.T).numpy()
+        return out
+
+    monkeypatch.setitem(sys.modules, "rlvr_linearity.linearity.gram", types.SimpleNamespace(compute_grams=compute_grams))
+
+
+def test_lowrank_json_vs_svd(tmp_path, rlvr_cache, grams_available):
     from rlvr_linearity.linearity.app import analyse
 
     tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
@@ -134,3 +152,47 @@ def test_cli(tmp_path, rlvr_cache):
                         "logger=none", "linearity.windows=[9]"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "window 9" in p.stderr
     assert not (tmp_path / "e" / "linearity" / "weights_r2.json").exists()
+
+
+def test_logprob_r2_vs_full_forward(tmp_path, rlvr_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 3, 4), drift="random", scale=5e-2, write_json=True)
+    probes = [{"index": 0, "problem": "What is 3 + 4?", "gt": "7",
+               "generated_texts": [{"response_id": 0, "text": "The answer is \\boxed{7}."},
+                                   {"response_id": 1, "text": "3 + 4 = 7"}]},
+              {"index": 1, "problem": "What is 12 + 21?", "gt": "33",
+               "generated_texts": [{"response_id": 0, "text": "The answer is \\boxed{33}."}]}]
+    pf = tmp_path / "probes.json"
+    pf.write_text(json.dumps(probes))
+    cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity.weights=false", "linearity.lowrank=false",
+                      "linearity.logprobs=true", f"linearity.probes.file={pf}", "linearity.probes.batch_size=2",
+                      "linearity.probes.chunk_positions=3")
+    analyse(cfg, tmp_path / "out")
+    res = json.loads((tmp_path / "out" / "linearity" / "logprob_r2.json").read_text())
+    steps = [0, 1, 3, 4]
+    assert res["steps"] == steps and res["n_sequences"] == 3
+    tok = AutoTokenizer.from_pretrained(tt.base)
+    rows = []
+    for s in steps:
+        model = AutoModelForCausalLM.from_pretrained(tt.base if s == 0 else tt.step_dirs[s], dtype=torch.float64).eval()
+        vals = []
+        for item in probes:
+            prompt = tok.apply_chat_template([{"role": "user", "content": item["problem"]}], tokenize=False,
+                                             add_generation_prompt=True)
+            n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+            for g in item["generated_texts"]:
+                ids = tok(prompt + g["text"], add_special_tokens=False)["input_ids"]
+                with torch.no_grad():
+                    lp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+                vals += [float(lp[p - 1, ids[p]]) for p in range(n_prompt, len(ids))]
+        rows.append(vals)
+    m = np.asarray(rows).T  # [tokens, steps]
+    assert res["n_tokens_total"] == m.shape[0]
+    ref = np.array([np.corrcoef(steps, r)[0, 1] ** 2 for r in m if np.ptp(r) > 0])
+    assert res["logprob"]["n_defined"] == ref.size
+    assert abs(res["logprob"]["mean"] - ref.mean()) < 1e-4 and abs(res["logprob"]["median"] - np.median(ref)) < 1e-4
+    assert res["examples"] and "token" in res["examples"][0]
+    assert (tmp_path / "out" / "figures" / "logprob_r2_histogram.png").exists()
