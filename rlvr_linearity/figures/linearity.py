@@ -41,8 +41,8 @@ def plot_r2_heatmap(res: dict, path):
         return None
     grid = np.array([[np.nan if v is None else v for v in row] for row in hm["mean"]], float) if modules else np.zeros((0, 0))
     width = 2.5 + 0.32 * max(len(layers), 1) + 1.2
-    fig, axes = figure(width, 1.2 + 0.35 * max(len(modules), len(side), 1), ncols=2,
-                       gridspec_kw={"width_ratios": [max(len(layers), 1), 1.5]})
+    fig, axes = figure(width + 1.5, 1.2 + 0.35 * max(len(modules), len(side), 1), ncols=2,
+                       gridspec_kw={"width_ratios": [max(len(layers), 1), 2.0], "wspace": 0.9})
     ax, sax = axes
     for a in axes:
         a.grid(False)
@@ -58,13 +58,12 @@ def plot_r2_heatmap(res: dict, path):
                     if np.isfinite(grid[i, j]):
                         ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
                                 color="white" if grid[i, j] < 0.6 else "black")
-        fig.colorbar(im, ax=sax, fraction=0.5, label="mean R²")
+        fig.colorbar(im, ax=sax, fraction=0.35, pad=0.1, label="mean R²")
     names = list(side)
     col = np.array([[np.nan if side[n] is None else side[n]] for n in names], float) if names else np.zeros((0, 1))
     if names:
         sax.imshow(col, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         sax.set_yticks(range(len(names)), names)
-        sax.yaxis.tick_right()
         sax.set_xticks([])
         for i, v in enumerate(col[:, 0]):
             if np.isfinite(v):
