@@ -61,7 +61,7 @@ def tiny_config(*, tied: bool, dtype=torch.float32, vocab: int = 320, hidden: in
     return Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=256,
                        tie_word_embeddings=tied, bos_token_id=None, eos_token_id=2, pad_token_id=0,
-                       dtype=_dtype_name(dtype))
+                       dtype=_dtype_name(dtype), architectures=["Qwen2ForCausalLM"])
 
 
 def _dtype_name(dtype) -> str:
