@@ -224,6 +224,19 @@ def test_error_nan_inf_while_streaming(tmp_path, bad):
     assert sum(1 for _ in nocheck.iter_blocks(name, nocheck.steps, 50)) > 1
 
 
+def test_huge_finite_weights_are_not_flagged(tmp_path):
+    t = make_trajectory(tmp_path, "checkpoint", [1, 2])
+    name = "model.layers.0.self_attn.v_proj.weight"
+
+    def huge(sd):
+        sd[name][:4] = 3e38  # the block's sum overflows to inf; every weight is finite
+        return sd
+
+    _rewrite(t.step_dirs[2], huge)
+    traj = open_trajectory(path=t.path, base=t.base)
+    assert sum(1 for _ in traj.iter_blocks(name, traj.steps, 10**6)) == 1
+
+
 def test_error_duplicate_steps(tmp_path):
     t = make_trajectory(tmp_path / "a", "global_step", [5, 6])
     shutil.copytree(t.step_dirs[5], t.path / "global_step_05")

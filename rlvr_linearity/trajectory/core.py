@@ -110,7 +110,9 @@ class Trajectory:
             block = torch.empty((len(steps), stop - start, *rest), dtype=dtype)
             for i, (s, m) in enumerate(zip(steps, models)):
                 block[i] = m.read_rows(name, start, stop).reshape(stop - start, *rest)
-            if self.check_finite and dtype.is_floating_point and not torch.isfinite(block).all():
+            # a sum is finite iff every element is, barring overflow: exact check only then (fast path)
+            if self.check_finite and dtype.is_floating_point and not torch.isfinite(block.sum()) \
+                    and not torch.isfinite(block).all():
                 i = int((~torch.isfinite(block.reshape(len(steps), -1))).any(1).nonzero()[0])
                 raise TrajectoryError(f"{where(models[i].info(name).file, steps[i], name)}: NaN/Inf weights "
                                       f"(rows {start}:{stop})")
