@@ -72,6 +72,16 @@ def test_verl_in_progress_and_shard_fallback(verl_tree, tmp_path, caplog):
     assert traj.steps == [0, 1, 2] and "global_step_3" in caplog.text
     assert type(traj.model(2)).__name__ == "FsdpShardFiles"
     assert_values(traj, base, values)
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_linearity.trajectory import ModelWriter
+
+    with ModelWriter(tmp_path / "export", template=traj.model(2)) as w:  # fp32 HF export of a shard-only step
+        for n in w.tensor_names:
+            w.write(n, traj.model(2).read(n))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype="auto")
+    assert model.dtype == torch.float32 and model.config.tie_word_embeddings
+    assert torch.equal(model.state_dict()["model.norm.weight"], values[2]["model.norm.weight"])
     # without the tracker, a step with no hf weights is a save in progress
     (root / "latest_checkpointed_iteration.txt").unlink()
     assert open_trajectory(path=root, base=base).steps == [0, 1, 3]

@@ -214,6 +214,11 @@ class FsdpShardFiles:
             md = _fields(sf["metadata"])
             parts.append((tuple(md["shard_offsets"]), tuple(md["shard_sizes"]), sf["tensor"]))
 
+    @property
+    def aux_dir(self) -> Path:
+        """Where verl put config, tokenizer and chat template (copied by ModelWriter)."""
+        return self.path / "huggingface"
+
     def __repr__(self) -> str:
         return f"FsdpShardFiles({str(self.path)!r}, step={self.step})"
 

@@ -61,7 +61,7 @@ class ModelWriter:
 
     def __init__(self, out_dir, template, dtype=None, shard_bytes: int = 5 * 10**9):
         self.out = Path(out_dir).resolve()
-        self.template = template if isinstance(template, ModelFiles) else ModelFiles(template)
+        self.template = template if hasattr(template, "tensor_names") else ModelFiles(template)
         self.dtype = parse_dtype(dtype)
         self.tensor_names = list(self.template.tensor_names)
         self._entries = {}
@@ -203,7 +203,7 @@ class ModelWriter:
         return max(sizes, key=sizes.get) if sizes else None
 
     def _copy_aux(self) -> None:
-        src = self.template.path
+        src = getattr(self.template, "aux_dir", self.template.path)
         for f in sorted(src.iterdir()):
             if not f.is_file() or f.name in SKIP or f.suffix == ".safetensors":
                 continue
