@@ -84,19 +84,34 @@ def floor(root: Path, n_steps: int) -> float:
     return time.perf_counter() - t
 
 
-def child(args: list[str], env) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MiB, return code) of one `rlvr` process."""
+def _anon_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def child(args: list[str], env) -> tuple[float, float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, peak anonymous RSS MiB, return code) of one `rlvr` process.
+
+    Peak RSS (ru_maxrss) counts the safetensors pages mapped from the page cache; the anonymous
+    part (polled from /proc) is the memory the process itself allocates."""
     t = time.perf_counter()
     p = subprocess.Popen([str(Path(sys.executable).parent / "rlvr"), *args], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    anon = 0
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        anon = max(anon, _anon_kib(p.pid))
+        time.sleep(0.05)
     wall = time.perf_counter() - t
-    err = p.stderr.read().decode()
-    p.stderr.close()
     rc = os.waitstatus_to_exitcode(status)
-    if rc != 0:
-        print(err[-3000:], file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, rc
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, anon / 1024, rc
 
 
 def du(path: Path) -> int:
@@ -120,6 +135,7 @@ def main() -> None:
     env = {**os.environ, "RLVR_CACHE_DIR": str(work / "cache"), "WANDB_MODE": "disabled"}
     common = [f"trajectory.path={a.path}", "logger=none"]
     startup = min(child(["linearity", *common, "--cfg", "job"], env)[0] for _ in range(2))
+    floor(a.path, a.steps)  # the page cache again, after start-up
     runs = {
         "weight R² (1 window, every weight)": ["linearity.lowrank=false", "linearity.windows=[all]"],
         "weight R² (4 windows)": ["linearity.lowrank=false", f"linearity.windows=[5,10,15,all]"],
@@ -135,29 +151,29 @@ def main() -> None:
     for i, (label, extra) in enumerate(runs.items()):
         out = work / f"run{i}"
         before = du(work / "cache")
-        wall, rss, rc = child(["linearity", *common, f"output_dir={out}", *extra], env)
+        wall, cpu, rss, anon, rc = child(["linearity", *common, f"output_dir={out}", *extra], env)
         net = wall - startup
         results[label] = net
         left = du(work / "cache") - before
         stray = [p for p in out.rglob("*") if ".tmp" in p.name]
-        rows.append((label, net, net / fl, rss, rc, left, len(stray)))
+        rows.append((label, net, net / fl, cpu, rss, anon, rc, left, len(stray)))
         if (out / "linearity" / "weights_r2.json").exists():
             w = json.loads((out / "linearity" / "weights_r2.json").read_text())
             print(f"  {label}: median R² {w['median']:.4f}, frac>0.7 {w['frac_above']['0.7']:.4f}, "
                   f"{w['n_defined']:,}/{w['n_weights']:,} weights", flush=True)
-        print(f"  {label}: {net:.1f}s (rc {rc}, peak RSS {rss:.0f} MiB)", flush=True)
+        print(f"  {label}: {net:.1f}s (rc {rc}, peak RSS {rss:.0f} MiB, anonymous {anon:.0f} MiB)", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"Synthetic Qwen2 trajectory: {n_params / 1e6:.0f}M parameters, base + {a.steps} bf16 checkpoints, "
           f"{size / 2**30:.2f} GiB; {os.cpu_count()} CPU cores; torch {torch.__version__}.")
     print(f"Start-up of `rlvr linearity --cfg job`: {startup:.1f} s (subtracted).\n")
-    print("| run | seconds | × floor | peak RSS (MiB) | cache bytes written | temp files left |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| floor: read every tensor of every checkpoint once, to float32 | {fl:.1f} | 1.0 | – | – | – |")
-    for label, net, ratio, rss, rc, left, stray in rows:
+    print("| run | seconds | × floor | CPU s | peak RSS (MiB) | of which anonymous | cache bytes written | temp files |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| floor: read every tensor of every checkpoint once, to float32 | {fl:.1f} | 1.0 | – | – | – | – | – |")
+    for label, net, ratio, cpu, rss, anon, rc, left, stray in rows:
         mark = "" if rc == 0 else f" (exit {rc})"
-        print(f"| {label}{mark} | {net:.1f} | {ratio:.2f} | {rss:.0f} | {left:,} | {stray} |")
+        print(f"| {label}{mark} | {net:.1f} | {ratio:.2f} | {cpu:.1f} | {rss:.0f} | {anon:.0f} | {left:,} | {stray} |")
     one, four = results.get("weight R² (1 window, every weight)"), results.get("weight R² (4 windows)")
     if one and four:
         print(f"\n4 windows / 1 window: {four / one:.2f}×")

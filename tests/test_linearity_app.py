@@ -196,3 +196,23 @@ def test_logprob_r2_vs_full_forward(tmp_path, rlvr_cache):
     assert abs(res["logprob"]["mean"] - ref.mean()) < 1e-4 and abs(res["logprob"]["median"] - np.median(ref)) < 1e-4
     assert res["examples"] and "token" in res["examples"][0]
     assert (tmp_path / "out" / "figures" / "logprob_r2_histogram.png").exists()
+
+
+@pytest.mark.parametrize("engine_env", ["auto", "torch"])
+def test_nan_weight_names_step_and_tensor(tmp_path, rlvr_cache, engine_env):
+    from safetensors.torch import load_file, save_file
+
+    from rlvr_linearity.errors import TrajectoryError
+    from rlvr_linearity.linearity.weights import weight_linearity
+    from rlvr_linearity.trajectory import open_trajectory
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 2, 3), write_json=True)
+    f = tt.step_dirs[2] / "model.safetensors"
+    t = load_file(f)
+    name = "model.layers.1.mlp.up_proj.weight"
+    t[name][3, 5] = float("nan")
+    save_file(t, str(f), metadata={"format": "pt"})
+    traj = open_trajectory(path=tt.path)
+    with pytest.raises(TrajectoryError, match=rf"step 2.*{name}"):
+        weight_linearity(traj, engine=engine_env, progress=False)
+    assert traj.check_finite

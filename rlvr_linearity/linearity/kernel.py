@@ -26,13 +26,13 @@ def available() -> bool:
 
 if nb is not None:
 
-    @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy",
-             fastmath={"nnan", "ninf", "nsz", "contract"})  # inputs are finite (validated on read)
+    @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"nsz", "contract"})
     def r2_accumulate(x, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, sums, cnts,
-                      above, out):  # pragma: no cover - compiled
+                      above, out, bad):  # pragma: no cover - compiled
         """x [T, C] (base in row 0); ends [W] ascending window lengths; hist [P, W, B] int32 (size
         0 in the last axis to skip); sums [P, W]; cnts [P, W]; above [P, W, K];
-        out [W, C] float64 (every window's R², NaN undefined; size 0 to skip).
+        out [W, C] float64 (every window's R², NaN undefined; size 0 to skip); bad [P]: count
+        of columns holding NaN/Inf (their sums are not finite), so the caller can name the step.
         """
         n_slots = sums.shape[0]
         n_steps, n_cols = x.shape
@@ -80,6 +80,10 @@ if nb is not None:
                             s[k] += d
                             q[k] += d * d
                             sx[k] += xt * d
+                    if t == n_steps - 1:
+                        for k in range(m):
+                            if not np.isfinite(q[k] + sx[k]):
+                                bad[p] += 1
                     while w < n_win and ends[w] == t + 1:
                         n = ends[w]
                         hw = hist[p, w]
@@ -132,6 +136,7 @@ class KernelStats:
         self.sums = np.zeros((self.slots, w))
         self.cnts = np.zeros((self.slots, w), dtype=np.int64)
         self.above = np.zeros((self.slots, w, k), dtype=np.int64)
+        self.bad = np.zeros(self.slots, dtype=np.int64)
 
     def start_tensor(self) -> None:
         self.sums[:] = 0
@@ -139,14 +144,17 @@ class KernelStats:
         self.above[:] = 0
         self.dirty = False
 
-    def add(self, x: np.ndarray, out: np.ndarray | None) -> None:
+    def add(self, x: np.ndarray, out: np.ndarray | None) -> bool:
         """Accumulate a block; `out` [W, C] receives every R² (small tensors: exact medians and
-        no histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin)."""
+        no histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin).
+        Returns False when the block holds NaN/Inf (the statistics are then unusable)."""
         if out is None:
             self.dirty = True
+        self.bad[:] = 0
         r2_accumulate(x, self.steps, self.ends, self.xbar, self.sxx, self.thresholds, self.min_abs_change,
                       self.no_hist if out is not None else self.hist, self.sums, self.cnts, self.above,
-                      self.no_out if out is None else out)
+                      self.no_out if out is None else out, self.bad)
+        return not self.bad.any()
 
     def tensor_counts(self):
         """(n [W], sum [W], above [W, K]) of the current tensor."""

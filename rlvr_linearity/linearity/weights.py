@@ -113,6 +113,14 @@ def _as_numpy(block: torch.Tensor) -> np.ndarray:
     return block.contiguous().numpy()
 
 
+def _raise_not_finite(traj, steps, name, block, start, stop):
+    from rlvr_linearity.errors import TrajectoryError, where
+
+    i = int((~torch.isfinite(block.reshape(len(steps), -1))).any(1).nonzero()[0])
+    mf = traj.model(steps[i])
+    raise TrajectoryError(f"{where(mf.info(name).file, steps[i], name)}: NaN/Inf weights (rows {start}:{stop})")
+
+
 def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), thresholds=(0.5, 0.7, 0.9),
                      device: str = "cpu", chunk_elements: int = 1 << 21, sample_fraction: float | None = None,
                      min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
@@ -136,6 +144,10 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     wins = window_lengths(steps, windows)
     lengths = [n for _, n in wins]
     use_kernel = (engine != "torch" and str(device) == "cpu" and kernel.available() and min_unique <= 1)
+    # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
+    own_check = use_kernel and sample_fraction is None and bool(getattr(traj, "check_finite", False))
+    if own_check:
+        traj.check_finite = False
     design = WindowDesign.build(steps, lengths, device)
     cpu_design = design if str(device) == "cpu" else WindowDesign.build(steps, lengths, "cpu")
     ks = kernel.KernelStats(steps, lengths, thresholds, min_abs_change, HIST_BINS) if use_kernel else None
@@ -175,7 +187,8 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                     block = block[:, cols]
                 if ks is not None:
                     out = np.empty((len(wins), block.shape[1])) if exact else None
-                    ks.add(_as_numpy(block), out)
+                    if not ks.add(_as_numpy(block), out) and own_check:
+                        _raise_not_finite(traj, steps, name, block, start, stop)
                     last = None
                     if out is not None:
                         for j in range(len(wins)):
@@ -214,6 +227,9 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        if own_check:
+            traj.check_finite = True
     if writer is not None:
         writer.close()
     per_window = {label: _window_result(steps, n, glob[j], rows[j], n_weights) for j, (label, n) in enumerate(wins)}
