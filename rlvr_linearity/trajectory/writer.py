@@ -25,7 +25,7 @@ from .files import DTYPE_NAMES, INDEX, SINGLE, ModelFiles, read_header
 log = logging.getLogger(__name__)
 
 AUX_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".tiktoken", ".py")
-SKIP = {INDEX, "trajectory.json", "fsdp_config.json"}
+SKIP = {INDEX, "trajectory.json", "fsdp_config.json", "trainer_state.json"}  # run state, not model files
 DTYPE_ALIASES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "float64": torch.float64}
 EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
