@@ -216,3 +216,17 @@ def test_nan_weight_names_step_and_tensor(tmp_path, rlvr_cache, engine_env):
     with pytest.raises(TrajectoryError, match=rf"step 2.*{name}"):
         weight_linearity(traj, engine=engine_env, progress=False)
     assert traj.check_finite
+
+
+def test_generated_probes(tmp_path, rlvr_cache):
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 2), drift="random", scale=5e-2, write_json=True)
+    cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity.weights=false", "linearity.lowrank=false",
+                      "linearity.logprobs=true", "linearity.probes.n_problems=2", "linearity.probes.n_samples=2",
+                      "sampling.max_tokens=6")
+    analyse(cfg, tmp_path / "out")
+    probes = json.loads((tmp_path / "out" / "linearity" / "probes.json").read_text())
+    assert len(probes) == 2 and all(len(p["generated_texts"]) == 2 for p in probes)
+    res = json.loads((tmp_path / "out" / "linearity" / "logprob_r2.json").read_text())
+    assert res["n_sequences"] == 4 and res["steps"] == [0, 1, 2]

@@ -96,6 +96,28 @@ def reconstruct(traj, grams: dict, observed: list[int], targets: list[int], rank
     return [{"step": s, "rank": rank, "history": history, "path": str(out_root / f"step_{s}_rank{rank}")} for s in targets]
 
 
+def _problem_texts(cfg, benchmark: str) -> list[str]:
+    """The prompts of a benchmark's problems (the task's own prompt, asking for \\boxed{})."""
+    try:
+        from rlvr_linearity.evaluate.benchmarks import load_benchmark
+    except ImportError:  # evaluation package not installed in this tree: the demo task directly
+        load_benchmark = None
+    if load_benchmark is not None:
+        rows = load_benchmark(benchmark, cfg)
+    elif benchmark == "arithmetic":
+        from rlvr_linearity.tasks.arithmetic import make_split
+
+        rows = make_split(cfg.task, "test")
+    else:
+        raise ConfigError(f"linearity.probes: cannot load benchmark {benchmark!r}; give linearity.probes.file")
+
+    def text(r):
+        get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
+        return get("prompt") or get("problem")
+
+    return [text(r) for r in rows]
+
+
 def _probes(cfg, traj, out: Path) -> list[dict]:
     from rlvr_linearity.linearity.logprob import generate_probes, load_probes
 
@@ -104,10 +126,7 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
         return load_probes(pc.file)
     if not pc.get("generate", True):
         raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
-    from rlvr_linearity.evaluate.benchmarks import load_benchmark
-
-    problems = load_benchmark(pc.benchmark, cfg)[: int(pc.n_problems)]
-    texts = [p["problem"] if isinstance(p, dict) else getattr(p, "problem") for p in problems]
+    texts = _problem_texts(cfg, str(pc.benchmark))[: int(pc.n_problems)]
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
                             max_new_tokens=int(cfg.sampling.max_tokens), temperature=float(pc.get("temperature", 1.0)),
                             seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
