@@ -134,6 +134,10 @@ def test_sharded_model_files(tmp_path):
     for n in mf.tensor_names:
         assert out.shape(n) == mf.shape(n) and torch.equal(out.read(n), mf.read(n))
         assert torch.equal(out.read_rows(n, 1, 3), mf.read(n)[1:3])
+    from transformers import AutoModelForCausalLM
+
+    sd = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", dtype="auto").state_dict()
+    assert all(torch.equal(sd[n], mf.read(n)) for n in mf.tensor_names)
     # a step stored sharded, the base single-file: the trajectory does not care
     root = tmp_path / "traj"
     root.mkdir()
