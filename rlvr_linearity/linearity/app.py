@@ -4,6 +4,22 @@
 tracking (the pipeline calls it) and returns the summary numbers. Outputs under
 `out_dir/linearity/` (weights_r2.json, weights_r2.safetensors, lowrank.json, logprob_r2.json,
 reconstruct/step_<s>_rank<r>/) and figures under `out_dir/figures/`.
+
+weights_r2.json = the contract's keys for the largest window, plus
+    windows: {label ("25", ..., "all"): same keys + histogram/by_module/by_layer/heatmap}
+    histogram: 100 counts of per-weight R² over [0, 1]; median_error_bound: 0 (exact) or 2**-20
+    by_module / by_layer: {key: {numel, n_defined, mean, frac_above_0.7}} (MoE experts pooled)
+    heatmap: {modules, layers, mean [module][layer], side {embed_tokens, norm, lm_head, ...}}
+    examples: a few weights' values per step with their R²; filters: LIN's options used
+lowrank.json (deltas against the base over the observed steps, base excluded):
+    steps, ranks, windows: {label: {steps, model: {r: EV of the whole model},
+        summary: {r: {n, mean, median, min, max, count_ge_0.9/0.95/0.99}}, per_tensor: {name: {r: EV}}}}
+    coefficients: {history, model: FIT, summary: {r2_in_sample, r2_out_of_sample: stats}, per_tensor: {name: FIT}}
+        FIT = {steps, coefficients (c_t = Δ_t·v₁, v₁ from steps <= history; last > 0), n_history,
+               slope, intercept, r2_in_sample, r2_out_of_sample (1 - SS_res/SS_tot on later steps)}
+    summary: {rank1_ev, model_ev, coefficient_r2_in_sample, coefficient_r2_out_of_sample}
+    reconstruct: [{step, rank, history, path}] when linearity.reconstruct_steps is set
+logprob_r2.json: see rlvr_linearity.linearity.logprob.
 """
 
 from __future__ import annotations
