@@ -1,0 +1,1 @@
+"""The demo's synthetic verifiable tasks (exact answers, seeded splits)."""
