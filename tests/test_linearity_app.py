@@ -230,3 +230,30 @@ def test_generated_probes(tmp_path, rlvr_cache):
     assert len(probes) == 2 and all(len(p["generated_texts"]) == 2 for p in probes)
     res = json.loads((tmp_path / "out" / "linearity" / "logprob_r2.json").read_text())
     assert res["n_sequences"] == 4 and res["steps"] == [0, 1, 2]
+
+
+def test_lin_paper_preset_reproduces_reference(tmp_path, rlvr_cache):
+    from rlvr_linearity.linearity.app import analyse
+    from rlvr_linearity.linearity.r2 import sample_indices, sample_size
+
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, dtype=torch.bfloat16, drift="random", scale=3e-3,
+                         write_json=True)
+    cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity=lin_paper", "linearity.lowrank=false")
+    assert (cfg.linearity.sample_fraction, cfg.linearity.min_samples, cfg.linearity.min_abs_change,
+            cfg.linearity.min_unique, cfg.linearity.sample_seed) == (0.001, 50, 1e-4, 4, 42)
+    analyse(cfg, tmp_path / "out")
+    res = json.loads((tmp_path / "out" / "linearity" / "weights_r2.json").read_text())
+    steps = [0, *STEPS]
+    kept, n_sampled = [], 0
+    for n in tt.names:
+        y = np.stack([tt.values[s][n].numpy().ravel() for s in steps])
+        idx = sample_indices(y.shape[1], sample_size(y.shape[1], 0.001, 50), 42, n)
+        n_sampled += idx.size
+        for j in idx:
+            col = y[:, j]
+            if np.ptp(col) > 1e-4 and len(np.unique(col)) >= 4:
+                kept.append(np.corrcoef(steps, col)[0, 1] ** 2)
+    kept = np.asarray(kept)
+    assert res["n_weights"] == n_sampled and res["n_defined"] == kept.size > 0
+    assert abs(res["mean"] - kept.mean()) < 1e-9 and abs(res["median"] - np.median(kept)) < 1e-9
+    assert res["filters"]["min_unique"] == 4
