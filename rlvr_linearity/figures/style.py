@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -33,8 +35,24 @@ def figure(width: float = 5.0, height: float = 3.4, **kwargs):
         return plt.subplots(figsize=(width, height), **kwargs)
 
 
+_ALSO_PDF = contextvars.ContextVar("rlvr_figures_also_pdf", default=False)
+
+
+@contextmanager
+def also_pdf(enabled: bool = True):
+    """Within the block every `save` also writes the PDF, so figure functions that take no
+    `pdf` argument still give `rlvr figures` both formats."""
+    token = _ALSO_PDF.set(enabled)
+    try:
+        yield
+    finally:
+        _ALSO_PDF.reset(token)
+
+
 def save(fig, path: str | Path, pdf: bool = False) -> Path:
-    """Save as PNG (and PDF if asked) atomically; close the figure; return the PNG path."""
+    """Save as PNG (and PDF if asked, or inside `also_pdf()`) atomically; close the figure;
+    return the PNG path."""
+    pdf = pdf or _ALSO_PDF.get()
     path = Path(path).with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     with plt.rc_context(RC):

@@ -1,0 +1,246 @@
+"""`rlvr figures`: paper tables against the papers' numbers, every figure function on fixture
+results (real `rlvr linearity` outputs + contract-shaped pipeline/re-grounding files), the
+command's index of made and missing figures, discovery through pipeline stage links."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.figures import linearity as lin
+from rlvr_linearity.figures import paper
+from rlvr_linearity.figures import paper_numbers as pn
+from rlvr_linearity.figures.regenerate import CATALOGUE, discover, load_json, merge_results, regenerate
+
+FIX = Path(__file__).parent / "fixtures" / "figures"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_nontrivial_png(path, min_colours: int = 8):
+    """A real plot: a PNG of reasonable size with many distinct colours (not a blank canvas)."""
+    assert path is not None and Path(path).suffix == ".png" and Path(path).exists()
+    img = np.asarray(Image.open(path).convert("RGB"))
+    assert img.shape[0] > 200 and img.shape[1] > 300
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) >= min_colours
+
+
+# -- tables against the papers -----------------------------------------------------------
+def test_table1_both_conventions_reproduce_the_paper():
+    rows = [{"benchmark": k, "std_rl": v[0], "ours": v[1]} for k, v in pn.LIN_TABLE1.items()]
+    res = paper.relative_improvements(rows)
+    assert paper.pct(res["average"]["rel_of_average"]) == "+4.2%"
+    assert paper.pct(res["average"]["mean_of_relative"]) == "+6.1%"
+    assert f"{100 * res['average']['mean_of_relative']:.1f}" == f"{pn.LIN_TABLE1_MEAN_OF_RELATIVE}"
+    for r in res["rows"]:
+        assert paper.pct(r["rel"]) == f"{pn.LIN_TABLE1[r['benchmark']][2]:+.1f}%"
+    assert round(res["average"]["std_rl"], 4) == pn.LIN_TABLE1_AVERAGE[0]
+    assert round(res["average"]["ours"], 4) == pn.LIN_TABLE1_AVERAGE[1]
+
+
+def _paper_regrounding() -> dict:
+    """LIN Table 2 as a regrounding.json (one config evaluated at the paper's budgets)."""
+    std = [{"real_steps": b, "accuracy": {k: v[0] for k, v in row.items()}} for b, row in pn.LIN_TABLE2.items()]
+    ours = [{"real_steps": b, "accuracy": {k: v[1] for k, v in row.items()}} for b, row in pn.LIN_TABLE2.items()]
+    return {"std_rl": std, "methods": [{"M": 100, "N": 100, "points": ours}]}
+
+
+def test_table2_imp_is_mean_of_relative_and_matches_the_paper():
+    rows = paper.budget_table(_paper_regrounding())
+    assert [r["budget"] for r in rows] == list(pn.LIN_TABLE2)
+    for r in rows:
+        assert f"{100 * r['imp_mean_of_relative']:+.1f}" == f"{pn.LIN_TABLE2_IMP[r['budget']]:+.1f}"
+        s, o = pn.LIN_TABLE2_AVG[r["budget"]]
+        assert abs(r["avg_std"] - s) < 6e-5 and abs(r["avg_ours"] - o) < 6e-5
+        # the other convention differs (e.g. 200 steps: 4.1% of the average vs 5.2% mean of relative)
+        assert abs(r["imp_of_average"] - (o / s - 1)) < 3e-4
+
+
+def test_budget_takes_the_last_evaluation_within_the_budget():
+    data = {"std_rl": [{"real_steps": s, "accuracy": {"a": s / 1000}} for s in (100, 300)],
+            "methods": [{"M": 20, "N": 100, "points": [{"real_steps": s, "accuracy": {"a": s / 500}} for s in (100, 250, 300)]}]}
+    rows = paper.budget_table(data, budgets=[200, 300, 50])
+    assert [(r["budget"], r["std_real_steps"], r["real_steps"]) for r in rows] == [(200, 100, 100), (300, 300, 300)]
+
+
+def test_fig6_steps_to_threshold_and_speedups_match_the_paper():
+    # step curves that cross each threshold exactly at the paper's real-step counts
+    def points(steps_by_thr):
+        grid = sorted({s for s in steps_by_thr.values() if s} | {2000})
+        return [{"real_steps": g, "accuracy": {"AIME24": max([t for t, s in steps_by_thr.items() if s and s <= g], default=0.3)}}
+                for g in grid]
+
+    data = {"std_rl": points(pn.LIN_FIG6_STEPS["Std RL"]),
+            "methods": [{"label": k, "M": 0, "N": 0, "points": points(v)} for k, v in pn.LIN_FIG6_STEPS.items() if k != "Std RL"]}
+    rows = paper.speedups(data, pn.LIN_FIG6_THRESHOLDS, "AIME24")
+    for row in rows:
+        t = row["threshold"]
+        assert row["std_rl"] == pn.LIN_FIG6_STEPS["Std RL"][t]
+        for label, v in row["methods"].items():
+            assert v["steps"] == pn.LIN_FIG6_STEPS[label][t]
+    best = rows[1]["methods"]["(20,100)"]
+    assert f"{best['speedup']:.1f}" == "6.1"  # the abstract's "6.1x speedup"
+    assert f"{rows[0]['methods']['(100,100)']['speedup']:.1f}" == "1.7"
+    assert rows[2]["methods"]["(20,100)"]["speedup"] is None  # never reached
+
+
+def test_weighted_quantiles_follow_the_binned_distribution():
+    rng = np.random.default_rng(0)
+    v = rng.beta(5, 1.5, 200_000)
+    counts = np.histogram(v, bins=100, range=(0, 1))[0]
+    got = paper.weighted_quantiles(counts, [0.25, 0.5, 0.75])
+    assert np.allclose(got, np.quantile(v, [0.25, 0.5, 0.75]), atol=0.01)
+
+
+def test_bench_key_matches_paper_names():
+    assert paper.bench_key("AIME24 avg@64") == paper.bench_key("aime24") == "aime24"
+    assert paper.bench_key("MATH-500") == paper.bench_key("MATH500 avg@64") == "math500"
+    assert paper.bench_key("LiveCodeBench") == paper.bench_key("LCB avg@4") == "lcb"
+
+
+# -- figure functions on fixtures ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def fx():
+    res = merge_results([(FIX / "run_a" / "results.json", load_json(FIX / "run_a" / "results.json"))])[0][1]
+    return {"weights": load_json(FIX / "run_a/linearity/weights_r2.json"),
+            "weights_b": load_json(FIX / "run_b/linearity/weights_r2.json"),
+            "logprobs": load_json(FIX / "run_a/linearity/logprob_r2.json"),
+            "logprobs_b": load_json(FIX / "run_b/linearity/logprob_r2.json"),
+            "lowrank": load_json(FIX / "run_a/linearity/lowrank.json"),
+            "results": res, "regrounding": load_json(FIX / "paper_runs/regrounding.json"),
+            "logits": load_json(FIX / "paper_runs/logits_extrapolation.json")}
+
+
+@pytest.mark.parametrize("fn,key", [
+    (lin.plot_weight_r2_histogram, "weights"), (lin.plot_r2_heatmap, "weights"), (lin.plot_weight_examples, "weights"),
+    (lin.plot_logprob_histogram, "logprobs"), (lin.plot_token_examples, "logprobs"),
+    (lin.plot_explained_variance, "lowrank"), (lin.plot_rank1_coefficients, "lowrank"),
+    (paper.plot_weight_extrapolation, "results"), (paper.plot_relex_accuracy, "results"),
+    (paper.plot_relex_ablations, "results"),
+])
+def test_figure_functions_draw_from_fixtures(fx, tmp_path, fn, key):
+    assert_nontrivial_png(fn(fx[key], tmp_path / "f.png"))
+
+
+def test_robustness_box_plot(fx, tmp_path):
+    settings = [{"label": "RL", "weights": fx["weights"], "logprobs": fx["logprobs"]},
+                {"label": "SFT", "weights": fx["weights_b"], "logprobs": fx["logprobs_b"]},
+                {"label": "weights only", "weights": fx["weights"]}]
+    assert_nontrivial_png(paper.plot_robustness(settings, tmp_path / "r.png", pdf=True))
+    assert (tmp_path / "r.pdf").stat().st_size > 1000
+    assert paper.plot_robustness([{"label": "empty"}], tmp_path / "none.png") is None
+
+
+def test_table1_and_regrounding_outputs(fx, tmp_path):
+    made = paper.table1(fx["logits"]["rows"], tmp_path)
+    assert_nontrivial_png(made["png"])
+    md = made["md"].read_text()
+    assert "+4.2% (of the average) / +6.1% (mean of relative)" in md
+    rg = paper.regrounding_figures(fx["regrounding"], tmp_path)
+    assert_nontrivial_png(rg["lin_table2"])
+    assert_nontrivial_png(rg["lin_fig6"])
+    table2 = json.loads((tmp_path / "lin_table2.json").read_text())
+    assert {r["budget"] for r in table2} == set(pn.LIN_TABLE2)  # the paper's budgets by default
+    sp = json.loads((tmp_path / "lin_fig6_speedups.json").read_text())
+    assert sp["benchmark"] == "aime24" and [r["threshold"] for r in sp["rows"]] == list(pn.LIN_FIG6_THRESHOLDS)
+
+
+def test_functions_tolerate_missing_optional_keys(tmp_path):
+    res = {"base": {"step": 0, "accuracy": 0.1}, "rlvr": [{"step": 1, "accuracy": 0.2}], "relex": [], "weight_extrapolation": []}
+    assert paper.plot_weight_extrapolation(res, tmp_path / "w.png") is None
+    assert paper.plot_relex_accuracy(res, tmp_path / "r.png") is None
+    assert paper.plot_relex_ablations(res, tmp_path / "a.png") is None
+    assert paper.logits_rows_from_results(res) == []
+    assert paper.table1([], tmp_path) is None
+    assert paper.regrounding_figures({"std_rl": [], "methods": []}, tmp_path) == {}
+
+
+def test_logits_rows_from_results_compare_with_rl_at_the_target(fx):
+    rows = paper.logits_rows_from_results(fx["results"])
+    rlvr = {r["step"]: r["accuracy"] for r in fx["results"]["rlvr"]}
+    assert rows == [{"benchmark": "arithmetic (t′=10, vs RL step 10)", "std_rl": rlvr[10], "ours": 0.54}]
+
+
+# -- the command ------------------------------------------------------------------------------
+def test_regenerate_all_fixtures_makes_every_paper_figure(tmp_path):
+    index = regenerate([FIX], tmp_path)
+    assert index["missing"] == []
+    assert {m["id"] for m in index["made"]} == {f.id for f in CATALOGUE}
+    for m in index["made"]:
+        outs = [tmp_path / o for o in m["outputs"]]
+        assert all(o.exists() for o in outs), m
+        png = [o for o in outs if o.suffix == ".png"]
+        assert png and all(o.with_suffix(".pdf").exists() for o in png), m
+        assert m["inputs"] and all(Path(i).exists() for i in m["inputs"])
+    on_disk = json.loads((tmp_path / "figures" / "index.json").read_text())
+    assert on_disk["made"] == index["made"]
+    labels = {m["label"] for m in index["made"] if m["id"] == "lin_weight_r2_histogram"}
+    assert labels == {"run_a", "run_b"}  # one histogram per linearity run
+
+
+def test_cli_lists_missing_figures_with_commands(tmp_path, rlvr_cache):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "rlvr_linearity", "figures", f"figures.inputs=[{FIX / 'run_b'}]",
+                           f"output_dir={out}", "logger=none"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = json.loads((out / "figures" / "index.json").read_text())
+    made = {m["id"] for m in index["made"]}
+    assert made == {"lin_weight_r2_histogram", "lin_weight_r2_heatmap", "lin_weight_trajectories",
+                    "lin_logprob_r2_histogram", "lin_token_trajectories"}
+    missing = {m["id"]: m for m in index["missing"]}
+    assert set(missing) == {f.id for f in CATALOGUE} - made
+    assert "rlvr pipeline" in missing["lin_table1"]["command"] and "regrounding.json" in missing["lin_fig6"]["needs"]
+    assert "missing  lin_table2" in proc.stdout and "run: rlvr pipeline" in proc.stdout
+    readme = (out / "figures" / "README.md").read_text()
+    assert "## Missing" in readme and "lin_weight_r2_histogram.png" in readme
+    assert (out / "figures" / "lin_weight_r2_heatmap.pdf").exists()
+
+
+def test_cli_bad_results_file_is_one_line_exit_2(tmp_path, rlvr_cache):
+    d = tmp_path / "bad" / "linearity"
+    d.mkdir(parents=True)
+    (d / "weights_r2.json").write_text('{"steps": [0, 1], "trunc')
+    proc = subprocess.run([sys.executable, "-m", "rlvr_linearity", "figures", f"figures.inputs=[{tmp_path / 'bad'}]",
+                           f"output_dir={tmp_path / 'out'}", "logger=none"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert "weights_r2.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "figures" / "index.json").exists()
+
+
+def test_discovery_follows_stage_links_once_and_merges_sweep_results(tmp_path):
+    stage = tmp_path / "cache" / "stages" / "linearity" / "abc123"
+    shutil.copytree(FIX / "run_a" / "linearity", stage / "linearity")
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)
+    (run / "stages" / "linearity").symlink_to(stage, target_is_directory=True)
+    (run / "stages" / "loop").symlink_to(run, target_is_directory=True)  # a cycle must not hang
+    res = load_json(FIX / "run_a" / "results.json")
+    for h in (3, 6):  # a sweep over T_cut: one results.json per job
+        job = tmp_path / "sweep" / f"h{h}"
+        job.mkdir(parents=True)
+        (job / "results.json").write_text(json.dumps({**res, "relex": [r for r in res["relex"] if r["history"] == h]}))
+    files = discover([run, tmp_path / "cache", tmp_path / "sweep"])
+    assert len(files["weights"]) == 1 and len(files["lowrank"]) == 1
+    groups = merge_results([(p, load_json(p)) for p in files["results"]])
+    assert len(groups) == 1
+    merged = groups[0][1]
+    assert len(merged["relex"]) == len(res["relex"]) and len(merged["rlvr"]) == len(res["rlvr"])
+
+
+def test_empty_or_wrong_inputs_raise_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="figures.inputs is empty"):
+        regenerate([], tmp_path)
+    with pytest.raises(ConfigError, match="neither"):
+        regenerate([tmp_path / "nope"], tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "regrounding.json").write_text(json.dumps({"std_rl": []}))
+    with pytest.raises(ConfigError, match="regrounding.json"):
+        regenerate([tmp_path / "r"], tmp_path / "o")
