@@ -19,10 +19,11 @@ pytest.importorskip("verl")
 WRITER = Path(__file__).with_name("verl_tree_writer.py")
 
 
-def write_tree(root: Path, *, tied: bool, world_size: int, hf_model: bool, steps, port: int):
-    base = make_tiny_model_dir(root / "base", tied=tied, dtype=torch.bfloat16, seed=2)
+def write_tree(root: Path, *, tied: bool, world_size: int, hf_model: bool, steps, port: int, fsdp2=False, vocab=320):
+    base = make_tiny_model_dir(root / "base", tied=tied, dtype=torch.bfloat16, seed=2, vocab=vocab)
     cmd = [sys.executable, str(WRITER), str(root / "trajectory"), str(base), "--world-size", str(world_size),
            "--port", str(port), "--steps", *map(str, steps)] + ([] if hf_model else ["--no-hf-model"])
+    cmd += ["--fsdp2"] if fsdp2 else []
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     values = torch.load(json.loads(r.stdout.strip().splitlines()[-1])["values"], weights_only=True)
@@ -94,8 +95,11 @@ def test_verl_in_progress_and_shard_fallback(verl_tree, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_verl_sharded_fsdp_world_size_2_without_hf_model(tmp_path):
-    root, base, values = write_tree(tmp_path, tied=False, world_size=2, hf_model=False, steps=[1, 2], port=29622)
+@pytest.mark.parametrize("fsdp2", [False, True], ids=["fsdp1-shardedtensor", "fsdp2-dtensor"])
+def test_verl_sharded_fsdp_world_size_2_without_hf_model(tmp_path, fsdp2):
+    # vocab 321: the embedding's rows do not split evenly between the two ranks
+    root, base, values = write_tree(tmp_path, tied=False, world_size=2, hf_model=False, steps=[1, 2],
+                                    port=29622 + fsdp2, fsdp2=fsdp2, vocab=321)
     assert not (root / "global_step_1" / "actor" / "huggingface" / "model.safetensors").exists()
     traj = open_trajectory(path=root)
     assert traj.steps == [0, 1, 2]

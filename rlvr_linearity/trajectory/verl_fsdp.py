@@ -1,6 +1,8 @@
 """Read a verl step saved without `hf_model`: the FSDP shard files `model_world_size_W_rank_r.pt`.
 
-These files are torch pickles of FSDP1 SHARDED_STATE_DICTs (ShardedTensor values, full fp32).
+These files are torch pickles of sharded state dicts, full fp32: ShardedTensor values (FSDP1),
+DTensor values (FSDP2, 1-D mesh: rank r's local chunk follows rank r-1's along the Shard dim),
+or plain tensors (NO_SHARD).
 They are never unpickled with torch's or pickle's own class lookup: a restricted unpickler maps
 the few torch globals such files use to inert records, storages to lazy references into the zip
 archive, and anything else to an error; so no code from the file runs and nothing is loaded
@@ -117,7 +119,12 @@ class _Unpickler(pickle.Unpickler):
                "torch.distributed._shard.sharded_tensor.metadata": {"ShardedTensorMetadata", "TensorProperties",
                                                                     "MEM_FORMAT_ENCODING"},
                "torch.distributed._shard.sharding_spec.chunk_sharding_spec": {"ChunkShardingSpec"},
-               "torch.distributed.remote_device": {"_remote_device"}}
+               "torch.distributed.remote_device": {"_remote_device"},
+               "torch.distributed.tensor": {"DTensor"},
+               "torch.distributed.tensor._dtensor_spec": {"DTensorSpec", "ShardOrderEntry", "TensorMeta"},
+               "torch.distributed.tensor.placement_types": {"Shard", "Replicate"},
+               "torch.distributed.device_mesh": {"DeviceMesh"},
+               "torch.distributed._mesh_layout": {"_MeshLayout", "_FlatLayout"}}
 
     def __init__(self, fh, zpath: Path, prefix: str):
         super().__init__(fh)
@@ -203,6 +210,9 @@ class FsdpShardFiles:
             self._info[name] = _Info(f, v.storage.dtype, v.size)
             self._parts[name] = [((0,) * len(v.size), v.size, v)]
             return
+        if getattr(v, "_kind", None) == "DTensor":
+            self._add_dtensor(f, name, v)
+            return
         if getattr(v, "_kind", None) != "ShardedTensor":
             raise TrajectoryError(f"{where(f, self.step, name)}: unsupported FSDP shard value "
                                   f"({getattr(v, '_kind', type(v).__name__)}); save hf_model in verl")
@@ -213,6 +223,25 @@ class FsdpShardFiles:
             sf = _fields(shard)
             md = _fields(sf["metadata"])
             parts.append((tuple(md["shard_offsets"]), tuple(md["shard_sizes"]), sf["tensor"]))
+
+    def _add_dtensor(self, f: Path, name: str, v) -> None:
+        fields = _fields(v)
+        local, spec = fields["_local_tensor"], _fields(fields["_spec"])
+        placements = tuple(spec["placements"])
+        size = v.wrapper["size"]
+        self._info.setdefault(name, _Info(f, v.wrapper["dtype"], size))
+        parts = self._parts.setdefault(name, [])
+        if len(placements) != 1 or placements[0]._kind not in ("Shard", "Replicate"):
+            raise TrajectoryError(f"{where(f, self.step, name)}: unsupported DTensor placements "
+                                  f"{[p._kind for p in placements]} (1-D Shard/Replicate only); save hf_model in verl")
+        if placements[0]._kind == "Replicate":
+            if not parts:
+                parts.append(((0,) * len(size), tuple(size), local))
+            return
+        dim = int(_fields(placements[0])["dim"])
+        at = sum(p[1][dim] for p in parts)  # files are read in rank order
+        offsets = tuple(at if d == dim else 0 for d in range(len(size)))
+        parts.append((offsets, local.size, local))
 
     @property
     def aux_dir(self) -> Path:
