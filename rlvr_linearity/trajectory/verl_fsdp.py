@@ -279,7 +279,11 @@ class FsdpShardFiles:
         out = torch.empty(info.shape, dtype=info.dtype)
         covered = 0
         for offsets, sizes, t in self._parts[name]:
-            x = t.load()
+            try:
+                x = t.load()
+            except (KeyError, RuntimeError, OSError, zipfile.BadZipFile, AttributeError) as e:
+                raise TrajectoryError(f"{where(getattr(getattr(t, 'storage', None), 'zip', self.path), self.step, name)}"
+                                      f": unreadable FSDP shard ({e})") from None
             if tuple(x.shape) != tuple(sizes):
                 raise TrajectoryError(f"{where(self.path, self.step, name)}: FSDP shard of shape {list(x.shape)}, "
                                       f"metadata says {list(sizes)}")
