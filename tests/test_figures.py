@@ -5,7 +5,6 @@ command's index of made and missing figures, discovery through pipeline stage li
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.figures import linearity as lin
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures import paper_numbers as pn
-from rlvr_linearity.figures.regenerate import CATALOGUE, discover, load_json, merge_results, regenerate
+from rlvr_linearity.figures.regenerate import CATALOGUE, discover, load_json, merge_results, regenerate, results_from_evaluations
 
 FIX = Path(__file__).parent / "fixtures" / "figures"
 REPO = Path(__file__).resolve().parents[1]
@@ -244,3 +243,31 @@ def test_empty_or_wrong_inputs_raise_config_errors(tmp_path):
     (tmp_path / "r" / "regrounding.json").write_text(json.dumps({"std_rl": []}))
     with pytest.raises(ConfigError, match="regrounding.json"):
         regenerate([tmp_path / "r"], tmp_path / "o")
+
+
+def test_weight_extrapolation_curves_from_an_evaluate_sweep(tmp_path):
+    """`rlvr evaluate -m evaluate.model=...` over trajectory steps and weight predictions: each
+    run's tracking.jsonl names its model; predictions are identified by their extrapolation.json."""
+    ext = tmp_path / "extrap" / "extrapolate"
+    for t in (8, 12):
+        (ext / f"step_{t}").mkdir(parents=True)
+    (ext / "extrapolation.json").write_text(json.dumps({"method": "weight", "targets": [8, 12],
+                                                        "parameters": {"base_step": 0, "second_step": 4}}))
+    traj = tmp_path / "traj"
+    models = {"0": (str(traj / "checkpoint-0"), 0.2), "1": (str(traj / "checkpoint-4"), 0.4),
+              "2": (str(ext / "step_8"), 0.45), "3": (str(ext / "step_12"), 0.43),
+              "4": (str(traj / "global_step_8" / "actor" / "huggingface"), 0.5)}
+    for n, (model, acc) in models.items():
+        run = tmp_path / "multirun" / n
+        (run / "evaluate").mkdir(parents=True)
+        (run / "tracking.jsonl").write_text(json.dumps({"event": "config", "config": {"evaluate": {"model": model}}}) + "\n")
+        (run / "evaluate" / "metrics.json").write_text(json.dumps({"math500": {"accuracy": acc, "n_problems": 5}}))
+    index = regenerate([tmp_path / "multirun", tmp_path / "extrap"], tmp_path / "out")
+    made = [m for m in index["made"] if m["id"] == "lin_weight_extrapolation"]
+    assert len(made) == 1 and len(made[0]["inputs"]) == 5
+    groups = merge_results(results_from_evaluations(discover([tmp_path / "multirun"])["metrics"]))
+    res = groups[0][1]
+    assert res["benchmark"] == "math500" and res["base"] == {"step": 0, "accuracy": 0.2}
+    assert sorted((r["step"], r["accuracy"]) for r in res["rlvr"]) == [(4, 0.4), (8, 0.5)]
+    assert sorted((r["target"], r["accuracy"]) for r in res["weight_extrapolation"]) == [(8, 0.45), (12, 0.43)]
+    assert all((r["base_step"], r["second_step"]) == (0, 4) for r in res["weight_extrapolation"])

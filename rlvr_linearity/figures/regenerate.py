@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -150,7 +151,8 @@ def merge_results(files: list[tuple[Path, dict]]) -> list[tuple[list[Path], dict
         bench = res.get("benchmark", "test")
         paths, m = groups.setdefault(bench, ([], {"benchmark": bench, "base": {}, "rlvr": [], "relex": [],
                                                     "weight_extrapolation": [], "logits_extrapolation": []}))
-        paths.append(path)
+        if path not in paths:
+            paths.append(path)
         if (res.get("base") or {}).get("accuracy") is not None and not m["base"]:
             m["base"] = res["base"]
         steps = {r["step"] for r in m["rlvr"]}
@@ -161,6 +163,85 @@ def merge_results(files: list[tuple[Path, dict]]) -> list[tuple[list[Path], dict
                 if row not in m[key]:
                     m[key].append(row)
     return list(groups.values())
+
+
+_STEP_DIR = re.compile(r"^(?:global_step_|checkpoint-|step_)(\d+)$")
+
+
+def _run_config(run_dir: Path) -> dict | None:
+    """The resolved config a command recorded in its `tracking.jsonl` (first config event)."""
+    path = run_dir / "tracking.jsonl"
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "config":
+                return rec.get("config") or {}
+    return None
+
+
+def _model_identity(model: str) -> dict | None:
+    """What an evaluated model is: a trajectory step ({"step"}), a prediction of `rlvr
+    extrapolate` ({"target", "method", parameters from extrapolation.json}), else None."""
+    p = Path(model)
+    for d in (p, *p.parents[:3]):
+        m = _STEP_DIR.match(d.name)
+        if m:
+            break
+    else:
+        return None
+    step = int(m.group(1))
+    for ext in (d.parent, d.parent.parent):
+        info = ext / "extrapolation.json"
+        if info.exists():
+            e = load_json(info)
+            params = {**e, **(e.get("parameters") or {})}
+            observed = params.get("steps_observed") or params.get("steps") or []
+            history = params.get("history") or (max(observed) if observed else None)
+            return {"target": step, "method": params.get("method"), "base_step": params.get("base_step"),
+                    "second_step": params.get("second_step"), "history": history,
+                    "rank": params.get("rank"), "fit": params.get("fit")}
+    return {"step": step}
+
+
+def results_from_evaluations(metrics_files: list[Path]) -> list[tuple[Path, dict]]:
+    """Pipeline-shaped results from a sweep of `rlvr evaluate` runs (one model each): the run's
+    tracking.jsonl names the model; trajectory steps give the RLVR curve, predictions of
+    `rlvr extrapolate` (their extrapolation.json) give weight / RELEX rows, per benchmark."""
+    out = []
+    for path in metrics_files:
+        run_dir = path.parent.parent if path.parent.name == "evaluate" else path.parent
+        cfg = _run_config(run_dir) or {}
+        ev = cfg.get("evaluate") or {}
+        model = ev.get("model")
+        ident = _model_identity(str(model)) if model else None
+        if ident is None and ev.get("step") is not None:
+            ident = {"step": int(ev["step"])}
+        if ident is None:
+            continue
+        for bench, m in (load_json(path) or {}).items():
+            if not isinstance(m, dict) or m.get("accuracy") is None:
+                continue
+            res = {"benchmark": bench, "rlvr": [], "relex": [], "weight_extrapolation": []}
+            acc = m["accuracy"]
+            if "step" in ident:
+                res["base" if ident["step"] == 0 else "rlvr"] = (
+                    {"step": 0, "accuracy": acc} if ident["step"] == 0 else [{"step": ident["step"], "accuracy": acc}])
+            elif ident["method"] == "weight":
+                res["weight_extrapolation"] = [{"base_step": ident["base_step"], "second_step": ident["second_step"],
+                                                "target": ident["target"], "accuracy": acc}]
+            elif ident["method"] == "relex":
+                row = {"history": ident["history"], "target": ident["target"], "accuracy": acc}
+                row.update({k: ident[k] for k in ("rank", "fit") if ident.get(k) is not None})
+                res["relex"] = [row]
+            else:
+                continue
+            out.append((path, res))
+    return out
 
 
 def logits_rows(table: dict, path: Path) -> list[dict]:
@@ -268,7 +349,8 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
             index.add("lin_robustness", paper.plot_robustness(settings, fig_dir / "lin_robustness.png"), used)
 
         loaded = [(p, load_json(p)) for p in files["results"]]
-        groups = merge_results([(p, r) for p, r in loaded if isinstance(r, dict) and ("rlvr" in r or "relex" in r)])
+        loaded = [(p, r) for p, r in loaded if isinstance(r, dict) and ("rlvr" in r or "relex" in r)]
+        groups = merge_results(loaded + results_from_evaluations(files["metrics"]))
         for paths, res in groups:
             label, multi = res["benchmark"], len(groups) > 1
             _draw(index, "lin_weight_extrapolation", paper.plot_weight_extrapolation, res, paths, label, multi,
