@@ -257,6 +257,27 @@ def test_error_trajectory_json_lists_missing_step(tmp_path):
     err(r"lists step\(s\) \[2\] that are not on disk", path=t.path)
 
 
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_fsdp_shard_pickles_never_run_code(tmp_path):
+    import pickle
+    import zipfile
+
+    t = make_trajectory(tmp_path, "verl", [1, 2])
+    actor = t.path / "global_step_2" / "actor"
+    (actor / "huggingface" / "model.safetensors").unlink()
+    with zipfile.ZipFile(actor / "model_world_size_1_rank_0.pt", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"model.norm.weight": _Evil()}, protocol=2))
+    msg = err("unsupported FSDP shard content.*(posix|os).system", path=t.path, base=t.base)
+    assert "step 2" in msg and "model_world_size_1_rank_0.pt" in msg
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
 def test_fingerprint(tmp_path):
     t = make_trajectory(tmp_path / "a", "checkpoint", [1, 2, 3])
     fp = open_trajectory(path=t.path, base=t.base).fingerprint()

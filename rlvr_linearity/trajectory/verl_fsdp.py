@@ -159,7 +159,7 @@ def _load_index(path: Path, step) -> dict:
                 return _Unpickler(fh, path, prefix).load()
     except (zipfile.BadZipFile, StopIteration, OSError, EOFError) as e:
         raise TrajectoryError(f"{where(path, step)}: unreadable or truncated FSDP shard file ({e})") from None
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
         raise TrajectoryError(f"{where(path, step)}: unsupported FSDP shard content ({e}); "
                               "save hf_model in verl's checkpoint.save_contents") from None
 
