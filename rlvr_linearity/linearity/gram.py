@@ -1,0 +1,123 @@
+"""Per-tensor Gram matrices of a trajectory's deltas, streamed once and cached by content.
+
+For a tensor with deltas Δ_s = W_s − W_0 (flattened) over observed steps s, G = D Dᵀ [T, T]
+holds everything low-rank analysis and RELEX need: a window's Gram is the block of the
+union's Gram at the window's rows, so one read of the union of all windows' steps serves a
+whole sweep. Nothing of size steps × parameters is kept: blocks of rows are read through
+`traj.iter_blocks`, differenced in float32 (exact enough: the base is subtracted before any
+accumulation) and their products accumulated in float64.
+
+Cache: `<cache_dir>/<fingerprint>/<steps-hash>.npz` holds the Grams of every tensor over one
+step list (atomic: temp file + os.replace). A request whose steps (and names) are a subset of a
+cached entry's is answered from it without reading any tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CHUNK_ELEMENTS = 1 << 22  # elements per streamed block (all steps together)
+_READ = {"bytes": 0}
+
+
+def bytes_read() -> int:
+    """Tensor bytes (stored precision) read through `read_blocks` in this process, for tests
+    and benchmarks that check a sweep reads its steps once."""
+    return _READ["bytes"]
+
+
+def read_blocks(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS):
+    """`traj.iter_blocks` with the bytes counted (the one reader of RELEX and the Grams)."""
+    for start, stop, block in traj.iter_blocks(name, steps, max_elements):
+        _READ["bytes"] += block.numel() * block.element_size()
+        yield start, stop, block
+
+
+def block_deltas(block: torch.Tensor) -> torch.Tensor:
+    """[1 + T, ...] block whose row 0 is the base -> float32 deltas [T, n]."""
+    b = block.reshape(block.shape[0], -1)
+    return b[1:].to(torch.float32) - b[0].to(torch.float32)
+
+
+def gram_update(g: np.ndarray, d: torch.Tensor) -> None:
+    """g += d dᵀ (float32 product of one block, accumulated in float64 across blocks)."""
+    g += (d @ d.T).to(torch.float64).numpy()
+
+
+def _steps_key(steps) -> str:
+    return hashlib.sha256(json.dumps([int(s) for s in steps]).encode()).hexdigest()[:24]
+
+
+class GramCache:
+    """Gram matrices of one trajectory (keyed by its content fingerprint) on disk."""
+
+    def __init__(self, cache_dir, fingerprint: str):
+        self.dir = Path(cache_dir) / fingerprint[:40]
+
+    def lookup(self, steps, names) -> dict[str, np.ndarray] | None:
+        """Grams over `steps` for `names`, cut out of any cached entry covering them; None if none does."""
+        if not self.dir.is_dir():
+            return None
+        steps = [int(s) for s in steps]
+        for f in sorted(self.dir.glob("*.npz")):
+            try:
+                with np.load(f) as z:
+                    cached = [int(s) for s in z["__steps__"]]
+                    if not set(steps) <= set(cached) or not all(n in z.files for n in names):
+                        continue
+                    idx = np.asarray([cached.index(s) for s in steps])
+                    return {n: z[n][np.ix_(idx, idx)].copy() for n in names}
+            except (OSError, ValueError, KeyError) as e:  # a damaged entry is ignored, not trusted
+                log.warning("Gram cache entry %s unreadable (%s); ignored", f, e)
+        return None
+
+    def store(self, steps, grams: dict[str, np.ndarray]) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{_steps_key(steps)}.npz"
+        tmp = self.dir / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz"
+        try:
+            np.savez(tmp, __steps__=np.asarray([int(s) for s in steps], dtype=np.int64), **grams)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+
+def gram_of_tensor(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    """G [T, T] float64 of one tensor's deltas over `steps` (base excluded), one streaming read."""
+    steps = [int(s) for s in steps]
+    g = np.zeros((len(steps), len(steps)))
+    for _, _, block in read_blocks(traj, name, [0, *steps], max_elements):
+        gram_update(g, block_deltas(block))
+    return g
+
+
+def compute_grams(traj, steps, cache_dir=None, names=None, max_elements: int = CHUNK_ELEMENTS
+                  ) -> dict[str, np.ndarray]:
+    """Per floating tensor, the Gram [T, T] float64 of Δ_s = W_s − W_0 over `steps` (step 0, if
+    given, is dropped: its delta is zero). Read from / stored to the cache under `cache_dir`
+    (keyed by `traj.fingerprint()` and the step list) when given."""
+    from tqdm import tqdm
+
+    steps = sorted({int(s) for s in steps} - {0})
+    names = [n for n in (names or traj.tensor_names) if traj.base.dtype(n).is_floating_point]
+    cache = GramCache(cache_dir, traj.fingerprint()) if cache_dir is not None else None
+    if cache is not None:
+        hit = cache.lookup(steps, names)
+        if hit is not None:
+            return hit
+    grams = {n: gram_of_tensor(traj, n, steps, max_elements)
+             for n in tqdm(names, desc="Gram matrices", unit="tensor", leave=False)}
+    if cache is not None:
+        cache.store(steps, grams)
+    return grams

@@ -1,0 +1,61 @@
+"""Gram matrices of trajectory deltas: vs numpy float64 on the stored values, streamed in small
+blocks, cached by content (a subset of a cached union is answered without reading)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_trajectory
+
+from rlvr_linearity.linearity import gram
+from rlvr_linearity.trajectory import open_trajectory
+
+STEPS = (1, 2, 4, 7, 8, 12)
+
+
+def ref_gram(tt, name, steps):
+    d = np.stack([(tt.values[s][name] - tt.values[0][name]).numpy().ravel() for s in steps])
+    return d @ d.T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grams_match_float64_reference(tmp_path, dtype):
+    tt = make_trajectory(tmp_path, "checkpoint", STEPS, dtype=dtype, drift="random", tied=True)
+    traj = open_trajectory(path=tt.path, base=tt.base)
+    steps = [2, 4, 8, 12]
+    grams = gram.compute_grams(traj, steps, max_elements=200)  # many blocks per tensor
+    assert set(grams) == set(tt.names)
+    for n in tt.names:
+        ref = ref_gram(tt, n, steps)
+        assert np.allclose(grams[n], ref, rtol=1e-5, atol=1e-7 * np.abs(ref).max()), n
+
+
+def test_cache_subset_reused_without_reading(tmp_path):
+    tt = make_trajectory(tmp_path, "step", STEPS, drift="random")
+    traj = open_trajectory(path=tt.path, base=tt.base)
+    cache = tmp_path / "cache"
+    before = gram.bytes_read()
+    full = gram.compute_grams(traj, STEPS, cache_dir=cache)
+    read_once = gram.bytes_read() - before
+    total = sum(v.numel() * 4 for v in tt.values[0].values()) * (len(STEPS) + 1)
+    assert read_once == total  # every step's tensors read exactly once
+    assert not list(cache.rglob("*.tmp*"))  # atomic: no temp file left
+    before = gram.bytes_read()
+    sub = gram.compute_grams(traj, [12, 4, 1], cache_dir=cache)  # a window of the cached union
+    assert gram.bytes_read() == before
+    idx = [STEPS.index(s) for s in (1, 4, 12)]
+    for n in tt.names:
+        assert np.array_equal(sub[n], full[n][np.ix_(idx, idx)])
+        assert np.allclose(sub[n], ref_gram(tt, n, [1, 4, 12]), rtol=1e-5, atol=1e-12)
+    gram.compute_grams(traj, [1, 2, 4, 12], cache_dir=cache)
+    assert gram.bytes_read() == before
+
+
+def test_cache_keyed_by_content(tmp_path):
+    a = make_trajectory(tmp_path / "a", "step", (1, 2, 3), seed=0)
+    b = make_trajectory(tmp_path / "b", "step", (1, 2, 3), seed=5)
+    cache = tmp_path / "cache"
+    ga = gram.compute_grams(open_trajectory(path=a.path, base=a.base), [1, 2, 3], cache_dir=cache)
+    gb = gram.compute_grams(open_trajectory(path=b.path, base=b.base), [1, 2, 3], cache_dir=cache)
+    n = a.names[0]
+    assert not np.allclose(ga[n], gb[n])
+    assert np.allclose(gb[n], ref_gram(b, n, [1, 2, 3]), rtol=1e-5)
