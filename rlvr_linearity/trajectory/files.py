@@ -176,7 +176,7 @@ class ModelFiles:
     @property
     def tied_embeddings(self) -> bool:
         """config.tie_word_embeddings and no separate lm_head stored."""
-        cfg = self.config.get("text_config", self.config) if "tie_word_embeddings" not in self.config else self.config
+        cfg = self.config if "tie_word_embeddings" in self.config else self.config.get("text_config") or {}
         return bool(cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info
 
     def _handle(self, file: Path):

@@ -267,6 +267,12 @@ class FsdpShardFiles:
     def dtype(self, name):
         return self.info(name).dtype
 
+    def numel(self, name) -> int:
+        n = 1
+        for d in self.shape(name):
+            n *= d
+        return n
+
     @property
     def tied_embeddings(self) -> bool:
         return bool(self.config.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info

@@ -68,11 +68,7 @@ class ModelWriter:
         for n in self.tensor_names:
             src = self.template.dtype(n)
             dt = self.dtype if (self.dtype is not None and src.is_floating_point) else src
-            shape = tuple(self.template.shape(n))
-            numel = 1
-            for d in shape:
-                numel *= d
-            self._entries[n] = (dt, shape, numel * dt.itemsize)
+            self._entries[n] = (dt, tuple(self.template.shape(n)), self.template.numel(n) * dt.itemsize)
         self._shards = self._plan(shard_bytes)
         self._tmp: Path | None = None
         self._files: dict[str, object] = {}
