@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rlvr_linearity.errors import ConfigError
+
+
+def train(cfg, out_dir, tracker=None) -> Path:
+    """Train as `cfg.train.backend` says (trl | verl); returns the trajectory directory."""
+    backend = str(cfg.train.get("backend", "trl"))
+    if backend == "trl":
+        from rlvr_linearity.train.trl_grpo import train_trl
+
+        return train_trl(cfg, Path(out_dir), tracker)
+    if backend == "verl":
+        from rlvr_linearity.train.verl_launcher import launch_verl
+
+        return launch_verl(cfg, Path(out_dir), tracker)
+    raise ConfigError(f"train.backend: unknown backend {backend!r} (use trl or verl)")
+
 
 def run(cfg, tracker):
-    raise NotImplementedError("rlvr train is not implemented yet")
+    from rlvr_linearity.paths import resolve_output_dir
+
+    traj = train(cfg, resolve_output_dir(cfg), tracker)
+    return {"trajectory": str(traj)}

@@ -1,0 +1,186 @@
+"""CPU GRPO with TRL's `GRPOTrainer`: a trajectory with a checkpoint every `train.save_every` steps.
+
+Writes `DIR/trajectory/checkpoint-N/` (model.safetensors in float32, config, tokenizer), with
+optimizer state kept only in the newest checkpoint (enough to resume), `trajectory.json`
+(base model, saved steps, trainer, config) rewritten after every save, and one JSON line of
+training metrics per step in `DIR/train_metrics.jsonl`. A killed run resumes from its newest
+checkpoint that still has optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from rlvr_linearity.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+PRUNE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def saved_steps(traj_dir: Path) -> list[int]:
+    """Steps of the complete `checkpoint-N` dirs (weights present)."""
+    if not traj_dir.is_dir():
+        return []
+    steps = []
+    for d in traj_dir.iterdir():
+        m = _CKPT.match(d.name)
+        if m and (d / "model.safetensors").exists() and (d / "config.json").exists():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def _resumable(traj_dir: Path) -> Path | None:
+    steps = saved_steps(traj_dir)
+    if steps:
+        last = traj_dir / f"checkpoint-{steps[-1]}"
+        if all((last / f).exists() for f in RESUME_FILES):
+            return last
+    return None
+
+
+def base_model_dir(cfg) -> str:
+    """`train.model`: "tiny" builds/caches the demo model; else a local dir (absolute) or hub id."""
+    model = str(cfg.train.model)
+    if model == "tiny":
+        from rlvr_linearity.train.tiny_model import tiny_model
+
+        return str(tiny_model(cfg))
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
+
+
+def _make_callback(out_dir: Path, traj_dir: Path, base: str, config: dict, tracker, total: int):
+    from transformers import TrainerCallback
+
+    metrics_path = out_dir / "train_metrics.jsonl"
+
+    class TrajectoryCallback(TrainerCallback):
+        """Per-step metrics to JSONL and tracker; after each save, trajectory.json and pruning."""
+
+        def __init__(self):
+            self.t_step = time.time()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t_step = time.time()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            if "reward" not in logs:  # the final train summary, not a step
+                return
+            rec = {"step": state.global_step, "step_time": time.time() - self.t_step}
+            rec["reward_mean"] = logs.get("reward")
+            rec["reward_std"] = logs.get("reward_std")
+            rec["accuracy"] = logs.get("rewards/correct/mean", logs.get("reward"))
+            rec["kl"] = logs.get("kl")
+            rec["completion_length_mean"] = logs.get("completions/mean_length")
+            rec["completion_length_max"] = logs.get("completions/max_length")
+            rec.update({k: v for k, v in logs.items() if isinstance(v, (int, float)) and k not in rec})
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if tracker is not None:
+                tracker.log({f"train/{k}": v for k, v in rec.items() if k != "step" and v is not None},
+                            step=state.global_step)
+
+        def on_save(self, args, state, control, **kw):
+            steps = saved_steps(traj_dir)
+            for s in steps[:-1]:  # optimizer state only where a resume would start
+                for f in PRUNE_FILES:
+                    (traj_dir / f"checkpoint-{s}" / f).unlink(missing_ok=True)
+            write_trajectory_json(traj_dir, base, config)
+
+    return TrajectoryCallback()
+
+
+def write_trajectory_json(traj_dir: Path, base: str, config: dict) -> Path:
+    path = traj_dir / "trajectory.json"
+    _atomic_json(path, {"base": base, "steps": saved_steps(traj_dir), "trainer": "trl", "config": config})
+    return path
+
+
+def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
+    """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory."""
+    import datasets
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr_linearity.tasks.arithmetic import make_split
+    from rlvr_linearity.train.rewards import BoxedAnswerReward
+
+    t = cfg.train
+    out_dir = Path(out_dir).resolve()
+    traj_dir = out_dir / "trajectory"
+    traj_dir.mkdir(parents=True, exist_ok=True)
+    steps, save_every = int(t.steps), int(t.save_every)
+    if steps < 1 or save_every < 1:
+        raise ConfigError(f"train.steps ({steps}) and train.save_every ({save_every}) must be >= 1")
+    group, prompts = int(t.group_size), int(t.prompts_per_step)
+    if group < 2:
+        raise ConfigError(f"train.group_size must be >= 2 for GRPO advantages, got {group}")
+
+    t0 = time.time()
+    base = base_model_dir(cfg)
+    build_s = time.time() - t0
+    config = OmegaConf.to_container(t, resolve=True)
+    resume = _resumable(traj_dir)
+    done = saved_steps(traj_dir)
+    if done and done[-1] >= steps:
+        log.info("trajectory already complete at step %d: %s", done[-1], traj_dir)
+        write_trajectory_json(traj_dir, base, config)
+        return traj_dir
+    if done and resume is None:
+        raise ConfigError(f"{traj_dir}: checkpoints {done} exist but checkpoint-{done[-1]} cannot be resumed "
+                          "(no optimizer state); use a fresh output_dir")
+    if resume is None:
+        (out_dir / "train_metrics.jsonl").unlink(missing_ok=True)
+
+    rows = make_split(cfg.task, "train")
+    dataset = datasets.Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    seed = int(t.get("seed", cfg.get("seed", 42)))
+    args = GRPOConfig(
+        output_dir=str(traj_dir), use_cpu=True, use_vllm=False, bf16=False, fp16=False,
+        max_steps=steps, learning_rate=float(t.lr), lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=float(t.get("weight_decay", 0.0)), max_grad_norm=float(t.get("grad_clip", 1.0)),
+        per_device_train_batch_size=group * prompts, gradient_accumulation_steps=1, num_generations=group,
+        steps_per_generation=1, num_iterations=1, temperature=float(t.temperature),
+        max_completion_length=int(t.max_completion_length), beta=float(t.beta),
+        loss_type=str(t.get("loss_type", "dapo")), scale_rewards=t.get("scale_rewards", "group"),
+        logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
+        report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
+        disable_tqdm=False, log_completions=False)
+    reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)))
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                          processing_class=tokenizer,
+                          callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps)])
+    t1 = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if saved_steps(traj_dir)[-1:] != [steps]:  # the final step is always saved
+        trainer.save_model(str(traj_dir / f"checkpoint-{steps}"))
+    for s in saved_steps(traj_dir)[:-1]:
+        for f in PRUNE_FILES:
+            (traj_dir / f"checkpoint-{s}" / f).unlink(missing_ok=True)
+    write_trajectory_json(traj_dir, base, config)
+    if tracker is not None:
+        tracker.summary({"train/base_model": base, "train/base_model_seconds": build_s,
+                         "train/grpo_seconds": time.time() - t1, "train/steps": steps})
+    log.info("GRPO: %d steps in %.1fs -> %s", steps, time.time() - t1, traj_dir)
+    return traj_dir

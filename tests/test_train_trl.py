@@ -1,0 +1,108 @@
+"""Tiny model build/cache, tokenizer round trip, and `rlvr train trainer=trl` end to end (tiny sizes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from rlvr_linearity.train.rewards import BoxedAnswerReward, boxed_integer_match
+
+# An easy task (9 distinct problems, answers 0..4) and a small recipe: SFT gets the format and
+# some answers right within seconds, so sampled rewards vary within groups.
+TASK = {"name": "arithmetic", "seed": 3, "n_train": 7, "n_test": 2, "min_terms": 2, "max_terms": 2,
+        "min_operand": 0, "max_operand": 2, "operators": ["+"]}
+RECIPE = {"seed": 0, "vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+          "intermediate_size": 64, "max_positions": 64, "sft_lr": 1.0e-2, "sft_batch_size": 7,
+          "sft_max_steps": 40, "sft_eval_every": 40, "sft_target_accuracy": 1.1, "sft_dev_size": 0,
+          "sft_max_new_tokens": 8}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(cache):
+    return OmegaConf.create({"train": {"tiny": RECIPE}, "task": TASK, "paths": {"cache_dir": str(cache)}})
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(rlvr_cache):
+    from rlvr_linearity.train.tiny_model import tiny_model
+
+    return tiny_model(_cfg(rlvr_cache))
+
+
+def test_tiny_model_builds_and_caches(tiny_dir, rlvr_cache):
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_linearity.train.tiny_model import tiny_model
+
+    stats = json.loads((tiny_dir / "tiny_recipe.json").read_text())
+    assert stats["sft_steps"] == 40 and stats["n_params"] > 1000
+    assert tiny_dir.parent == rlvr_cache / "tiny_models"
+    mtime = (tiny_dir / "model.safetensors").stat().st_mtime_ns
+    assert tiny_model(_cfg(rlvr_cache)) == tiny_dir  # cache hit: not rebuilt
+    assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    assert not [p for p in tiny_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    other = OmegaConf.merge(_cfg(rlvr_cache), {"train": {"tiny": {"seed": 1}}})
+    from rlvr_linearity.train.tiny_model import recipe_from_cfg, recipe_hash
+    assert recipe_hash(*recipe_from_cfg(other)) != tiny_dir.name
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert model.config.tie_word_embeddings and next(model.parameters()).dtype == torch.float32
+
+
+def test_tokenizer_round_trip(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    for text in ["Compute 12 - 7 * 3. Put the final answer in \\boxed{}.", "\\boxed{-45}", "héllo 0123"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    digits = tok.convert_ids_to_tokens(tok("123", add_special_tokens=False)["input_ids"])
+    assert digits == ["1", "2", "3"]  # digits stay separate tokens
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_rewards():
+    assert boxed_integer_match(["so \\boxed{3} no \\boxed{-4}", "\\boxed{3}", "3", "\\boxed{ 1 2}"],
+                               ["-4", "4", "3", "12"]) == [True, False, False, True]
+    reward = BoxedAnswerReward(exact=True)
+    completions = [[{"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{6}"]
+    assert reward(prompts=None, completions=completions, answer=["5", 5]) == [1.0, 0.0]
+
+
+def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
+    out = tmp_path / "run"
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    cmd = [sys.executable, "-m", "rlvr_linearity", "train", "trainer=trl", "train.steps=3", "train.group_size=4",
+           "train.prompts_per_step=4", "train.max_completion_length=8", "train.lr=0.01", f"output_dir={out}",
+           "logger=none", *task, *tiny]
+    env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache), "TQDM_DISABLE": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    traj = out / "trajectory"
+    meta = json.loads((traj / "trajectory.json").read_text())
+    assert meta["steps"] == [1, 2, 3] and meta["trainer"] == "trl" and meta["base"] == str(tiny_dir)
+    assert meta["config"]["steps"] == 3
+    rows = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert 0 <= r["reward_mean"] <= 1 and r["step_time"] > 0 and r["completion_length_mean"] > 0
+    # optimizer state only in the newest checkpoint
+    assert not (traj / "checkpoint-1" / "optimizer.pt").exists() and (traj / "checkpoint-3" / "optimizer.pt").exists()
+    weights = [load_file(tiny_dir / "model.safetensors")]
+    weights += [load_file(traj / f"checkpoint-{s}" / "model.safetensors") for s in (1, 2, 3)]
+    for w in weights[1:]:
+        assert set(w) == set(weights[0]) and all(t.dtype == torch.float32 for t in w.values())
+    for a, b in zip(weights, weights[1:]):
+        assert any(not torch.equal(a[k], b[k]) for k in a), "weights did not move"
+    # a finished trajectory is not retrained
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert load_file(traj / "checkpoint-3" / "model.safetensors").keys() == weights[3].keys()
+    assert len((out / "train_metrics.jsonl").read_text().splitlines()) == 3
