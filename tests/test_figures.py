@@ -245,29 +245,44 @@ def test_empty_or_wrong_inputs_raise_config_errors(tmp_path):
         regenerate([tmp_path / "r"], tmp_path / "o")
 
 
-def test_weight_extrapolation_curves_from_an_evaluate_sweep(tmp_path):
-    """`rlvr evaluate -m evaluate.model=...` over trajectory steps and weight predictions: each
-    run's tracking.jsonl names its model; predictions are identified by their extrapolation.json."""
-    ext = tmp_path / "extrap" / "extrapolate"
-    for t in (8, 12):
-        (ext / f"step_{t}").mkdir(parents=True)
-    (ext / "extrapolation.json").write_text(json.dumps({"method": "weight", "targets": [8, 12],
-                                                        "parameters": {"base_step": 0, "second_step": 4}}))
+def test_curves_from_an_evaluate_sweep(tmp_path):
+    """`rlvr evaluate -m evaluate.model=...` over trajectory steps and predictions: each run's
+    tracking.jsonl names its model; predictions are identified by their (real) extrapolation.json."""
+    wext = tmp_path / "w" / "extrapolate"
+    rext = tmp_path / "r" / "extrapolate"
+    for ext, src, dirs in ((wext, "weight_run", ["step_8", "step_10"]), (rext, "relex_run", ["h3/step_8", "h5/step_10"])):
+        for d in dirs:
+            (ext / d).mkdir(parents=True)
+        shutil.copy(FIX / src / "extrapolate" / "extrapolation.json", ext / "extrapolation.json")
     traj = tmp_path / "traj"
-    models = {"0": (str(traj / "checkpoint-0"), 0.2), "1": (str(traj / "checkpoint-4"), 0.4),
-              "2": (str(ext / "step_8"), 0.45), "3": (str(ext / "step_12"), 0.43),
-              "4": (str(traj / "global_step_8" / "actor" / "huggingface"), 0.5)}
-    for n, (model, acc) in models.items():
-        run = tmp_path / "multirun" / n
+    models = [(traj / "checkpoint-0", 0.2), (traj / "checkpoint-3", 0.4), (wext / "step_8", 0.45), (wext / "step_10", 0.43),
+              (traj / "global_step_8" / "actor" / "huggingface", 0.5), (rext / "h3" / "step_8", 0.47),
+              (rext / "h5" / "step_10", 0.52)]
+    for n, (model, acc) in enumerate(models):
+        run = tmp_path / "multirun" / str(n)
         (run / "evaluate").mkdir(parents=True)
-        (run / "tracking.jsonl").write_text(json.dumps({"event": "config", "config": {"evaluate": {"model": model}}}) + "\n")
+        (run / "tracking.jsonl").write_text(json.dumps({"event": "config", "config": {"evaluate": {"model": str(model)}}}) + "\n")
         (run / "evaluate" / "metrics.json").write_text(json.dumps({"math500": {"accuracy": acc, "n_problems": 5}}))
-    index = regenerate([tmp_path / "multirun", tmp_path / "extrap"], tmp_path / "out")
-    made = [m for m in index["made"] if m["id"] == "lin_weight_extrapolation"]
-    assert len(made) == 1 and len(made[0]["inputs"]) == 5
-    groups = merge_results(results_from_evaluations(discover([tmp_path / "multirun"])["metrics"]))
-    res = groups[0][1]
+    index = regenerate([tmp_path / "multirun", tmp_path / "w"], tmp_path / "out")
+    made = {m["id"]: m for m in index["made"]}
+    assert len(made["lin_weight_extrapolation"]["inputs"]) == len(models)
+    assert "relex_accuracy_vs_target" in made and "relex_explained_variance" not in made  # r/ not an input
+    res = merge_results(results_from_evaluations(discover([tmp_path / "multirun"])["metrics"]))[0][1]
     assert res["benchmark"] == "math500" and res["base"] == {"step": 0, "accuracy": 0.2}
-    assert sorted((r["step"], r["accuracy"]) for r in res["rlvr"]) == [(4, 0.4), (8, 0.5)]
-    assert sorted((r["target"], r["accuracy"]) for r in res["weight_extrapolation"]) == [(8, 0.45), (12, 0.43)]
-    assert all((r["base_step"], r["second_step"]) == (0, 4) for r in res["weight_extrapolation"])
+    assert sorted((r["step"], r["accuracy"]) for r in res["rlvr"]) == [(3, 0.4), (8, 0.5)]
+    assert sorted((r["base_step"], r["second_step"], r["target"], r["accuracy"]) for r in res["weight_extrapolation"]) == [
+        (0, 3, 8, 0.45), (0, 3, 10, 0.43)]
+    assert sorted((r["history"], r["target"], r["accuracy"], r["rank"], r["fit"]) for r in res["relex"]) == [
+        (3, 8, 0.47, 1, "linear"), (5, 10, 0.52, 1, "linear")]
+
+
+def test_explained_variance_from_a_relex_extrapolation(tmp_path):
+    from rlvr_linearity.figures.regenerate import lowrank_from_extrapolation
+
+    e = load_json(FIX / "relex_run" / "extrapolate" / "extrapolation.json")
+    lr = lowrank_from_extrapolation(e)
+    assert lr["ranks"] == [1] and set(lr["windows"]) == {"h3", "h5"}
+    w = e["windows"][1]
+    assert lr["windows"]["h5"]["per_tensor"][next(iter(w["explained_variance"]))]["1"] == next(iter(w["explained_variance"].values()))
+    assert_nontrivial_png(lin.plot_explained_variance(lr, tmp_path / "ev.png"))
+    assert lowrank_from_extrapolation(load_json(FIX / "weight_run" / "extrapolate" / "extrapolation.json")) is None

@@ -72,7 +72,8 @@ CATALOGUE = [
                 "regrounding.json (schema `Regrounding`)",
                 "the re-grounding loop of methods.md B4 on a GPU cluster, collected into regrounding.json"),
     PaperFigure("relex_explained_variance", "RELEX", "Finding 1: explained variance of rank r per tensor",
-                "linearity/lowrank.json", f"rlvr linearity {RELEX_EXP} linearity.windows=[75,all]"),
+                "linearity/lowrank.json, or extrapolate/extrapolation.json of RELEX",
+                f"rlvr linearity {RELEX_EXP} linearity.windows=[75,all]"),
     PaperFigure("relex_rank1_coefficient", "RELEX", "Finding 2: rank-1 coefficient vs step, fit and held-out steps",
                 "linearity/lowrank.json with `coefficients`",
                 f"rlvr linearity {RELEX_EXP} linearity.coefficient_history=75"),
@@ -184,9 +185,28 @@ def _run_config(run_dir: Path) -> dict | None:
     return None
 
 
+def _prediction_identity(e: dict, d: Path, step: int) -> dict:
+    """Method and parameters of the prediction in `d` from its extrapolation.json; the RELEX
+    history is the window whose targets list `d` (else an `h<T>/` parent, else the only one)."""
+    params = {**e, **(e.get("parameters") or {})}
+    ident = {"target": step, "method": e.get("method"), "base_step": params.get("base_step"),
+             "second_step": params.get("second_step"), "history": params.get("history"),
+             "rank": params.get("rank"), "fit": params.get("fit")}
+    windows = e.get("windows") or []
+    real = os.path.realpath(d)
+    hit = [w for w in windows if any(os.path.realpath(str(t.get("path", ""))) == real for t in w.get("targets") or [])]
+    m = re.match(r"^h(\d+)$", d.parent.name)
+    if hit or len(windows) == 1:
+        w = (hit or windows)[0]
+        ident["history"] = w.get("history") or max(w.get("steps") or [0])
+    elif m:
+        ident["history"] = int(m.group(1))
+    return ident
+
+
 def _model_identity(model: str) -> dict | None:
     """What an evaluated model is: a trajectory step ({"step"}), a prediction of `rlvr
-    extrapolate` ({"target", "method", parameters from extrapolation.json}), else None."""
+    extrapolate` ({"target", "method", parameters}), else None."""
     p = Path(model)
     for d in (p, *p.parents[:3]):
         m = _STEP_DIR.match(d.name)
@@ -196,16 +216,24 @@ def _model_identity(model: str) -> dict | None:
         return None
     step = int(m.group(1))
     for ext in (d.parent, d.parent.parent):
-        info = ext / "extrapolation.json"
-        if info.exists():
-            e = load_json(info)
-            params = {**e, **(e.get("parameters") or {})}
-            observed = params.get("steps_observed") or params.get("steps") or []
-            history = params.get("history") or (max(observed) if observed else None)
-            return {"target": step, "method": params.get("method"), "base_step": params.get("base_step"),
-                    "second_step": params.get("second_step"), "history": history,
-                    "rank": params.get("rank"), "fit": params.get("fit")}
+        if (ext / "extrapolation.json").exists():
+            return _prediction_identity(load_json(ext / "extrapolation.json"), d, step)
     return {"step": step}
+
+
+def lowrank_from_extrapolation(e: dict) -> dict | None:
+    """RELEX's per-tensor explained variance from an extrapolation.json, in lowrank.json's shape
+    (one rank: the one extrapolated with), for the explained-variance figure."""
+    if not isinstance(e, dict) or e.get("method") != "relex":
+        return None
+    rank = int((e.get("parameters") or {}).get("rank") or 1)
+    windows = {}
+    for w in e.get("windows") or []:
+        ev = w.get("explained_variance") or {}
+        if ev:
+            windows[str(w.get("label"))] = {"steps": w.get("steps") or [], "per_tensor": {
+                n: {str(rank): float("nan") if v is None else v} for n, v in ev.items()}}
+    return {"ranks": [rank], "windows": windows} if windows else None
 
 
 def results_from_evaluations(metrics_files: list[Path]) -> list[tuple[Path, dict]]:
@@ -334,8 +362,7 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
                                          ("lin_weight_trajectories", lin.plot_weight_examples, {})]),
                             ("logprobs", [("lin_logprob_r2_histogram", lin.plot_logprob_histogram, {}),
                                           ("lin_token_trajectories", lin.plot_token_examples, {})]),
-                            ("lowrank", [("relex_explained_variance", lin.plot_explained_variance, {}),
-                                         ("relex_rank1_coefficient", lin.plot_rank1_coefficients,
+                            ("lowrank", [("relex_rank1_coefficient", lin.plot_rank1_coefficients,
                                           {"tensor": coefficient_tensor})])):
             for path in files[kind]:
                 data = load_json(path)
@@ -343,6 +370,12 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
                     if fig_id == "relex_rank1_coefficient" and not (data.get("coefficients") or {}).get("model"):
                         continue
                     _draw(index, fig_id, fn, data, [path], run_label(path, inputs), len(files[kind]) > 1, **kw)
+
+        ev = [(p, load_json(p)) for p in files["lowrank"]]
+        ev += [(p, d) for p in files["extrapolation"] if (d := lowrank_from_extrapolation(load_json(p)))]
+        for path, data in ev:
+            _draw(index, "relex_explained_variance", lin.plot_explained_variance, data, [path], run_label(path, inputs),
+                  len(ev) > 1)
 
         settings, used = robustness_settings(robustness, files, inputs)
         if settings:
