@@ -367,8 +367,13 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
     ax.legend(fontsize=8)
     labels = [method_label(m) for m in methods]
     w = 0.8 / max(len(labels), 1)
+    for j, row in enumerate(sp):
+        if row["std_rl"] is None:
+            bax.text(j, 0.1, "not reached by\nstandard RL", ha="center", va="bottom", fontsize=7, color="grey")
     for i, lbl in enumerate(labels):
         for j, row in enumerate(sp):
+            if row["std_rl"] is None:
+                continue
             s = row["methods"][lbl]["speedup"]
             x = j + (i - (len(labels) - 1) / 2) * w
             if s is None:
