@@ -50,6 +50,7 @@ class RelexSchema:
     mode: str = "extrapolate"
     dtype: Optional[str] = None
     cache: bool = True
+    memory_budget: int = 1 << 28  # bytes of float32 deltas kept per tensor to write from the first read
 
 
 @dataclass

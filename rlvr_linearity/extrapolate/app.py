@@ -1,7 +1,110 @@
-"""`rlvr extrapolate`: thin command entry point; the work lives in plain functions of this package."""
+"""`rlvr extrapolate`: predicted checkpoints by RELEX (`extrapolate=relex`) or LIN's two-point
+weight extrapolation (`extrapolate=weight`).
+
+Outputs under DIR/extrapolate/:
+  step_<t>/            one complete HF model per target (one window, or method=weight)
+  h<T>/step_<t>/       with several windows (`extrapolate.windows=[...]`): one dir per history
+  extrapolation.json   method, parameters, steps observed per window, targets, per-tensor
+                       explained variance (relex), the weights w of each prediction
+                       (Δ̂ = Σ_t w_t Δ_t per tensor), α per target (weight), timings.
+`run(cfg, tracker)` is the command; `extrapolate(cfg, out_dir)` the same work for the pipeline.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
+from rlvr_linearity.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _open(cfg, max_step=None):
+    from rlvr_linearity.trajectory import open_trajectory
+
+    return open_trajectory(cfg.trajectory, max_step=max_step)
+
+
+def _hub_max_step(cfg, ex) -> int | None:
+    """For hub trajectories with only histories asked: download no step beyond the largest."""
+    tr = cfg.trajectory
+    if not tr.get("hub_repo") or tr.get("steps") is not None or tr.get("max_step") is not None:
+        return None
+    if ex.get("window") is not None or ex.get("last") is not None:
+        return None
+    hists = list(ex.get("windows") or []) or ([ex.history] if ex.get("history") is not None else [])
+    return max(int(h) for h in hists) if hists else None
+
+
+def extrapolate(cfg, out_dir) -> dict:
+    """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content."""
+    from rlvr_linearity.paths import cache_dir
+    from rlvr_linearity.pipeline.stages import write_json_atomic
+    from rlvr_linearity.tracking import _jsonable
+
+    t0 = time.perf_counter()
+    ex = cfg.extrapolate
+    method = str(ex.get("method") or "relex")
+    root = Path(out_dir) / "extrapolate"
+    if method == "relex":
+        from .relex import run_relex, select_windows
+
+        traj = _open(cfg, _hub_max_step(cfg, ex))
+        windows = select_windows(traj.steps, history=ex.get("history"), window=ex.get("window"),
+                                 last=ex.get("last"), windows=ex.get("windows"))
+        res = run_relex(traj, windows, list(ex.targets), root, rank=int(ex.rank), fit=str(ex.fit),
+                        degree=int(ex.degree), mode=str(ex.mode), dtype=ex.get("dtype"),
+                        cache_dir=cache_dir(cfg) / "grams" if ex.get("cache", True) else None,
+                        memory_budget=int(1 << 28 if ex.get("memory_budget") is None else ex.memory_budget))
+        params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
+                  "history": ex.get("history"), "window": ex.get("window"), "last": ex.get("last"),
+                  "windows": ex.get("windows")}
+        steps = res["windows"][0]["steps"] if len(res["windows"]) == 1 else res["steps_read"]
+    elif method == "weight":
+        from .weight import run_weight
+
+        if ex.get("second_step") is None:
+            raise ConfigError("weight extrapolation needs the second step: "
+                              "`extrapolate=weight extrapolate.second_step=B` (base_step A defaults to 0)")
+        traj = _open(cfg)
+        res = run_weight(traj, int(ex.get('base_step') or 0), int(ex.second_step), list(ex.targets), root,
+                         extrapolate_norms=bool(ex.get("extrapolate_norms", False)), dtype=ex.get("dtype"))
+        params = {"base_step": int(ex.get('base_step') or 0), "second_step": int(ex.second_step),
+                  "extrapolate_norms": bool(ex.get("extrapolate_norms", False))}
+        steps = sorted({int(ex.get('base_step') or 0), int(ex.second_step)})
+    else:
+        raise ConfigError(f"extrapolate.method={method!r}: expected relex or weight")
+    out = {"method": method, "trajectory": str(traj.path), "base": str(traj.base.path), "steps": steps,
+           "targets": [int(t) for t in ex.targets], "dtype": ex.get("dtype"), "parameters": params, **res}
+    out["timings"] = {**res.get("timings", {}), "run_s": time.perf_counter() - t0}
+    write_json_atomic(root / "extrapolation.json", _jsonable(out))
+    return out
+
+
+def result_rows(res: dict) -> list[dict]:
+    """One row per written prediction (the tracker's table)."""
+    if res["method"] == "weight":
+        return [{"base_step": res["base_step"], "second_step": res["second_step"], "target": t["target"],
+                 "alpha": t["alpha"], "path": t["path"]} for t in res["targets"]]
+    rows = []
+    for w in res["windows"]:
+        s = w["explained_variance_summary"]
+        for t in w["targets"]:
+            rows.append({"window": w["label"], "history": w["history"], "n_observed": len(w["steps"]),
+                         "last_observed": w["steps"][-1], "target": t["target"],
+                         "mean_explained_variance": s.get("mean"), "path": t["path"]})
+    return rows
+
 
 def run(cfg, tracker):
-    raise NotImplementedError("rlvr extrapolate is not implemented yet")
+    from rlvr_linearity.paths import resolve_output_dir
+
+    res = extrapolate(cfg, resolve_output_dir(cfg))
+    rows = result_rows(res)
+    tracker.table("extrapolation", rows)
+    tracker.summary({"method": res["method"], "n_outputs": len(rows), "time_s": res["timings"]["run_s"]})
+    for r in rows:
+        log.info("wrote %s", r["path"])
+    return res

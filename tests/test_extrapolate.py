@@ -1,0 +1,255 @@
+"""RELEX and two-point weight extrapolation against independent float64 references: a full numpy
+SVD of the stacked deltas (not the Gram path) with np.polyfit on step values, and the closed-form
+α formula; on random trajectories with gaps, tied/untied embeddings, fp32/bf16 storage, 1-D
+tensors, ranks 1-3, several windows and targets. Plus window selection, read-once, errors, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_trajectory
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.errors import ConfigError, RlvrError
+from rlvr_linearity.extrapolate import relex
+from rlvr_linearity.extrapolate.app import extrapolate
+from rlvr_linearity.extrapolate.weight import is_norm
+from rlvr_linearity.linearity import gram
+from rlvr_linearity.schemas import register_configs
+
+STEPS = (1, 2, 4, 7, 8, 12)  # gaps
+
+
+def cfg_for(tt, *overrides, group="relex"):
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("extrapolate", overrides=["logger=none", f"extrapolate={group}", f"trajectory.path={tt.path}",
+                                                 f"trajectory.base={tt.base}", *overrides])
+
+
+def ref_relex(tt, steps, target, rank=1, fit="linear", degree=2, mode="extrapolate"):
+    """W_0 + Δ̂ per tensor from numpy's SVD of the stacked float64 deltas."""
+    out = {}
+    x = np.asarray(steps, float)
+    for n in tt.names:
+        w0 = tt.values[0][n].numpy()
+        m = np.stack([(tt.values[s][n].numpy() - w0).ravel() for s in steps])
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        k = int(np.sum(s[:rank] > 1e-6 * s[0])) if s[0] > 0 else 0
+        c = u[:, :k] * s[:k]
+        if mode == "reconstruct":
+            chat = c[list(steps).index(target)]
+        else:
+            deg = 1 if fit == "linear" else degree
+            chat = np.array([np.polyval(np.polyfit(x, c[:, i], deg), target) for i in range(k)])
+        out[n] = w0 + (chat @ vt[:k]).reshape(w0.shape)
+    return out
+
+
+def assert_close(path, ref, tol=1e-5):
+    got = load_file(str(Path(path) / "model.safetensors"))
+    assert set(got) == set(ref)
+    for n, r in ref.items():
+        g = got[n].double().numpy()
+        err = np.abs(g - r).max() / max(np.abs(r).max(), 1e-30)
+        assert err < tol, (path, n, err)
+
+
+@pytest.mark.parametrize("tied,dtype,rank,fit,drift", [
+    (True, torch.float32, 1, "linear", "linear"),
+    (False, torch.bfloat16, 3, "linear", "random"),
+    (False, torch.float32, 2, "polynomial", "random"),
+])
+def test_relex_windows_targets_vs_numpy_svd(tmp_path, rlvr_cache, tied, dtype, rank, fit, drift):
+    tt = make_trajectory(tmp_path / "t", "checkpoint", STEPS, tied=tied, dtype=dtype, drift=drift, noise=1e-3)
+    out = tmp_path / "out"
+    cfg = cfg_for(tt, "extrapolate.windows=[7,12]", "extrapolate.targets=[15,30]", f"extrapolate.rank={rank}",
+                  f"extrapolate.fit={fit}", "extrapolate.dtype=float32", "extrapolate.memory_budget=2000")
+    res = extrapolate(cfg, out)
+    for h, steps in ((7, [1, 2, 4, 7]), (12, list(STEPS))):
+        for t in (15, 30):
+            assert_close(out / "extrapolate" / f"h{h}" / f"step_{t}", ref_relex(tt, steps, t, rank, fit))
+    saved = json.loads((out / "extrapolate" / "extrapolation.json").read_text())
+    assert saved["method"] == "relex" and [w["steps"] for w in saved["windows"]] == [[1, 2, 4, 7], list(STEPS)]
+    assert saved["windows"][0]["targets"][1]["target"] == 30
+    ev = saved["windows"][1]["explained_variance"]
+    assert set(ev) == set(tt.names) and all(0 <= v <= 1 for v in ev.values())
+    assert res["windows"][0]["targets"][0]["weights"].keys() == set(tt.names)
+
+
+def test_relex_single_window_layout_and_load(tmp_path, rlvr_cache):
+    from transformers import AutoModelForCausalLM
+
+    tt = make_trajectory(tmp_path / "t", "verl", STEPS, tied=True, dtype=torch.bfloat16, noise=1e-3)
+    out = tmp_path / "out"
+    extrapolate(cfg_for(tt, "extrapolate.history=8", "extrapolate.targets=[20]"), out)
+    d = out / "extrapolate" / "step_20"
+    stored = load_file(str(d / "model.safetensors"))
+    assert "lm_head.weight" not in stored and all(v.dtype == torch.bfloat16 for v in stored.values())
+    model = AutoModelForCausalLM.from_pretrained(d)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    ref = ref_relex(tt, [1, 2, 4, 7, 8], 20)
+    emb = ref["model.embed_tokens.weight"]
+    got = model.model.embed_tokens.weight.detach().double().numpy()
+    assert np.abs(got - emb).max() <= 2 ** -7 * np.abs(emb).max()  # bf16 output rounding
+
+
+def test_relex_reconstruct_last_and_explicit_windows(tmp_path, rlvr_cache):
+    tt = make_trajectory(tmp_path / "t", "step", STEPS, drift="random")
+    out = tmp_path / "out"
+    extrapolate(cfg_for(tt, "extrapolate.mode=reconstruct", "extrapolate.rank=2", "extrapolate.targets=[4,12]",
+                        "extrapolate.dtype=float32"), out / "a")
+    for t in (4, 12):
+        assert_close(out / "a" / "extrapolate" / f"step_{t}", ref_relex(tt, list(STEPS), t, 2, mode="reconstruct"))
+    extrapolate(cfg_for(tt, "extrapolate.last=3", "extrapolate.history=8", "extrapolate.targets=[10]",
+                        "extrapolate.dtype=float32"), out / "b")
+    assert_close(out / "b" / "extrapolate" / "step_10", ref_relex(tt, [4, 7, 8], 10))
+    extrapolate(cfg_for(tt, "extrapolate.window=[12,2,7]", "extrapolate.targets=[13]", "extrapolate.dtype=float32"),
+                out / "c")
+    assert_close(out / "c" / "extrapolate" / "step_13", ref_relex(tt, [2, 7, 12], 13))
+
+
+def test_relex_weights_pure_math_vs_svd():
+    rng = np.random.default_rng(0)
+    steps = [3, 5, 6, 10, 17]
+    m = rng.standard_normal((5, 40)) + np.outer(steps, rng.standard_normal(40))
+    for rank in (1, 2, 3, 5):
+        tf = relex.relex_weights(m @ m.T, steps, [20, 31], rank=rank)
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        c = u[:, :rank] * s[:rank]
+        chat = np.stack([[np.polyval(np.polyfit(steps, c[:, i], 1), t) for i in range(rank)] for t in (20, 31)])
+        assert np.allclose(tf.weights @ m, chat @ vt[:rank], atol=1e-9)
+        assert np.isclose(tf.explained_variance, (s[:rank] ** 2).sum() / (s ** 2).sum())
+    zero = relex.relex_weights(np.zeros((3, 3)), [1, 2, 3], [5])
+    assert zero.rank == 0 and not zero.weights.any() and zero.explained_variance is None
+    assert np.allclose(relex.fit_hat([1, 2, 4], [6], "polynomial", 2) @ np.array([1.0, 4, 16]), 36)
+
+
+def test_select_windows():
+    avail = [0, 1, 2, 4, 7, 8, 12]
+    assert [w.steps for w in relex.select_windows(avail, history=7)] == [[1, 2, 4, 7]]
+    assert [w.steps for w in relex.select_windows(avail, history=6)] == [[1, 2, 4]]
+    assert [w.label for w in relex.select_windows(avail, windows=[4, 12])] == ["h4", "h12"]
+    assert [w.steps for w in relex.select_windows(avail, last=2)] == [[8, 12]]
+    assert [w.steps for w in relex.select_windows(avail, window=[8, 2])] == [[2, 8]]
+    for kw in ({"history": 13}, {"window": [3, 4]}, {"last": 7}, {"window": [0, 1]}, {"history": 0},
+               {"history": 4, "windows": [4]}, {"window": [1, 2], "history": 4}):
+        with pytest.raises(ConfigError):
+            relex.select_windows(avail, **kw)
+
+
+def test_read_once_sweep_4_windows_3_targets(tmp_path, rlvr_cache):
+    tt = make_trajectory(tmp_path / "t", "checkpoint", STEPS, drift="random")
+    per_step = sum(v.numel() * 4 for v in tt.values[0].values())
+    args = ["extrapolate.windows=[2,4,7,12]", "extrapolate.targets=[13,20,40]", "extrapolate.dtype=float32",
+            f"paths.cache_dir={tmp_path / 'cache'}"]  # a cache of its own: the first sweep must miss
+    before = gram.bytes_read()
+    res = extrapolate(cfg_for(tt, *args), tmp_path / "a")
+    assert gram.bytes_read() - before == per_step * (len(STEPS) + 1)  # the union, once: Grams and 12 outputs
+    assert not res["gram_cache_hit"] and len(list((tmp_path / "a" / "extrapolate").glob("h*/step_*"))) == 12
+    before = gram.bytes_read()  # a later sweep: Grams from the cache, one read for the outputs
+    res2 = extrapolate(cfg_for(tt, *args), tmp_path / "b")
+    assert res2["gram_cache_hit"] and gram.bytes_read() - before == per_step * (len(STEPS) + 1)
+    before = gram.bytes_read()  # tensors over the memory budget: Gram pass + output pass
+    extrapolate(cfg_for(tt, *args, "extrapolate.cache=false", "extrapolate.memory_budget=0"), tmp_path / "c")
+    assert gram.bytes_read() - before == 2 * per_step * (len(STEPS) + 1)
+    for p in (tmp_path / "a" / "extrapolate").glob("h*/step_*"):
+        q = tmp_path / "c" / p.relative_to(tmp_path / "a")
+        a, c = load_file(str(p / "model.safetensors")), load_file(str(q / "model.safetensors"))
+        assert all(torch.equal(a[n], c[n]) for n in a)
+
+
+@pytest.mark.parametrize("tied,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_weight_extrapolation_closed_form(tmp_path, rlvr_cache, tied, dtype):
+    tt = make_trajectory(tmp_path / "t", "global_step", STEPS, tied=tied, dtype=dtype, drift="random")
+    for a_step, b_step, norms in ((0, 4, False), (2, 7, True)):
+        out = tmp_path / f"out{a_step}"
+        res = extrapolate(cfg_for(tt, f"extrapolate.base_step={a_step}", f"extrapolate.second_step={b_step}",
+                                  "extrapolate.targets=[8,20]", "extrapolate.dtype=float32",
+                                  f"extrapolate.extrapolate_norms={norms}", group="weight"), out)
+        assert [t["alpha"] for t in res["targets"]] == [(t - a_step) / (b_step - a_step) for t in (8, 20)]
+        for t in (8, 20):
+            al = (t - a_step) / (b_step - a_step)
+            ref = {}
+            for n in tt.names:
+                wa, wb = tt.values[a_step][n].numpy(), tt.values[b_step][n].numpy()
+                ref[n] = wb if (is_norm(n) and not norms) else wa + al * (wb - wa)
+            assert_close(out / "extrapolate" / f"step_{t}", ref)
+        assert bool(res["copied_from_second"]) != norms
+    assert "lm_head.weight" in tt.names or tied
+
+
+def test_is_norm():
+    assert is_norm("model.layers.0.input_layernorm.weight") and is_norm("model.norm.weight")
+    assert is_norm("model.layers.3.self_attn.q_norm.weight") and is_norm("transformer.h.0.ln_1.bias")
+    assert not is_norm("model.layers.0.self_attn.q_proj.bias") and not is_norm("model.embed_tokens.weight")
+    assert not is_norm("lm_head.weight")
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["extrapolate.history=13", "extrapolate.targets=[20]"], "history=13"),
+    (["extrapolate.window=[1,3]", "extrapolate.targets=[20]"], "[3]"),
+    (["extrapolate.history=8", "extrapolate.targets=[7]"], "target 7"),
+    (["extrapolate.history=4", "extrapolate.rank=4", "extrapolate.targets=[20]"], "rank=4"),
+    (["extrapolate.history=4", "extrapolate.mode=reconstruct", "extrapolate.targets=[7]"], "reconstruct target 7"),
+    (["extrapolate.history=4", "extrapolate.targets=[]"], "targets is empty"),
+    (["extrapolate.history=1", "extrapolate.targets=[5]"], "at least 2"),
+])
+def test_relex_errors(tmp_path, rlvr_cache, overrides, needle):
+    tt = make_trajectory(tmp_path / "t", "step", STEPS)
+    with pytest.raises(ConfigError, match=None) as e:
+        extrapolate(cfg_for(tt, *overrides), tmp_path / "out")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "extrapolate").exists() or not any((tmp_path / "out" / "extrapolate").iterdir())
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["extrapolate.base_step=4", "extrapolate.second_step=4", "extrapolate.targets=[8]"], "equals"),
+    (["extrapolate.second_step=5", "extrapolate.targets=[8]"], "second_step=5"),
+])
+def test_weight_errors(tmp_path, rlvr_cache, overrides, needle):
+    tt = make_trajectory(tmp_path / "t", "step", STEPS)
+    with pytest.raises(ConfigError) as e:
+        extrapolate(cfg_for(tt, *overrides, group="weight"), tmp_path / "out")
+    assert needle in str(e.value)
+
+
+def _cli(args, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "rlvr_linearity", "extrapolate", *args, "logger=none"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+def test_cli_relex_and_weight(tmp_path, rlvr_cache):
+    tt = make_trajectory(tmp_path / "t", "checkpoint", STEPS, tied=True, noise=1e-3, write_json=True)
+    p = _cli([f"trajectory.path={tt.path}", "extrapolate.history=8", "extrapolate.targets=[16,24]",
+              f"output_dir={tmp_path / 'r'}", "extrapolate.dtype=float32"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for t in (16, 24):
+        assert_close(tmp_path / "r" / "extrapolate" / f"step_{t}", ref_relex(tt, [1, 2, 4, 7, 8], t))
+    p = _cli([f"trajectory.path={tt.path}", "extrapolate=weight", "extrapolate.base_step=0",
+              "extrapolate.second_step=4", "extrapolate.targets=[8,12]", f"output_dir={tmp_path / 'w'}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    saved = json.loads((tmp_path / "w" / "extrapolate" / "extrapolation.json").read_text())
+    assert saved["method"] == "weight" and [t["alpha"] for t in saved["targets"]] == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("args", [
+    ["extrapolate.history=50", "extrapolate.targets=[60]"],
+    ["extrapolate.history=8", "extrapolate.targets=[4]"],
+    ["extrapolate=weight", "extrapolate.second_step=0", "extrapolate.targets=[4]"],
+])
+def test_cli_errors_exit_2_one_line(tmp_path, rlvr_cache, args):
+    tt = make_trajectory(tmp_path / "t", "step", STEPS, write_json=True)
+    p = _cli([f"trajectory.path={tt.path}", f"output_dir={tmp_path / 'o'}", *args], tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert not list((tmp_path / "o").rglob("*.safetensors"))
