@@ -10,10 +10,16 @@ Optional: without numba the torch path runs.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
     import numba as nb
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # no spin-waiting workers: on a shared CPU an OpenMP pool that spins starves everything else
+        nb.config.THREADING_LAYER = "workqueue"
 except ImportError:  # pragma: no cover - numba is an optional accelerator
     nb = None
 
@@ -52,6 +58,7 @@ if nb is not None:
             mx = np.empty(TILE)
             x0 = np.empty(TILE)
             ab = np.zeros(n_thr, dtype=np.int64)
+            rr = np.empty(TILE)
             for j0 in range(lo, hi, TILE):
                 m = min(TILE, hi - j0)
                 row0 = x[0]
@@ -86,28 +93,31 @@ if nb is not None:
                                 bad[p] += 1
                     while w < n_win and ends[w] == t + 1:
                         n = ends[w]
+                        xb = xbar[w]
+                        sw = sxx[w]
+                        for k in range(m):  # branch-free, vectorisable: R², or -1 when undefined
+                            syy = q[k] - s[k] * s[k] / n
+                            sxy = sx[k] - xb * s[k]
+                            r2 = min(max(sxy * sxy / (sw * syy), 0.0), 1.0)
+                            ok = q[k] > 0.0 and (mx[k] - mn[k] > min_abs_change or not use_range)
+                            rr[k] = r2 if ok else -1.0
                         hw = hist[p, w]
                         cnt = 0
                         tot = 0.0
                         for i in range(n_thr):
                             ab[i] = 0
                         for k in range(m):
-                            if q[k] == 0.0 or (use_range and mx[k] - mn[k] <= min_abs_change):
-                                if use_out:
-                                    out[w, j0 + k] = np.nan
+                            r2 = rr[k]
+                            if use_out:
+                                out[w, j0 + k] = r2 if r2 >= 0.0 else np.nan
+                            if r2 < 0.0:
                                 continue
-                            syy = q[k] - s[k] * s[k] / n
-                            sxy = sx[k] - xbar[w] * s[k]
-                            r2 = min(max(sxy * sxy / (sxx[w] * syy), 0.0), 1.0)
                             tot += r2
                             cnt += 1
                             for i in range(n_thr):
-                                if r2 > thresholds[i]:
-                                    ab[i] += 1
+                                ab[i] += r2 > thresholds[i]
                             if use_hist:
                                 hw[min(np.int64(r2 * n_bins), n_bins - 1)] += 1
-                            if use_out:
-                                out[w, j0 + k] = r2
                         sums[p, w] += tot
                         cnts[p, w] += cnt
                         for i in range(n_thr):
