@@ -71,11 +71,12 @@ def box_stats(values=None, counts=None, label: str = "") -> dict | None:
 
 
 # -- LIN Fig. 2: robustness over settings --------------------------------------------------
-def plot_robustness(settings: list[dict], path, pdf: bool = False) -> Path | None:
+def plot_robustness(settings: list[dict], path, pdf: bool = False, reference: bool = True) -> Path | None:
     """Box plot of weight R² and token log-prob R² per training setting.
 
     settings: [{"label", "weights": weights_r2 dict or None, "logprobs": logprob_r2 dict or None}].
     Weight boxes come from the 100-bin histogram (every weight), log-prob boxes from the tokens' R².
+    Settings labelled like the paper's (RL, SFT, Zero-RL) get its approximate medians as crosses.
     """
     boxes = []
     for s in settings:
@@ -96,12 +97,16 @@ def plot_robustness(settings: list[dict], path, pdf: bool = False) -> Path | Non
                boxprops={"facecolor": colour, "alpha": 0.55, "edgecolor": colour},
                medianprops={"color": "black"}, whiskerprops={"color": colour}, capprops={"color": colour})
         ax.plot([], [], "s", color=colour, alpha=0.55, label=kind)
+    paper_med = {k.lower(): v for k, v in pn.LIN_ROBUSTNESS_MEDIANS.items()}
+    refs = [(i, paper_med[s["label"].lower()]) for i, s in enumerate(settings) if reference and s["label"].lower() in paper_med]
+    for n, (i, (w, o)) in enumerate(refs):
+        ax.plot([i - 0.5 * width, i + 0.5 * width], [w, o], "x", color="black", ms=7, label="LIN Fig. 2 median" if n == 0 else None)
     ax.axhline(0.7, color="grey", ls="--", lw=0.8)
     ax.set_xticks(range(len(settings)), [s["label"] for s in settings], rotation=20 if len(settings) > 4 else 0)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("R²")
     ax.set_title("Linearity across training settings")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8)
     return save(fig, path, pdf)
 
 

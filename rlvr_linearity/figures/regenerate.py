@@ -379,7 +379,8 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
 
         settings, used = robustness_settings(robustness, files, inputs)
         if settings:
-            index.add("lin_robustness", paper.plot_robustness(settings, fig_dir / "lin_robustness.png"), used)
+            index.add("lin_robustness", paper.plot_robustness(settings, fig_dir / "lin_robustness.png", reference=reference),
+                      used)
 
         loaded = [(p, load_json(p)) for p in files["results"]]
         loaded = [(p, r) for p, r in loaded if isinstance(r, dict) and ("rlvr" in r or "relex" in r)]
