@@ -101,7 +101,12 @@ def result_rows(res: dict) -> list[dict]:
 def run(cfg, tracker):
     from rlvr_linearity.paths import resolve_output_dir
 
-    res = extrapolate(cfg, resolve_output_dir(cfg))
+    from rlvr_linearity.figures.extrapolation import extrapolation_figures
+
+    out = resolve_output_dir(cfg)
+    res = extrapolate(cfg, out)
+    for name, path in extrapolation_figures(out / "figures", res).items():
+        tracker.figure(name, path)
     rows = result_rows(res)
     tracker.table("extrapolation", rows)
     tracker.summary({"method": res["method"], "n_outputs": len(rows), "time_s": res["timings"]["run_s"]})
