@@ -1,7 +1,226 @@
-"""`rlvr evaluate`: thin command entry point; the work lives in plain functions of this package."""
+"""`rlvr evaluate`: thin command entry point; `evaluate(cfg, out_dir)` does the work.
+
+Samples are appended to `DIR/evaluate/<benchmark>/samples.jsonl` one problem at a time (all its
+samples together, fsynced), so an interrupted run resumes by skipping the problems already there
+and ends with the same metrics as an uninterrupted one. `metrics.json` is written atomically last.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlvr_linearity.errors import EvaluationError
+from rlvr_linearity.evaluate.benchmarks import Problem, benchmark_spec, load_benchmark
+from rlvr_linearity.evaluate.metrics import benchmark_metrics, macro_average
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def resolve_model(cfg) -> str | None:
+    """`evaluate.model`, or `evaluate.step` of `trajectory.path`; a missing directory is an error."""
+    ev = cfg.evaluate
+    if ev.get("step") is not None:
+        from rlvr_linearity.trajectory import open_trajectory
+
+        return str(open_trajectory(cfg.trajectory).model(int(ev.step)).path)
+    model = ev.get("model")
+    if not model:
+        return None
+    path = Path(str(model)).expanduser()
+    if str(model).startswith((".", "/", "~")) and not path.is_dir():
+        raise EvaluationError(f"model directory {model} does not exist")
+    return str(path) if path.is_dir() else str(model)  # otherwise a hub id
+
+
+def read_responses(path) -> dict[str, list[dict]]:
+    """problem_id -> its response records in file order (a problem may have several samples)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"responses file {path} does not exist")
+    out: dict[str, list[dict]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise EvaluationError(f"responses file {path}: unreadable ({err})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise EvaluationError(f"responses file {path}: line {i} is not JSON ({err.msg})") from None
+        if not isinstance(rec, dict) or "problem_id" not in rec or not isinstance(rec.get("response"), str):
+            raise EvaluationError(f"responses file {path}: line {i} needs \"problem_id\" and a string \"response\"")
+        out.setdefault(str(rec["problem_id"]), []).append(rec)
+    return out
+
+
+def _read_done(path: Path) -> dict[str, list[dict]]:
+    """Completed problems of an earlier run; a torn last line (crash mid-write) is cut off."""
+    done: dict[str, list[dict]] = {}
+    if not path.is_file():
+        return done
+    good = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            done.setdefault(rec["problem_id"], []).append(rec)
+            good += len(raw)
+    if good != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return done
+
+
+def grade(problems: list[Problem], responses: list[list[str]], cfg) -> list[list[dict]]:
+    """Sample records (without problem_id/sample) for each problem's responses."""
+    ev = cfg.evaluate
+    flat = [(p, r) for p, rs in zip(problems, responses) for r in rs]
+    out: list[dict] = []
+    math = [(i, p, r) for i, (p, r) in enumerate(flat) if p.type == "math"]
+    recs: list[dict | None] = [None] * len(flat)
+    if math:
+        from rlvr_linearity.evaluate.grading import grade_math
+
+        grades = grade_math([r for _, _, r in math], [p.answer or "" for _, p, _ in math],
+                            timeout=float(ev.get("grading_timeout", 5.0)), workers=int(ev.get("grading_workers", 2)))
+        for (i, _, _), g in zip(math, grades):
+            recs[i] = {"extracted": g.extracted, "correct": g.correct, "status": g.status}
+    code = [(i, p, r) for i, (p, r) in enumerate(flat) if p.type == "code"]
+    if code:
+        from rlvr_linearity.evaluate.sandbox import grade_code
+
+        for (i, p, r), v in zip(code, grade_code([p for _, p, _ in code], [r for _, _, r in code],
+                                                  workers=int(ev.get("grading_workers", 2)))):
+            recs[i] = {"extracted": v.program_excerpt, "correct": v.verdict == "passed", "verdict": v.verdict}
+    it = iter(recs)
+    for rs in responses:
+        out.append([next(it) for _ in rs])
+    return out  # type: ignore[return-value]
+
+
+def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
+    problems = load_benchmark(name, cfg)
+    if not problems:
+        raise EvaluationError(f"benchmark {name}: no problems to evaluate")
+    bdir = out_root / "evaluate" / name
+    bdir.mkdir(parents=True, exist_ok=True)
+    samples_path = bdir / "samples.jsonl"
+    if not cfg.evaluate.get("resume", True) and samples_path.exists():
+        samples_path.unlink()
+    done = _read_done(samples_path)
+    n = int(cfg.sampling.n)
+    given = read_responses(cfg.evaluate.responses) if cfg.evaluate.get("responses") else None
+    if given is not None:
+        known = {p.problem_id for p in problems}
+        unknown = [pid for pid in given if pid not in known]
+        if unknown:
+            raise EvaluationError(f"responses file {cfg.evaluate.responses}: problem_id {unknown[0]!r} "
+                                  f"is not in benchmark {name}")
+        todo = [p for p in problems if p.problem_id in given and p.problem_id not in done]
+    else:
+        todo = [p for p in problems if len(done.get(p.problem_id, [])) < n]
+    chunk = max(1, int(cfg.evaluate.get("batch_size", 32)))
+    engine = None
+    with open(samples_path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc=f"evaluate {name}",
+                                                                disable=None) as bar:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start:start + chunk]
+            if given is not None:
+                extras = [given[p.problem_id] for p in batch]
+                responses = [[r["response"] for r in recs] for recs in extras]
+            else:
+                if engine is None:
+                    engine = engine_factory()
+                from rlvr_linearity.evaluate.prompts import render
+
+                template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
+                tok = getattr(engine, "tokenizer", None)
+                responses = engine.generate([render(template, p, tok) for p in batch], cfg.sampling)
+                extras = [[{} for _ in rs] for rs in responses]
+            graded = grade(batch, responses, cfg)
+            for p, rs, gs, xs in zip(batch, responses, graded, extras):
+                lines = []
+                for k, (r, g, x) in enumerate(zip(rs, gs, xs)):
+                    rec = {**{key: v for key, v in x.items() if key not in ("problem_id", "response")},
+                           "problem_id": p.problem_id, "sample": k, "response": r, **g}
+                    lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+                    done.setdefault(p.problem_id, []).append(rec)
+                f.write("".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+            bar.update(len(batch))
+    ids = [p.problem_id for p in problems if p.problem_id in done]
+    seed = int(cfg.sampling.get("seed", 0) or 0)
+    return benchmark_metrics({pid: [bool(r["correct"]) for r in done[pid]] for pid in ids}, seed=seed)
+
+
+def evaluate(cfg, out_dir) -> dict:
+    """Evaluate one model (or a responses file) on `benchmarks`; returns metrics.json's content."""
+    out_dir = Path(out_dir)
+    names = list(cfg.benchmarks)
+    for name in names:
+        benchmark_spec(name)  # unknown benchmark: fail before any work
+    model = None if cfg.evaluate.get("responses") else resolve_model(cfg)
+    if cfg.evaluate.get("responses") is None and cfg.engine.get("name", "hf") != "logits_extrapolation" and not model:
+        raise EvaluationError("no model given: set evaluate.model=PATH, evaluate.step=N or evaluate.responses=FILE")
+    engine = []
+
+    def factory():
+        if not engine:
+            from rlvr_linearity.evaluate.engines import make_engine
+
+            engine.append(make_engine(cfg, model))
+        return engine[0]
+
+    metrics = {name: evaluate_benchmark(name, cfg, out_dir, factory) for name in names}
+    if len(names) > 1:
+        metrics["macro_average"] = macro_average(metrics)
+    (out_dir / "evaluate").mkdir(parents=True, exist_ok=True)
+    _atomic_json(out_dir / "evaluate" / "metrics.json", metrics)
+    return metrics
+
+
+def _models_in(root: Path) -> list[tuple[str, str]]:
+    """(label, path) of every model directory under a trajectory or sweep output directory."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EvaluationError(f"models directory {root} does not exist")
+    found = sorted({p.parent for p in root.rglob("config.json") if any(p.parent.glob("*.safetensors"))})
+    if not found:
+        raise EvaluationError(f"models directory {root} holds no model (config.json + *.safetensors)")
+    return [(str(d.relative_to(root)).replace(os.sep, "__") or "model", str(d)) for d in found]
+
 
 def run(cfg, tracker):
-    raise NotImplementedError("rlvr evaluate is not implemented yet")
+    from omegaconf import open_dict
+
+    from rlvr_linearity.paths import resolve_output_dir
+
+    out = resolve_output_dir(cfg)
+    models_dir = cfg.evaluate.get("models_dir")
+    if not models_dir:
+        metrics = evaluate(cfg, out)
+        tracker.summary({f"{b}/{k}": v for b, m in metrics.items() for k, v in m.items() if not isinstance(v, (dict, list))})
+        return metrics
+    results = {}
+    for label, path in _models_in(Path(models_dir)):
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.evaluate.model = path
+            sub.evaluate.step = None
+        results[label] = evaluate(sub, out / label)
+        tracker.log({f"{label}/{b}/accuracy": m["accuracy"] for b, m in results[label].items() if "accuracy" in m})
+    _atomic_json(out / "evaluate_models.json", results)
+    return results

@@ -1,0 +1,59 @@
+"""Benchmark metrics: unbiased pass@k (Chen et al. 2021), avg@n, bootstrap CI, macro average."""
+
+from __future__ import annotations
+
+import math
+import random
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """1 - C(n-c, k) / C(n, k): the chance that k of n samples (c correct) hold a correct one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """Percentile 95% interval of the mean over problems (resampled with replacement)."""
+    if not values:
+        return [float("nan"), float("nan")]
+    rng = random.Random(seed)
+    m = len(values)
+    means = sorted(sum(values[rng.randrange(m)] for _ in range(m)) / m for _ in range(n_boot))
+    return [means[int(0.025 * (n_boot - 1))], means[int(0.975 * (n_boot - 1))]]
+
+
+def benchmark_metrics(correct_by_problem: dict[str, list[bool]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of one benchmark from each problem's per-sample correctness.
+
+    `accuracy` == `avg@n` (mean over problems of the fraction of correct samples); pass@k for
+    every k up to the smallest sample count.
+    """
+    counts = [(len(v), sum(bool(x) for x in v)) for v in correct_by_problem.values() if v]
+    if not counts:
+        return {"n_problems": 0, "n_samples": 0, "accuracy": float("nan"), "pass@k": {}, "avg@n": float("nan"),
+                "accuracy_ci95": [float("nan"), float("nan")]}
+    per_problem = [c / n for n, c in counts]
+    avg = sum(per_problem) / len(per_problem)
+    k_max = min(n for n, _ in counts)
+    return {
+        "n_problems": len(counts),
+        "n_samples": sum(n for n, _ in counts),
+        "accuracy": avg,
+        "pass@k": {str(k): sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in range(1, k_max + 1)},
+        "avg@n": avg,
+        "accuracy_ci95": _bootstrap_ci(per_problem, n_boot, seed),
+    }
+
+
+def macro_average(per_benchmark: dict[str, dict]) -> dict:
+    """Unweighted mean of accuracy and pass@1 over benchmarks."""
+    accs = [m["accuracy"] for m in per_benchmark.values() if m.get("n_problems")]
+    p1 = [m["pass@k"]["1"] for m in per_benchmark.values() if m.get("n_problems") and "1" in m["pass@k"]]
+    return {
+        "n_benchmarks": len(accs),
+        "accuracy": sum(accs) / len(accs) if accs else float("nan"),
+        "pass@1": sum(p1) / len(p1) if p1 else float("nan"),
+    }
