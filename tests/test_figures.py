@@ -286,3 +286,17 @@ def test_explained_variance_from_a_relex_extrapolation(tmp_path):
     assert lr["windows"]["h5"]["per_tensor"][next(iter(w["explained_variance"]))]["1"] == next(iter(w["explained_variance"].values()))
     assert_nontrivial_png(lin.plot_explained_variance(lr, tmp_path / "ev.png"))
     assert lowrank_from_extrapolation(load_json(FIX / "weight_run" / "extrapolate" / "extrapolation.json")) is None
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("results.json", {"rlvr": [{"step": 1, "accuracy": 0.1}], "relex": [{"history": 3, "accuracy": 0.2}]}, r"relex\[0\] lacks 'target'"),
+    ("regrounding.json", {"std_rl": [{"real_steps": 1, "accuracy": {}}], "methods": [{"M": 1, "N": 1, "points": [{"accuracy": {}}]}]},
+     r"methods\[0\].points\[0\] lacks 'real_steps'"),
+    ("logits_extrapolation.json", {"rows": [{"benchmark": "a", "ours": 0.2}]}, "expected"),
+])
+def test_malformed_rows_name_file_and_row(tmp_path, name, content, match):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=match) as err:
+        regenerate([tmp_path / "in"], tmp_path / "out")
+    assert name in str(err.value)

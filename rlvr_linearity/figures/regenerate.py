@@ -144,6 +144,30 @@ def run_label(path: Path, inputs) -> str:
     return d.name
 
 
+ROW_KEYS = {"rlvr": ("step",), "relex": ("history", "target"), "weight_extrapolation": ("base_step", "second_step", "target"),
+            "logits_extrapolation": ("second_step", "target")}
+
+
+def _require(rows, keys, path: Path, what: str) -> None:
+    """Rows must be objects holding `keys`: else one error line naming the file and the row."""
+    if not isinstance(rows, list):
+        raise ConfigError(f"file {path}: `{what}` must be a list")
+    for i, r in enumerate(rows):
+        missing = [k for k in keys if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ConfigError(f"file {path}: {what}[{i}] lacks {', '.join(repr(k) for k in missing)}")
+
+
+def check_regrounding(data, path: Path) -> dict:
+    if not isinstance(data, dict) or "std_rl" not in data or "methods" not in data:
+        raise ConfigError(f"file {path}: expected {{\"std_rl\": [...], \"methods\": [{{M, N, points}}, ...]}}")
+    _require(data["std_rl"], ("real_steps", "accuracy"), path, "std_rl")
+    _require(data["methods"], ("M", "N", "points"), path, "methods")
+    for i, m in enumerate(data["methods"]):
+        _require(m["points"], ("real_steps", "accuracy"), path, f"methods[{i}].points")
+    return data
+
+
 def merge_results(files: list[tuple[Path, dict]]) -> list[tuple[list[Path], dict]]:
     """Pipeline results.json files merged per benchmark (a sweep's jobs): prediction rows
     concatenated without duplicates, the RLVR curve deduplicated by step."""
@@ -152,6 +176,8 @@ def merge_results(files: list[tuple[Path, dict]]) -> list[tuple[list[Path], dict
         bench = res.get("benchmark", "test")
         paths, m = groups.setdefault(bench, ([], {"benchmark": bench, "base": {}, "rlvr": [], "relex": [],
                                                     "weight_extrapolation": [], "logits_extrapolation": []}))
+        for key, keys in ROW_KEYS.items():
+            _require(res.get(key) or [], keys, path, key)
         if path not in paths:
             paths.append(path)
         if (res.get("base") or {}).get("accuracy") is not None and not m["base"]:
@@ -406,9 +432,7 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
             index.add("lin_table1", paper.table1(t1_rows, fig_dir, reference=reference), t1_inputs)
 
         for p in files["regrounding"][:1]:
-            data = load_json(p)
-            if not isinstance(data, dict) or "std_rl" not in data or "methods" not in data:
-                raise ConfigError(f"file {p}: expected {{\"std_rl\": [...], \"methods\": [{{M, N, points}}, ...]}}")
+            data = check_regrounding(load_json(p), p)
             made = paper.regrounding_figures(data, fig_dir, budgets=table2_budgets, thresholds=fig6_thresholds,
                                              benchmark=fig6_benchmark, reference=reference)
             index.add("lin_table2", {k: v for k, v in made.items() if k.startswith("lin_table2")}, [p])
