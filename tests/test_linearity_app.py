@@ -18,11 +18,6 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.schemas import register_configs
 
 STEPS = (1, 2, 4, 7, 8, 12)
-HAS_GRAM = True
-try:
-    import rlvr_linearity.linearity.gram  # noqa: F401
-except ImportError:
-    HAS_GRAM = False
 
 
 def compose_cfg(*overrides):
@@ -50,7 +45,7 @@ def test_analyse_matches_reference(tmp_path, rlvr_cache, tied, dtype):
 
     tt = make_trajectory(tmp_path / "run", layout="checkpoint", steps=STEPS, tied=tied, dtype=dtype,
                          drift="random", scale=1e-2, write_json=True)
-    cfg = compose_cfg(f"trajectory.path={tt.path}", f"linearity.lowrank={HAS_GRAM}", "linearity.windows=[4,8,all]",
+    cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity.windows=[4,8,all]",
                       "linearity.save_per_weight=true")
     out = tmp_path / "out"
     summary = analyse(cfg, out)
@@ -80,26 +75,7 @@ def test_analyse_matches_reference(tmp_path, rlvr_cache, tied, dtype):
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
-@pytest.fixture
-def grams_available(monkeypatch):
-    """The real compute_grams when gram.py exists; until then a plain float64 numpy stand-in
-    (reads every step fully), so the low-rank driver and reconstruct mode are still tested."""
-    if HAS_GRAM:
-        return
-    import types
-
-    def compute_grams(traj, steps, cache_dir=None, names=None):
-        out = {}
-        for n in names or traj.tensor_names:
-            base = traj.model(0).read(n).double().ravel()
-            m = torch.stack([traj.model(s).read(n).double().ravel() - base for s in steps])
-            out[n] = (m @ m.T).numpy()
-        return out
-
-    monkeypatch.setitem(sys.modules, "rlvr_linearity.linearity.gram", types.SimpleNamespace(compute_grams=compute_grams))
-
-
-def test_lowrank_json_vs_svd(tmp_path, rlvr_cache, grams_available):
+def test_lowrank_json_vs_svd(tmp_path, rlvr_cache):
     from rlvr_linearity.linearity.app import analyse
 
     tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
@@ -142,12 +118,13 @@ def test_cli(tmp_path, rlvr_cache):
     tt = make_trajectory(tmp_path / "run", layout="verl", steps=(1, 2, 3, 5), write_json=True)
     rlvr = Path(sys.executable).parent / "rlvr"
     env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache)}
-    extra = [] if HAS_GRAM else ["linearity.lowrank=false"]
     p = subprocess.run([str(rlvr), "linearity", f"trajectory.path={tt.path}", f"output_dir={tmp_path / 'o'}",
-                        "logger=none", *extra], capture_output=True, text=True, env=env, timeout=300)
+                        "logger=none"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((tmp_path / "o" / "linearity" / "weights_r2.json").read_text())
     assert res["n_defined"] > 0 and 0 <= res["median"] <= 1
+    assert json.loads((tmp_path / "o" / "linearity" / "lowrank.json").read_text())["summary"]["rank1_ev"]["n"] > 0
+    assert (tmp_path / "o" / "figures" / "rank1_coefficients.png").exists()
     p = subprocess.run([str(rlvr), "linearity", f"trajectory.path={tt.path}", f"output_dir={tmp_path / 'e'}",
                         "logger=none", "linearity.windows=[9]"], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "window 9" in p.stderr
