@@ -175,7 +175,7 @@ def test_logprob_r2_vs_full_forward(tmp_path, rlvr_cache):
     assert (tmp_path / "out" / "figures" / "logprob_r2_histogram.png").exists()
 
 
-@pytest.mark.parametrize("engine_env", ["auto", "torch"])
+@pytest.mark.parametrize("engine_env", ["kernel", "torch"])
 def test_nan_weight_names_step_and_tensor(tmp_path, rlvr_cache, engine_env):
     from safetensors.torch import load_file, save_file
 

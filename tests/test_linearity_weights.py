@@ -83,7 +83,7 @@ def reference(values, steps, names, idx=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk", [7 * 8 * 3, 1 << 20])
-@pytest.mark.parametrize("engine", ["auto", "torch"])
+@pytest.mark.parametrize("engine", ["kernel", "torch"])
 def test_weight_r2_matches_reference(tmp_path, dtype, chunk, engine):
     values = make_values(dtype)
     traj = MemTrajectory(values)
@@ -152,7 +152,7 @@ def test_parse_name():
     assert parse_name("transformer.h.5.attn.c_attn.weight") == ("attn.c_attn", 5)
 
 
-@pytest.mark.parametrize("engine", ["auto", "torch"])
+@pytest.mark.parametrize("engine", ["kernel", "torch"])
 def test_histogram_path_and_abs_change_filter(monkeypatch, engine):
     """Large-tensor path (histogram medians, bound 2**-20) with LIN's min-abs-change filter alone."""
     from rlvr_linearity.linearity import weights as wmod

@@ -56,7 +56,7 @@ def _weights(cfg, traj, steps, out: Path) -> dict:
     lin = cfg.linearity
     return weight_linearity(
         traj, steps, windows=list(lin.windows), thresholds=tuple(float(t) for t in lin.thresholds),
-        device=_device(lin), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.get("sample_fraction"),
+        device=_device(lin), engine=str(lin.get("engine", "auto")), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.get("sample_fraction"),
         min_samples=int(lin.min_samples), min_abs_change=float(lin.min_abs_change or 0.0),
         min_unique=int(lin.min_unique or 0), sample_seed=int(lin.sample_seed),
         per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None)

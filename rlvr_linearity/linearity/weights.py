@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
 from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
@@ -103,6 +104,7 @@ def _block_r2_stats(block, design, lengths, min_abs_change, min_unique, tstats, 
     return torch.cat(last) if keep_last else None
 
 
+KERNEL_MIN_WORK = 1 << 27  # element reads (weights x steps) from which engine=auto uses the kernel
 SMALL_TENSOR = 1 << 16  # up to this many weights a tensor's statistics are exact (values kept)
 
 
@@ -129,10 +131,10 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                      examples: int = 4, progress: bool = True) -> dict:
     """R² of every weight (or LIN's sample) of every tensor over `steps` (default: all, base first).
 
-    chunk_elements bounds one block read (all steps together) in elements. engine "auto" uses
-    the fused numba kernel on CPU (one pass per block, windows nearly free) and torch otherwise
-    ("torch": always torch; it processes `sub_chunk` columns at a time so its float64 work stays
-    in cache, and runs on `device`). Memory stays at a few blocks whatever the number of steps.
+    chunk_elements bounds one block read (all steps together) in elements. engine "kernel" uses
+    the fused numba kernel on CPU (one pass per block, windows nearly free), "auto" does so for
+    trajectories of at least KERNEL_MIN_WORK element reads, "torch" never (the torch path runs
+    on `device`, `sub_chunk` columns at a time so its float64 work stays in cache). Memory stays at a few blocks whatever the number of steps.
     Returns the `weights_r2.json` content: the contract's keys for the largest window plus
     `windows: {label: same keys}`.
     """
@@ -143,7 +145,16 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
         steps = [0] + steps
     wins = window_lengths(steps, windows)
     lengths = [n for _, n in wins]
-    use_kernel = (engine != "torch" and str(device) == "cpu" and kernel.available() and min_unique <= 1)
+    names = list(traj.tensor_names if names is None else names)
+    base = traj.model(0)
+    if engine not in ("auto", "kernel", "torch"):
+        raise ConfigError(f"linearity.engine={engine!r}: use auto, kernel or torch")
+    possible = str(device) == "cpu" and kernel.available() and min_unique <= 1
+    if engine == "kernel" and not possible:
+        raise ConfigError("linearity.engine=kernel needs numba, device=cpu and no min_unique filter")
+    # auto: the kernel pays a one-off JIT compile (cached on disk), worth it beyond tiny models
+    work = len(steps) * sum(int(np.prod(base.shape(n), dtype=np.int64)) for n in names)
+    use_kernel = possible and (engine == "kernel" or (engine == "auto" and work >= KERNEL_MIN_WORK))
     # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
     own_check = use_kernel and sample_fraction is None and bool(getattr(traj, "check_finite", False))
     if own_check:
@@ -156,8 +167,6 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     design = WindowDesign.build(steps, lengths, device)
     cpu_design = design if str(device) == "cpu" else WindowDesign.build(steps, lengths, "cpu")
     ks = kernel.KernelStats(steps, lengths, thresholds, min_abs_change, HIST_BINS) if use_kernel else None
-    names = list(traj.tensor_names if names is None else names)
-    base = traj.model(0)
     glob = [R2Stats(tuple(thresholds)) for _ in wins]
     rows: list[list[dict]] = [[] for _ in wins]
     writer = PerWeightWriter(per_weight_path, {n: tuple(base.shape(n)) for n in names}) if per_weight_path else None
@@ -165,6 +174,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     example_rows: list[dict] = []
     i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
     rng = np.random.default_rng(sample_seed)
+    example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
     try:
         for name in tqdm(names, desc="weight R²", unit="tensor", disable=not progress):
             shape = tuple(base.shape(name))
@@ -208,11 +218,12 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                         full = torch.full(((stop - start) * row_size,), float("nan"), dtype=torch.float64)
                         full[cols] = last.cpu()
                     writer.write(full)
-                if len(example_rows) < examples and block.shape[1]:
+                if name in example_tensors and block.shape[1]:
                     col = int(rng.integers(block.shape[1]))
                     one = block[:, col: col + 1].cpu()
                     r2 = block_r2(block_deltas(one), cpu_design)[-1, 0]
                     if not torch.isnan(r2):
+                        example_tensors.discard(name)
                         example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if idx_t is not None else col),
                                              "steps": steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
             if ks is not None and not exact:
