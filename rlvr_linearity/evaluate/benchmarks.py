@@ -151,7 +151,7 @@ def _code_meta(spec: dict, row: dict) -> dict:
 
 def _lcb_in_window(spec: dict, row: dict) -> bool:
     date = str(row.get("contest_date") or "")[:10]
-    lo, hi = spec.get("date_from"), spec.get("date_to")
+    lo, hi = spec.get("date_from"), spec.get("date_to")  # evaluate.date_from/date_to override them
     return (not lo or date >= str(lo)) and (not hi or date <= str(hi))
 
 
@@ -185,6 +185,9 @@ def load_benchmark(name: str, cfg=None) -> list[Problem]:
             rows = _humaneval_rows()
         else:
             rows = _hub_rows(name, spec, split)
+        for key in ("date_from", "date_to"):
+            if _ecfg(cfg, key):
+                spec[key] = str(_ecfg(cfg, key))
         problems = _problems(name, spec, rows)
     limit = _ecfg(cfg, "max_problems")
     return problems[: int(limit)] if limit else problems
