@@ -46,7 +46,7 @@ def read_blocks(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS):
 def block_deltas(block: torch.Tensor) -> torch.Tensor:
     """[1 + T, ...] block whose row 0 is the base -> float32 deltas [T, n]."""
     b = block.reshape(block.shape[0], -1)
-    return b[1:].to(torch.float32) - b[0].to(torch.float32)
+    return b[1:].to(torch.float32).sub_(b[0])
 
 
 def gram_update(g: np.ndarray, d: torch.Tensor) -> None:
