@@ -253,3 +253,22 @@ def test_cli_errors_exit_2_one_line(tmp_path, rlvr_cache, args):
     lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
     assert not list((tmp_path / "o").rglob("*.safetensors"))
+
+
+def test_hub_trajectory_downloads_only_the_histories():
+    from omegaconf import OmegaConf
+
+    from rlvr_linearity.extrapolate.app import _hub_max_step
+
+    def cfg(tr, ex):
+        return OmegaConf.create({"trajectory": {"hub_repo": "org/repo", "steps": None, "max_step": None, **tr},
+                                 "extrapolate": {"history": None, "window": None, "last": None, "windows": None, **ex}})
+
+    assert _hub_max_step(cfg({}, {"history": 75}), cfg({}, {"history": 75}).extrapolate) == 75
+    c = cfg({}, {"windows": [25, 50, 100]})
+    assert _hub_max_step(c, c.extrapolate) == 100
+    c = cfg({}, {"history": 75, "last": 5})
+    assert _hub_max_step(c, c.extrapolate) == 75
+    for c in (cfg({"max_step": 30}, {"history": 75}), cfg({"hub_repo": None}, {"history": 75}),
+              cfg({}, {"window": [1, 2]}), cfg({}, {"last": 5})):
+        assert _hub_max_step(c, c.extrapolate) is None

@@ -32,7 +32,7 @@ def _hub_max_step(cfg, ex) -> int | None:
     tr = cfg.trajectory
     if not tr.get("hub_repo") or tr.get("steps") is not None or tr.get("max_step") is not None:
         return None
-    if ex.get("window") is not None or ex.get("last") is not None:
+    if ex.get("window") is not None:
         return None
     hists = list(ex.get("windows") or []) or ([ex.history] if ex.get("history") is not None else [])
     return max(int(h) for h in hists) if hists else None
