@@ -14,7 +14,7 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from rlvr_linearity.figures import linearity as lin, paper
+from rlvr_linearity.figures import extrapolation as ext, linearity as lin, paper
 from rlvr_linearity.figures.regenerate import discover, load_json, merge_results, regenerate, robustness_settings
 
 # The repository root whether the notebook runs from notebooks/ or from the root.
@@ -88,6 +88,12 @@ RELEX = [
     show(lin.plot_explained_variance(res, OUT / "relex_explained_variance.png"))
     if (res.get("coefficients") or {}).get("model"):
         show(lin.plot_rank1_coefficients(res, OUT / "relex_rank1_coefficient.png"))'''),
+    new_markdown_cell("## The same findings from RELEX runs (`rlvr extrapolate`'s extrapolation.json)"),
+    new_code_cell('''for p in files["extrapolation"]:
+    res = load_json(p)
+    if res.get("method") == "relex":
+        show(ext.plot_explained_variance_histogram(res, OUT / "relex_run_explained_variance.png"))
+        show(ext.plot_relex_coefficient(res, OUT / "relex_run_coefficient.png"))'''),
     new_markdown_cell("## Accuracy vs target step per T_cut, and rank / fit ablations"),
     new_code_cell('''for _, res in results:
     show(paper.plot_relex_accuracy(res, OUT / "relex_accuracy_vs_target.png"))

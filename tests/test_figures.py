@@ -276,16 +276,15 @@ def test_curves_from_an_evaluate_sweep(tmp_path):
         (3, 8, 0.47, 1, "linear"), (5, 10, 0.52, 1, "linear")]
 
 
-def test_explained_variance_from_a_relex_extrapolation(tmp_path):
-    from rlvr_linearity.figures.regenerate import lowrank_from_extrapolation
-
-    e = load_json(FIX / "relex_run" / "extrapolate" / "extrapolation.json")
-    lr = lowrank_from_extrapolation(e)
-    assert lr["ranks"] == [1] and set(lr["windows"]) == {"h3", "h5"}
-    w = e["windows"][1]
-    assert lr["windows"]["h5"]["per_tensor"][next(iter(w["explained_variance"]))]["1"] == next(iter(w["explained_variance"].values()))
-    assert_nontrivial_png(lin.plot_explained_variance(lr, tmp_path / "ev.png"))
-    assert lowrank_from_extrapolation(load_json(FIX / "weight_run" / "extrapolate" / "extrapolation.json")) is None
+def test_relex_findings_from_an_extrapolation_json(tmp_path):
+    """A RELEX run's extrapolation.json alone gives Finding 1 and 2 figures (drawn by figures.extrapolation)."""
+    index = regenerate([FIX / "relex_run", FIX / "weight_run"], tmp_path)
+    made = {m["id"]: m for m in index["made"]}
+    assert set(made) == {"relex_explained_variance", "relex_rank1_coefficient"}
+    for m in made.values():
+        assert m["inputs"] == [str(FIX / "relex_run" / "extrapolate" / "extrapolation.json")]
+        assert_nontrivial_png(tmp_path / m["outputs"][0])
+        assert (tmp_path / m["outputs"][0]).with_suffix(".pdf").exists()
 
 
 @pytest.mark.parametrize("name,content,match", [

@@ -10,13 +10,14 @@ next to a figure, so the numbers can be tested without drawing.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from rlvr_linearity.figures import paper_numbers as pn
-from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step
-from rlvr_linearity.figures.style import PALETTE, figure, save
+from rlvr_linearity.figures.extrapolation import plot_accuracy_vs_target
+from rlvr_linearity.figures.style import PALETTE, also_pdf, figure, save
 from rlvr_linearity.pipeline.stages import write_json_atomic
 
 
@@ -412,14 +413,15 @@ def _default_relex(row: dict) -> bool:
 
 
 def plot_relex_accuracy(results: dict, path, pdf: bool = False) -> Path | None:
-    """Accuracy vs target step per T_cut (rank 1, linear fit) with the trained RLVR curve:
-    the pipeline's trained-vs-predicted plot restricted to RELEX's default predictions."""
+    """Accuracy vs target step per T_cut (rank 1, linear fit) with the trained RLVR curve,
+    drawn by `figures.extrapolation.plot_accuracy_vs_target`."""
     relex = [r for r in results.get("relex") or [] if r.get("accuracy") is not None and _default_relex(r)]
     if not relex:
         return None
-    only = {"benchmark": results.get("benchmark", "test"), "base": results.get("base") or {},
-            "rlvr": results.get("rlvr") or [], "relex": relex}
-    return plot_accuracy_vs_step(only, path, pdf)
+    rlvr = [r for r in results.get("rlvr") or [] if r.get("accuracy") is not None]
+    with also_pdf() if pdf else nullcontext():
+        return plot_accuracy_vs_target(relex, rlvr, path, base_accuracy=(results.get("base") or {}).get("accuracy"),
+                                       metric=f"accuracy ({results.get('benchmark', 'test')})")
 
 
 def plot_relex_ablations(results: dict, path, pdf: bool = False) -> Path | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.figures import extrapolation as ext
 from rlvr_linearity.figures import linearity as lin
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures.schemas import FILE_KINDS
@@ -75,7 +76,7 @@ CATALOGUE = [
                 "linearity/lowrank.json, or extrapolate/extrapolation.json of RELEX",
                 f"rlvr linearity {RELEX_EXP} linearity.windows=[75,all]"),
     PaperFigure("relex_rank1_coefficient", "RELEX", "Finding 2: rank-1 coefficient vs step, fit and held-out steps",
-                "linearity/lowrank.json with `coefficients`",
+                "linearity/lowrank.json with `coefficients`, or extrapolate/extrapolation.json of RELEX",
                 f"rlvr linearity {RELEX_EXP} linearity.coefficient_history=75"),
     PaperFigure("relex_accuracy_vs_target", "RELEX", "Accuracy vs target step per T_cut, with the RLVR curve",
                 "results.json with `relex` rows",
@@ -241,25 +242,10 @@ def _model_identity(model: str) -> dict | None:
     else:
         return None
     step = int(m.group(1))
-    for ext in (d.parent, d.parent.parent):
-        if (ext / "extrapolation.json").exists():
-            return _prediction_identity(load_json(ext / "extrapolation.json"), d, step)
+    for parent in (d.parent, d.parent.parent):
+        if (parent / "extrapolation.json").exists():
+            return _prediction_identity(load_json(parent / "extrapolation.json"), d, step)
     return {"step": step}
-
-
-def lowrank_from_extrapolation(e: dict) -> dict | None:
-    """RELEX's per-tensor explained variance from an extrapolation.json, in lowrank.json's shape
-    (one rank: the one extrapolated with), for the explained-variance figure."""
-    if not isinstance(e, dict) or e.get("method") != "relex":
-        return None
-    rank = int((e.get("parameters") or {}).get("rank") or 1)
-    windows = {}
-    for w in e.get("windows") or []:
-        ev = w.get("explained_variance") or {}
-        if ev:
-            windows[str(w.get("label"))] = {"steps": w.get("steps") or [], "per_tensor": {
-                n: {str(rank): float("nan") if v is None else v} for n, v in ev.items()}}
-    return {"ranks": [rank], "windows": windows} if windows else None
 
 
 def results_from_evaluations(metrics_files: list[Path]) -> list[tuple[Path, dict]]:
@@ -382,6 +368,9 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
     fig_dir = Path(out_dir) / "figures"
     files = discover(inputs)
     index = Index(fig_dir, pdf)
+    # RELEX findings come from lowrank.json (rlvr linearity) and from RELEX runs' extrapolation.json
+    relex_runs = [(p, d) for p in files["extrapolation"] if (d := load_json(p)) and d.get("method") == "relex"]
+    n_coef = len(files["lowrank"]) + len(relex_runs)
     with also_pdf(pdf):
         for kind, specs in (("weights", [("lin_weight_r2_histogram", lin.plot_weight_r2_histogram, {}),
                                          ("lin_weight_r2_heatmap", lin.plot_r2_heatmap, {}),
@@ -395,13 +384,16 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
                 for fig_id, fn, kw in specs:
                     if fig_id == "relex_rank1_coefficient" and not (data.get("coefficients") or {}).get("model"):
                         continue
-                    _draw(index, fig_id, fn, data, [path], run_label(path, inputs), len(files[kind]) > 1, **kw)
+                    multi = len(files[kind]) > 1 or (kind == "lowrank" and n_coef > 1)
+                    _draw(index, fig_id, fn, data, [path], run_label(path, inputs), multi, **kw)
 
-        ev = [(p, load_json(p)) for p in files["lowrank"]]
-        ev += [(p, d) for p in files["extrapolation"] if (d := lowrank_from_extrapolation(load_json(p)))]
-        for path, data in ev:
-            _draw(index, "relex_explained_variance", lin.plot_explained_variance, data, [path], run_label(path, inputs),
-                  len(ev) > 1)
+        ev = [(p, load_json(p), lin.plot_explained_variance) for p in files["lowrank"]]
+        ev += [(p, d, ext.plot_explained_variance_histogram) for p, d in relex_runs]
+        for path, data, fn in ev:
+            _draw(index, "relex_explained_variance", fn, data, [path], run_label(path, inputs), len(ev) > 1)
+        for path, data in relex_runs:
+            _draw(index, "relex_rank1_coefficient", ext.plot_relex_coefficient, data, [path], run_label(path, inputs),
+                  n_coef > 1, tensor=coefficient_tensor)
 
         settings, used = robustness_settings(robustness, files, inputs)
         if settings:
