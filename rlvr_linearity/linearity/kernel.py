@@ -125,6 +125,34 @@ if nb is not None:
                         w += 1
 
 
+    @nb.njit(cache=True, nogil=True)
+    def fold_tensor(hist, glob, n_defined, median_bins):  # pragma: no cover - compiled
+        """Per window: add the slots of the tensor's int32 histograms [P, W, B] into the global
+        int64 ones [W, B], zero them, and find the bins of the tensor's two middle order
+        statistics (median_bins [W, 2]) in the same single sweep."""
+        n_slots, n_win, n_bins = hist.shape
+        for w in range(n_win):
+            n = n_defined[w]
+            k1 = (n - 1) // 2
+            k2 = n // 2
+            seen = 0
+            median_bins[w, 0] = -1
+            median_bins[w, 1] = -1
+            for b in range(n_bins):
+                v = 0
+                for p in range(n_slots):
+                    v += hist[p, w, b]
+                    hist[p, w, b] = 0
+                if v == 0:
+                    continue
+                glob[w, b] += v
+                if median_bins[w, 0] < 0 and seen + v > k1:
+                    median_bins[w, 0] = b
+                if median_bins[w, 1] < 0 and seen + v > k2:
+                    median_bins[w, 1] = b
+                seen += v
+
+
 class KernelStats:
     """State of the fused kernel for one trajectory pass: per-slot (thread) per-window int32
     histograms of the current tensor (cache-sized: 2**19 bins = 2 MiB), folded into int64
@@ -141,6 +169,10 @@ class KernelStats:
         self.slots = max(1, nb.get_num_threads())
         w, k = len(lengths), len(thresholds)
         self.hist = np.zeros((self.slots, w, n_bins), dtype=np.int32)
+        self.glob = np.zeros((w, n_bins), dtype=np.int64)  # tensors on the histogram path
+        self.glob_n = np.zeros(w, dtype=np.int64)
+        self.glob_sum = np.zeros(w)
+        self.glob_above = np.zeros((w, k), dtype=np.int64)
         self.no_hist = np.zeros((self.slots, w, 0), dtype=np.int32)
         self.no_out = np.zeros((w, 0))
         self.sums = np.zeros((self.slots, w))
@@ -170,11 +202,24 @@ class KernelStats:
         """(n [W], sum [W], above [W, K]) of the current tensor."""
         return self.cnts.sum(0), self.sums.sum(0), self.above.sum(0)
 
-    def take_hist(self) -> np.ndarray | None:
-        """The current tensor's histograms [W, B] (int64), the slots zeroed; None if unused."""
-        if not self.dirty:
-            return None
-        h = self.hist.sum(0, dtype=np.int64)
-        self.hist[:] = 0
-        self.dirty = False
-        return h
+    def finish_tensor(self) -> np.ndarray:
+        """Fold the current (histogram-path) tensor into the global statistics; returns its
+        per-window medians (bin midpoints: error <= half a bin)."""
+        n, tot, above = self.tensor_counts()
+        self.glob_n += n
+        self.glob_sum += tot
+        self.glob_above += above
+        bins = np.full((len(n), 2), -1, dtype=np.int64)
+        if self.dirty:
+            fold_tensor(self.hist, self.glob, n, bins)
+            self.dirty = False
+        med = (bins.astype(np.float64) + 0.5).mean(1) / self.hist.shape[2]
+        return np.where(n > 0, med, np.nan)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the kernels for float32 blocks."""
+    ks = KernelStats([0, 1, 2], [3], (0.5,), 0.0, 8)
+    ks.start_tensor()
+    ks.add(np.arange(6, dtype=np.float32).reshape(3, 2), None)
+    ks.finish_tensor()

@@ -156,6 +156,7 @@ class R2Stats:
     above: list[int] = field(default_factory=list)
     _values: list | None = field(default_factory=list)
     _hist: torch.Tensor | None = None
+    _median: float | None = None
 
     def __post_init__(self):
         self.above = [0] * len(self.thresholds)
@@ -190,13 +191,27 @@ class R2Stats:
         self._hist.index_add_(0, idx, torch.ones_like(idx))
 
     @classmethod
-    def from_hist(cls, thresholds, n: int, total: float, above, hist) -> "R2Stats":
-        """Statistics given as counts and a histogram [HIST_BINS] (the fused kernel's output)."""
+    def counts_only(cls, thresholds, n: int, total: float, above, median: float) -> "R2Stats":
+        """Statistics already reduced (the fused kernel's per-tensor output); cannot be merged."""
         st = cls(tuple(thresholds))
         st.n, st.total, st.above, st._values = int(n), float(total), [int(a) for a in above], None
-        st._hist = torch.zeros(HIST_BINS + 1, dtype=torch.int64)
-        st._hist[:HIST_BINS] = torch.as_tensor(hist)
+        st._median = float(median)
         return st
+
+    def add_hist(self, n: int, total: float, above, hist) -> None:
+        """Add values given as counts and a histogram [HIST_BINS] (the fused kernel's output)."""
+        if n == 0:
+            return
+        self.n += int(n)
+        self.total += float(total)
+        self.above = [a + int(b) for a, b in zip(self.above, above)]
+        if self._values is not None:
+            values, self._values = self._values, None
+            for old in values:
+                self._bin(old)
+        if self._hist is None:
+            self._hist = torch.zeros(HIST_BINS + 1, dtype=torch.int64)
+        self._hist[:HIST_BINS] += torch.as_tensor(hist)
 
     def merge(self, other: "R2Stats") -> None:
         """Add another accumulator's values (same thresholds)."""
@@ -216,6 +231,8 @@ class R2Stats:
     def median(self) -> float:
         if self.n == 0:
             return float("nan")
+        if self._median is not None:
+            return self._median
         if self._values is not None:
             allv = torch.cat(self._values).sort().values
             return float((allv[(self.n - 1) // 2] + allv[self.n // 2]) / 2)

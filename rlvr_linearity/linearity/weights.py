@@ -226,11 +226,11 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                         example_tensors.discard(name)
                         example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if idx_t is not None else col),
                                              "steps": steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
-            if ks is not None and not exact:
+            kernel_hist = ks is not None and not exact
+            if kernel_hist:  # counts and medians reduced by the kernel, folded into its globals
                 n, tot, above = ks.tensor_counts()
-                hist = ks.take_hist()
-                hist = np.zeros((len(wins), HIST_BINS), dtype=np.int64) if hist is None else hist
-                tstats = [R2Stats.from_hist(thresholds, n[j], tot[j], above[j], hist[j]) for j in range(len(wins))]
+                med = ks.finish_tensor()
+                tstats = [R2Stats.counts_only(thresholds, n[j], tot[j], above[j], med[j]) for j in range(len(wins))]
             module, layer = parse_name(name)
             for j in range(len(wins)):
                 s = tstats[j].summary()
@@ -238,7 +238,8 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                                 "median": s["median"],
                                 "frac_above_0.7": s["frac_above"].get("0.7"), "module": module, "layer": layer,
                                 "_sum": tstats[j].total, "_above": tstats[j].above[i07] if i07 is not None else 0})
-                glob[j].merge(tstats[j])
+                if not kernel_hist:
+                    glob[j].merge(tstats[j])
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -249,6 +250,9 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             traj.check_finite = True
     if writer is not None:
         writer.close()
+    if ks is not None:
+        for j in range(len(wins)):
+            glob[j].add_hist(ks.glob_n[j], ks.glob_sum[j], ks.glob_above[j], ks.glob[j])
     per_window = {label: _window_result(steps, n, glob[j], rows[j], n_weights) for j, (label, n) in enumerate(wins)}
     top = dict(per_window[wins[-1][0]])
     top["windows"] = per_window
