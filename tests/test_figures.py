@@ -276,6 +276,21 @@ def test_curves_from_an_evaluate_sweep(tmp_path):
         (3, 8, 0.47, 1, "linear"), (5, 10, 0.52, 1, "linear")]
 
 
+def test_curves_from_an_evaluate_models_dir_run(tmp_path):
+    """`rlvr evaluate evaluate.models_dir=D`: sub-runs named by the model's path under D."""
+    ext = tmp_path / "pred" / "extrapolate"
+    (ext / "step_8").mkdir(parents=True)
+    shutil.copy(FIX / "weight_run" / "extrapolate" / "extrapolation.json", ext / "extrapolation.json")
+    run = tmp_path / "eval"
+    run.mkdir()
+    (run / "tracking.jsonl").write_text(json.dumps({"event": "config", "config": {"evaluate": {
+        "model": None, "models_dir": str(tmp_path / "pred")}}}) + "\n")
+    (run / "extrapolate__step_8" / "evaluate").mkdir(parents=True)
+    (run / "extrapolate__step_8" / "evaluate" / "metrics.json").write_text(json.dumps({"arithmetic": {"accuracy": 0.6}}))
+    res = merge_results(results_from_evaluations(discover([run])["metrics"]))[0][1]
+    assert res["weight_extrapolation"] == [{"base_step": 0, "second_step": 3, "target": 8, "accuracy": 0.6}]
+
+
 def test_relex_findings_from_an_extrapolation_json(tmp_path):
     """A RELEX run's extrapolation.json alone gives Finding 1 and 2 figures (drawn by figures.extrapolation)."""
     index = regenerate([FIX / "relex_run", FIX / "weight_run"], tmp_path)

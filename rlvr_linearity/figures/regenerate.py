@@ -249,8 +249,8 @@ def _model_identity(model: str) -> dict | None:
 
 
 def results_from_evaluations(metrics_files: list[Path]) -> list[tuple[Path, dict]]:
-    """Pipeline-shaped results from a sweep of `rlvr evaluate` runs (one model each): the run's
-    tracking.jsonl names the model; trajectory steps give the RLVR curve, predictions of
+    """Pipeline-shaped results from a sweep of `rlvr evaluate` runs (one model each, or one
+    `evaluate.models_dir` run): the run's tracking.jsonl names the model; trajectory steps give the RLVR curve, predictions of
     `rlvr extrapolate` (their extrapolation.json) give weight / RELEX rows, per benchmark."""
     out = []
     for path in metrics_files:
@@ -258,6 +258,10 @@ def results_from_evaluations(metrics_files: list[Path]) -> list[tuple[Path, dict
         cfg = _run_config(run_dir) or {}
         ev = cfg.get("evaluate") or {}
         model = ev.get("model")
+        if not model and not ev.get("step"):  # `evaluate.models_dir=D`: one sub-run per model, named by its path
+            models_dir = ((_run_config(run_dir.parent) or {}).get("evaluate") or {}).get("models_dir")
+            if models_dir:
+                model = str(Path(models_dir) / run_dir.name.replace("__", os.sep)) if run_dir.name != "model" else models_dir
         ident = _model_identity(str(model)) if model else None
         if ident is None and ev.get("step") is not None:
             ident = {"step": int(ev["step"])}
