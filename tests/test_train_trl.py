@@ -79,13 +79,22 @@ def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
     out = tmp_path / "run"
     task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
     tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
-    cmd = [sys.executable, "-m", "rlvr_linearity", "train", "trainer=trl", "train.steps=3", "train.group_size=4",
+    cmd = [sys.executable, "-m", "rlvr_linearity", "train", "trainer=trl", "train.group_size=4",
            "train.prompts_per_step=4", "train.max_completion_length=8", "train.lr=0.01", f"output_dir={out}",
            "logger=none", *task, *tiny]
     env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache), "TQDM_DISABLE": "1"}
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # a run "killed" after step 2, in the middle of writing checkpoint-3 ...
+    res = subprocess.run(cmd + ["train.steps=2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     traj = out / "trajectory"
+    step2 = load_file(traj / "checkpoint-2" / "model.safetensors")
+    (traj / "checkpoint-3").mkdir()
+    (traj / "checkpoint-3" / "config.json").write_text("{}")
+    # ... resumes from checkpoint-2
+    cmd.append("train.steps=3")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert all(torch.equal(v, load_file(traj / "checkpoint-2" / "model.safetensors")[k]) for k, v in step2.items())
     meta = json.loads((traj / "trajectory.json").read_text())
     assert meta["steps"] == [1, 2, 3] and meta["trainer"] == "trl" and meta["base"] == str(tiny_dir)
     assert meta["config"]["steps"] == 3

@@ -45,12 +45,28 @@ def saved_steps(traj_dir: Path) -> list[int]:
 
 
 def _resumable(traj_dir: Path) -> Path | None:
-    steps = saved_steps(traj_dir)
-    if steps:
-        last = traj_dir / f"checkpoint-{steps[-1]}"
-        if all((last / f).exists() for f in RESUME_FILES):
-            return last
+    """The newest checkpoint with optimizer state; newer (partly written) ones are removed."""
+    found = sorted((int(m.group(1)), d) for d in (traj_dir.iterdir() if traj_dir.is_dir() else [])
+                   if (m := _CKPT.match(d.name)) and d.is_dir())
+    for i in range(len(found) - 1, -1, -1):
+        step, d = found[i]
+        if step in saved_steps(traj_dir) and all((d / f).exists() for f in RESUME_FILES):
+            for _, later in found[i + 1:]:
+                log.warning("removing %s: written after the last resumable checkpoint", later)
+                shutil.rmtree(later)
+            return d
     return None
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the metric lines of steps <= last_step (the resume point), atomically."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip()
+            and json.loads(line).get("step", 0) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def base_model_dir(cfg) -> str:
@@ -137,7 +153,8 @@ def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
     base = base_model_dir(cfg)
     build_s = time.time() - t0
     config = OmegaConf.to_container(t, resolve=True)
-    resume = _resumable(traj_dir)
+    done = saved_steps(traj_dir)
+    resume = _resumable(traj_dir) if done and done[-1] < steps else None
     done = saved_steps(traj_dir)
     if done and done[-1] >= steps:
         log.info("trajectory already complete at step %d: %s", done[-1], traj_dir)
@@ -146,8 +163,7 @@ def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
     if done and resume is None:
         raise ConfigError(f"{traj_dir}: checkpoints {done} exist but checkpoint-{done[-1]} cannot be resumed "
                           "(no optimizer state); use a fresh output_dir")
-    if resume is None:
-        (out_dir / "train_metrics.jsonl").unlink(missing_ok=True)
+    _truncate_metrics(out_dir / "train_metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0)
 
     rows = make_split(cfg.task, "train")
     dataset = datasets.Dataset.from_list(
