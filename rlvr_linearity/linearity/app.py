@@ -69,7 +69,13 @@ def _lowrank(cfg, traj, steps, out: Path) -> dict:
 
     lin = cfg.linearity
     observed = [s for s in steps if s != 0]
-    grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
+    threads = torch.get_num_threads()
+    if _device(lin) == "cpu":
+        torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
+    try:
+        grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
+    finally:
+        torch.set_num_threads(threads)
     report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.get("coefficient_history"))
     if lin.get("reconstruct_steps"):
         report["reconstruct"] = reconstruct(traj, grams, observed, [int(s) for s in lin.reconstruct_steps],
