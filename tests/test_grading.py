@@ -32,6 +32,8 @@ def test_fast_verdict():
     assert fast_verdict("042", "42") is True
     assert fast_verdict("-3", "3") is False
     assert fast_verdict("x + 1", "x+1") is True
+    assert fast_verdict("\\frac{1}{2}", "0.5") is True
+    assert fast_verdict("1/3", "0.33") is None
     assert fast_verdict("\\frac12", "0.5") is None
 
 

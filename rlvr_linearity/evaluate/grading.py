@@ -12,6 +12,8 @@ import atexit
 import multiprocessing
 import re
 import threading
+from fractions import Fraction
+from functools import lru_cache
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, asdict
 from typing import Literal
@@ -20,6 +22,8 @@ Status = Literal["ok", "timeout", "error", "no_answer"]
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _INT = re.compile(r"[+-]?\d+")
+_DEC = re.compile(r"[+-]?\d*\.?\d+")
+_FRAC = re.compile(r"\\[dt]?frac\{([+-]?\d+)\}\{(\d+)\}|([+-]?\d+)/(\d+)")
 # Address-space cap for grading workers: a giant factorial must fail, not take the host down.
 _WORKER_MEMORY_BYTES = 4 * 1024**3
 
@@ -87,13 +91,35 @@ def _normalise(s: str) -> str:
     return "".join(s.split()).rstrip(".")
 
 
+def _rational(s: str) -> Fraction | None:
+    """An integer, decimal or \\frac{p}{q} / p/q with integer parts as an exact Fraction."""
+    m = _FRAC.fullmatch(s)
+    try:
+        if m:
+            num, den = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+            return Fraction(int(num), int(den)) if int(den) != 0 else None
+        if _DEC.fullmatch(s) and len(s) < 40:
+            return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
 def fast_verdict(extracted: str, gold: str) -> bool | None:
-    """Decide without sympy when both sides are plain integers or identical strings; else None."""
+    """Decide without sympy where it is unambiguous; else None (math-verify decides).
+
+    Identical strings and equal plain integers are correct, different integers wrong; equal
+    exact rationals (0.5 vs \\frac{1}{2}) are correct. Unequal non-integers go to math-verify,
+    which allows for rounding.
+    """
     a, b = _normalise(extracted), _normalise(gold)
     if a == b:
         return True
     if _INT.fullmatch(a) and _INT.fullmatch(b):
         return int(a) == int(b)
+    ra, rb = _rational(a), _rational(b)
+    if ra is not None and rb is not None and ra == rb:
+        return True
     return None
 
 
@@ -105,11 +131,17 @@ def _parse(text: str):
     return parsed if parsed else parse(text, extraction_config=cfg)
 
 
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str):
+    """Golds repeat (n samples per problem, GRPO groups): parse each once per worker."""
+    return _parse(gold)
+
+
 def _verify_worker(extracted: str, gold: str) -> bool:
     """Runs in a worker process (main thread, so math-verify's signal timeouts work)."""
     from math_verify import verify
 
-    gold_parsed = _parse(gold)
+    gold_parsed = _parse_gold(gold)
     pred_parsed = _parse(extracted)
     if not gold_parsed or not pred_parsed:
         return False
@@ -126,7 +158,11 @@ def _worker_init(memory_bytes: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     except (ValueError, OSError):
         pass
+    import logging
+
     import math_verify  # noqa: F401  (import once per worker, not per item)
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole adversarial inputs
 
 
 class MathGrader:
