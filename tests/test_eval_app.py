@@ -82,3 +82,42 @@ def test_cli_error_is_one_line(tmp_path, rlvr_cache):
                         "evaluate.responses=x", f"output_dir={tmp_path}"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown benchmark" in r.stderr
+
+
+def test_models_dir_and_step(tmp_path, tiny_trajectory, rlvr_cache):
+    from rlvr_linearity.evaluate.app import run
+
+    tt = tiny_trajectory(steps=(1, 2))
+
+    class T:
+        def summary(self, d):
+            pass
+
+        def log(self, d, step=None):
+            self.logged = d
+
+    over = ["sampling.max_tokens=4", "evaluate.max_problems=2"]
+    res = run(compose_cfg(f"evaluate.models_dir={tt.path}", f"output_dir={tmp_path / 'all'}", *over), T())
+    assert len(res) >= 2 and all(m["arithmetic"]["n_problems"] == 2 for m in res.values())
+    for label in res:
+        assert (tmp_path / "all" / label / "evaluate/metrics.json").is_file()
+    m = evaluate(compose_cfg(f"trajectory.path={tt.path}", f"trajectory.base={tt.base}", "evaluate.step=2", *over), tmp_path / "s")
+    assert m["arithmetic"]["n_samples"] == 2
+
+
+def test_prompt_templates(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from rlvr_linearity.evaluate.benchmarks import Problem
+    from rlvr_linearity.evaluate.prompts import LIN_INSTRUCTION, render
+
+    p = Problem("0", "What is 1+1?", "What is 1+1?" + LIN_INSTRUCTION)
+    assert render("plain", p) == p.prompt
+    assert render("relex_qwen", p).startswith("<|im_start|>system\nPlease reason step by step")
+    assert "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n" in render("relex_qwen", p)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir())
+    chat = render("chat", p, tok)
+    if tok.chat_template:
+        assert p.prompt in chat and chat != p.prompt
+    with pytest.raises(Exception, match="unknown template"):
+        render("nope", p)
