@@ -106,7 +106,9 @@ def test_weight_r2_matches_reference(tmp_path, dtype, chunk, engine):
             d = r[~np.isnan(r)]
             assert row["numel"] == r.size and row["n_defined"] == d.size
             if d.size:
-                assert abs(row["mean"] - d.mean()) < 1e-9 and abs(row["median"] - np.median(d)) < 1e-6
+                assert abs(row["mean"] - d.mean()) < 1e-9
+                if label == "all":
+                    assert abs(row["median"] - np.median(d)) < 1e-6
                 assert row["frac_above_0.7"] == pytest.approx(np.mean(d > 0.7))
     top = {k: res[k] for k in ("steps", "n_weights", "n_defined", "mean", "median", "frac_above")}
     assert top == {k: res["windows"]["all"][k] for k in top}
@@ -173,5 +175,8 @@ def test_histogram_path_and_abs_change_filter(monkeypatch, engine):
         assert abs(w["mean"] - allv.mean()) < 1e-9 and abs(w["median"] - np.median(allv)) < 1e-6
         for row in w["per_tensor"]:
             if per[row["name"]].size:
-                assert abs(row["median"] - np.median(per[row["name"]])) < 1e-6
+                if label == "all":  # per-tensor medians: largest window only
+                    assert abs(row["median"] - np.median(per[row["name"]])) < 1e-6
+                else:
+                    assert row["median"] is None
                 assert abs(row["mean"] - per[row["name"]].mean()) < 1e-9

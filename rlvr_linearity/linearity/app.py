@@ -7,6 +7,7 @@ reconstruct/step_<s>_rank<r>/) and figures under `out_dir/figures/`.
 
 weights_r2.json = the contract's keys for the largest window, plus
     windows: {label ("25", ..., "all"): same keys + histogram/by_module/by_layer/heatmap}
+        (per-tensor medians for the largest window only; smaller windows: null)
     histogram: 100 counts of per-weight R² over [0, 1]; median_error_bound: 0 (exact) or 2**-20
     by_module / by_layer: {key: {numel, n_defined, mean, frac_above_0.7}} (MoE experts pooled)
     heatmap: {modules, layers, mean [module][layer], side {embed_tokens, norm, lm_head, ...}}

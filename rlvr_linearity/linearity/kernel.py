@@ -126,12 +126,12 @@ if nb is not None:
 
 
     @nb.njit(cache=True, nogil=True)
-    def fold_tensor(hist, glob, n_defined, median_bins):  # pragma: no cover - compiled
+    def fold_tensor(hist, glob, n_defined, median_bins, w_from):  # pragma: no cover - compiled
         """Per window: add the slots of the tensor's int32 histograms [P, W, B] into the global
         int64 ones [W, B], zero them, and find the bins of the tensor's two middle order
-        statistics (median_bins [W, 2]) in the same single sweep."""
+        statistics (median_bins [W, 2]) in the same single sweep. Windows before w_from are left."""
         n_slots, n_win, n_bins = hist.shape
-        for w in range(n_win):
+        for w in range(w_from, n_win):
             n = n_defined[w]
             k1 = (n - 1) // 2
             k2 = n // 2
@@ -173,6 +173,8 @@ class KernelStats:
         self.glob_n = np.zeros(w, dtype=np.int64)
         self.glob_sum = np.zeros(w)
         self.glob_above = np.zeros((w, k), dtype=np.int64)
+        self.pending = np.zeros(w, dtype=np.int64)  # counts in the int32 slots not yet folded
+        self.dirty = False
         self.no_hist = np.zeros((self.slots, w, 0), dtype=np.int32)
         self.no_out = np.zeros((w, 0))
         self.sums = np.zeros((self.slots, w))
@@ -184,7 +186,6 @@ class KernelStats:
         self.sums[:] = 0
         self.cnts[:] = 0
         self.above[:] = 0
-        self.dirty = False
 
     def add(self, x: np.ndarray, out: np.ndarray | None) -> bool:
         """Accumulate a block; `out` [W, C] receives every R² (small tensors: exact medians and
@@ -202,19 +203,31 @@ class KernelStats:
         """(n [W], sum [W], above [W, K]) of the current tensor."""
         return self.cnts.sum(0), self.sums.sum(0), self.above.sum(0)
 
-    def finish_tensor(self) -> np.ndarray:
+    def finish_tensor(self) -> float:
         """Fold the current (histogram-path) tensor into the global statistics; returns its
-        per-window medians (bin midpoints: error <= half a bin)."""
+        median R² over the largest window (bin midpoint: error <= half a bin). The smaller
+        windows' histograms are folded only when their int32 counts could overflow (and at
+        `finish`): per-tensor medians are reported for the largest window only."""
         n, tot, above = self.tensor_counts()
         self.glob_n += n
         self.glob_sum += tot
         self.glob_above += above
+        self.pending += n
         bins = np.full((len(n), 2), -1, dtype=np.int64)
         if self.dirty:
-            fold_tensor(self.hist, self.glob, n, bins)
+            w_from = 0 if self.pending[:-1].max(initial=0) > (1 << 30) else len(n) - 1
+            fold_tensor(self.hist, self.glob, n, bins, w_from)
+            self.pending[w_from:] = 0
+            self.dirty = bool(self.pending.any())
+        return float((bins[-1].astype(np.float64) + 0.5).mean() / self.hist.shape[2]) if n[-1] else float("nan")
+
+    def finish(self) -> None:
+        """Fold whatever the smaller windows still hold (end of the pass)."""
+        if self.dirty:
+            fold_tensor(self.hist, self.glob, np.zeros(len(self.ends), dtype=np.int64),
+                        np.zeros((len(self.ends), 2), dtype=np.int64), 0)
+            self.pending[:] = 0
             self.dirty = False
-        med = (bins.astype(np.float64) + 0.5).mean(1) / self.hist.shape[2]
-        return np.where(n > 0, med, np.nan)
 
 
 def warm_up() -> None:
@@ -223,3 +236,4 @@ def warm_up() -> None:
     ks.start_tensor()
     ks.add(np.arange(6, dtype=np.float32).reshape(3, 2), None)
     ks.finish_tensor()
+    ks.finish()

@@ -230,12 +230,12 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             if kernel_hist:  # counts and medians reduced by the kernel, folded into its globals
                 n, tot, above = ks.tensor_counts()
                 med = ks.finish_tensor()
-                tstats = [R2Stats.counts_only(thresholds, n[j], tot[j], above[j], med[j]) for j in range(len(wins))]
+                tstats = [R2Stats.counts_only(thresholds, n[j], tot[j], above[j], med) for j in range(len(wins))]
             module, layer = parse_name(name)
             for j in range(len(wins)):
                 s = tstats[j].summary()
                 rows[j].append({"name": name, "numel": numel, "n_defined": s["n_defined"], "mean": s["mean"],
-                                "median": s["median"],
+                                "median": s["median"] if j == len(wins) - 1 else None,  # largest window only
                                 "frac_above_0.7": s["frac_above"].get("0.7"), "module": module, "layer": layer,
                                 "_sum": tstats[j].total, "_above": tstats[j].above[i07] if i07 is not None else 0})
                 if not kernel_hist:
@@ -251,6 +251,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     if writer is not None:
         writer.close()
     if ks is not None:
+        ks.finish()
         for j in range(len(wins)):
             glob[j].add_hist(ks.glob_n[j], ks.glob_sum[j], ks.glob_above[j], ks.glob[j])
     per_window = {label: _window_result(steps, n, glob[j], rows[j], n_weights) for j, (label, n) in enumerate(wins)}
