@@ -1,0 +1,144 @@
+"""Logits extrapolation decoding (RELEX's model-pair baseline): at every step the next-token
+logits are z = l_A + alpha * (l_B - l_A) on the raw last-position logits of two models sharing a
+tokenizer, then temperature, top-k, top-p and sampling (argmax when temperature is 0).
+
+Prompts x samples are decoded together with left padding; each model keeps one KV cache
+(DynamicCache) and finished rows are dropped by index-selecting the cache tensors, so the
+batch shrinks as sequences end.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from rlvr_linearity.errors import ConfigError, EvaluationError
+from rlvr_linearity.evaluate.engines import sampling_get
+from rlvr_linearity.evaluate.engines.hf import load_model, resolve_device
+
+
+def mix_logits(la: torch.Tensor, lb: torch.Tensor, alpha: float) -> torch.Tensor:
+    return la + alpha * (lb - la)
+
+
+def process_logits(z: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = -1) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (smallest set whose mass reaches p); -inf outside."""
+    z = z / temperature
+    if top_k and 0 < top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the strictly more likely tokens
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+def _select_rows(cache, idx: torch.Tensor) -> None:
+    """Keep batch rows `idx` of every layer's key/value tensors (in place)."""
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, idx)
+            layer.values = layer.values.index_select(0, idx)
+
+
+class LogitsExtrapolationEngine:
+    def __init__(self, model_a: str, model_b: str, alpha: float, engine_cfg=None):
+        engine_cfg = engine_cfg or {}
+        self.alpha = float(alpha)
+        self.device = resolve_device(engine_cfg.get("device", "auto"))
+        self.batch_size = int(engine_cfg.get("batch_size", 16) or 16)
+        dtype = engine_cfg.get("dtype", "auto")
+        self.model_a, self.tokenizer = load_model(model_a, self.device, dtype)
+        self.model_b, tok_b = load_model(model_b, self.device, dtype)
+        if len(self.tokenizer) != len(tok_b) or self.model_a.config.vocab_size != self.model_b.config.vocab_size:
+            raise EvaluationError(f"logits extrapolation needs one vocabulary: {model_a} and {model_b} differ")
+        eos = self.model_a.generation_config.eos_token_id
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    @classmethod
+    def from_config(cls, cfg) -> "LogitsExtrapolationEngine":
+        """`engine.models=[A, B]` + `engine.alpha`, or base/second/target steps of `trajectory.path`."""
+        e = cfg.engine
+        if e.get("models"):
+            if len(e.models) != 2 or e.get("alpha") is None:
+                raise ConfigError("engine.models needs exactly two models [A, B] and engine.alpha")
+            return cls(str(e.models[0]), str(e.models[1]), float(e.alpha), e)
+        a, b, t = e.get("base_step"), e.get("second_step"), e.get("target_step")
+        if None in (a, b, t) or a == b:
+            raise ConfigError("engine=logits_extrapolation: set engine.models=[A,B] engine.alpha=X, or "
+                              "engine.base_step, engine.second_step (different) and engine.target_step with trajectory.path")
+        from rlvr_linearity.trajectory import open_trajectory
+
+        traj = open_trajectory(cfg.trajectory)
+        alpha = (float(t) - float(a)) / (float(b) - float(a))
+        return cls(str(traj.model(int(a)).path), str(traj.model(int(b)).path), alpha, e)
+
+    @torch.no_grad()
+    def _next_logits(self, model, cache, ids, mask, pos):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].float()
+
+    @torch.no_grad()
+    def first_step_logits(self, prompts: list[str]) -> torch.Tensor:
+        """Mixed raw logits z for the first generated token of each prompt (for checks)."""
+        from transformers import DynamicCache
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        la = self._next_logits(self.model_a, DynamicCache(), enc["input_ids"], enc["attention_mask"], pos)
+        lb = self._next_logits(self.model_b, DynamicCache(), enc["input_ids"], enc["attention_mask"], pos)
+        return mix_logits(la, lb, self.alpha)
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[str], sampling) -> list[list[list[int]]]:
+        """Token ids (EOS excluded) of n samples per prompt."""
+        from transformers import DynamicCache
+
+        n = int(sampling_get(sampling, "n", 1))
+        temperature = float(sampling_get(sampling, "temperature", 0.0))
+        top_p = float(sampling_get(sampling, "top_p", 1.0))
+        top_k = int(sampling_get(sampling, "top_k", -1))
+        max_new = int(sampling_get(sampling, "max_tokens", 256))
+        gen = torch.Generator(device=self.device).manual_seed(int(sampling_get(sampling, "seed", 0)))
+        rows = [p for p in prompts for _ in range(n)]
+        results: list[list[int]] = [[] for _ in rows]
+        for start in tqdm(range(0, len(rows), self.batch_size), desc="logits extrapolation", disable=None):
+            batch = rows[start:start + self.batch_size]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            caches = (DynamicCache(), DynamicCache())
+            alive = torch.arange(len(batch), device=self.device)  # batch row -> position in `batch`
+            for _ in range(max_new):
+                la = self._next_logits(self.model_a, caches[0], ids, mask, pos)
+                lb = self._next_logits(self.model_b, caches[1], ids, mask, pos)
+                z = mix_logits(la, lb, self.alpha)
+                if temperature <= 0:
+                    tok = z.argmax(-1)
+                else:
+                    probs = torch.softmax(process_logits(z, temperature, top_p, top_k), dim=-1)
+                    tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+                done = torch.tensor([t in self.eos for t in tok.tolist()], device=self.device)
+                for r, t, d in zip(alive.tolist(), tok.tolist(), done.tolist()):
+                    if not d:
+                        results[start + r].append(t)
+                keep = (~done).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+                pos = pos[:, -1:] + 1
+                ids = tok[:, None]
+                if keep.numel() < len(alive):
+                    for c in caches:
+                        _select_rows(c, keep)
+                    alive, mask, pos, ids = alive[keep], mask[keep], pos[keep], ids[keep]
+        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def generate(self, prompts: list[str], sampling) -> list[list[str]]:
+        ids = self.generate_ids(prompts, sampling)
+        return [[self.tokenizer.decode(s, skip_special_tokens=True) for s in per] for per in ids]
