@@ -121,3 +121,17 @@ def test_prompt_templates(tiny_model_dir):
         assert p.prompt in chat and chat != p.prompt
     with pytest.raises(Exception, match="unknown template"):
         render("nope", p)
+
+
+def test_sampled_resume_equals_uninterrupted(tmp_path, tiny_model_dir, rlvr_cache):
+    model = tiny_model_dir()
+    over = [f"evaluate.model={model}", "sampling.max_tokens=6", "sampling.n=2", "sampling.temperature=1.0",
+            "evaluate.batch_size=2"]
+    full = evaluate(compose_cfg(*over), tmp_path / "full")
+    full_lines = (tmp_path / "full/evaluate/arithmetic/samples.jsonl").read_text().splitlines(keepends=True)
+    part = tmp_path / "part/evaluate/arithmetic"
+    part.mkdir(parents=True)
+    # first chunk complete, second chunk only partly written (torn), as after a crash
+    part.joinpath("samples.jsonl").write_text("".join(full_lines[:6]) + full_lines[6][:7])
+    assert evaluate(compose_cfg(*over), tmp_path / "part") == full
+    assert part.joinpath("samples.jsonl").read_text() == "".join(full_lines)

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from rlvr_linearity.errors import EvaluationError
@@ -83,6 +84,16 @@ def _read_done(path: Path) -> dict[str, list[dict]]:
     return done
 
 
+def _drop_problems(path: Path, drop: set[str]) -> None:
+    """Rewrite samples.jsonl (atomically) without the given problems' lines."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        for line in src:
+            if json.loads(line)["problem_id"] not in drop:
+                dst.write(line)
+    os.replace(tmp, path)
+
+
 def grade(problems: list[Problem], responses: list[list[str]], cfg) -> list[list[dict]]:
     """Sample records (without problem_id/sample) for each problem's responses."""
     ev = cfg.evaluate
@@ -129,14 +140,29 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
             raise EvaluationError(f"responses file {cfg.evaluate.responses}: problem_id {unknown[0]!r} "
                                   f"is not in benchmark {name}")
         todo = [p for p in problems if p.problem_id in given and p.problem_id not in done]
-    else:
-        todo = [p for p in problems if len(done.get(p.problem_id, [])) < n]
     chunk = max(1, int(cfg.evaluate.get("batch_size", 32)))
+    # Generation works in fixed chunks of the problem list, each seeded by its position and
+    # written in one append, so a resumed run regenerates whole chunks exactly as an
+    # uninterrupted run would; a chunk left incomplete by a crash is dropped and redone.
+    chunks = [problems[i:i + chunk] for i in range(0, len(problems), chunk)] if given is None else [todo]
+    def complete(c):
+        return all(len(done.get(p.problem_id, [])) >= n for p in c)
+
+    if given is None:
+        partial = {p.problem_id for c in chunks if not complete(c) for p in c if p.problem_id in done}
+        if partial:
+            _drop_problems(samples_path, partial)
+            done = {k: v for k, v in done.items() if k not in partial}
+        starts = [i * chunk for i, c in enumerate(chunks) if not complete(c)]
+        chunks = [c for c in chunks if not complete(c)]
+    else:
+        starts = [0] * len(chunks)
     engine = None
-    with open(samples_path, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc=f"evaluate {name}",
+    with open(samples_path, "a", encoding="utf-8") as f, tqdm(total=sum(map(len, chunks)), desc=f"evaluate {name}",
                                                                 disable=None) as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
+        for start, batch in zip(starts, chunks):
+            if not batch:
+                continue
             if given is not None:
                 extras = [given[p.problem_id] for p in batch]
                 responses = [[r["response"] for r in recs] for recs in extras]
@@ -147,19 +173,21 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
 
                 template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
                 tok = getattr(engine, "tokenizer", None)
-                responses = engine.generate([render(template, p, tok) for p in batch], cfg.sampling)
+                sampling = {**OmegaConf.to_container(cfg.sampling, resolve=True),
+                            "seed": int(cfg.sampling.get("seed", 0) or 0) + start}
+                responses = engine.generate([render(template, p, tok) for p in batch], sampling)
                 extras = [[{} for _ in rs] for rs in responses]
             graded = grade(batch, responses, cfg)
+            lines = []
             for p, rs, gs, xs in zip(batch, responses, graded, extras):
-                lines = []
                 for k, (r, g, x) in enumerate(zip(rs, gs, xs)):
                     rec = {**{key: v for key, v in x.items() if key not in ("problem_id", "response")},
                            "problem_id": p.problem_id, "sample": k, "response": r, **g}
                     lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
                     done.setdefault(p.problem_id, []).append(rec)
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
             bar.update(len(batch))
     ids = [p.problem_id for p in problems if p.problem_id in done]
     seed = int(cfg.sampling.get("seed", 0) or 0)
