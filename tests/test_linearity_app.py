@@ -16,6 +16,9 @@ from hydra import compose, initialize_config_dir
 from rlvr_linearity.cli import conf_dir
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.schemas import register_configs
+from rlvr_linearity.linearity import kernel
+
+NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
 
 STEPS = (1, 2, 4, 7, 8, 12)
 
@@ -175,7 +178,7 @@ def test_logprob_r2_vs_full_forward(tmp_path, rlvr_cache):
     assert (tmp_path / "out" / "figures" / "logprob_r2_histogram.png").exists()
 
 
-@pytest.mark.parametrize("engine_env", ["kernel", "torch"])
+@pytest.mark.parametrize("engine_env", [pytest.param("kernel", marks=NEEDS_NUMBA), "torch"])
 def test_nan_weight_names_step_and_tensor(tmp_path, rlvr_cache, engine_env):
     from safetensors.torch import load_file, save_file
 

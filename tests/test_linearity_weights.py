@@ -10,6 +10,9 @@ from safetensors.numpy import load_file
 from rlvr_linearity.linearity.names import parse_name
 from rlvr_linearity.linearity.r2 import sample_indices, sample_size
 from rlvr_linearity.linearity.weights import weight_linearity
+from rlvr_linearity.linearity import kernel
+
+NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
 
 STEPS = [0, 2, 3, 5, 9, 10, 14]
 SHAPES = {"model.embed_tokens.weight": (50, 8), "model.layers.0.self_attn.q_proj.weight": (8, 8),
@@ -83,7 +86,7 @@ def reference(values, steps, names, idx=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk", [7 * 8 * 3, 1 << 20])
-@pytest.mark.parametrize("engine", ["kernel", "torch"])
+@pytest.mark.parametrize("engine", [pytest.param("kernel", marks=NEEDS_NUMBA), "torch"])
 def test_weight_r2_matches_reference(tmp_path, dtype, chunk, engine):
     values = make_values(dtype)
     traj = MemTrajectory(values)
@@ -154,7 +157,7 @@ def test_parse_name():
     assert parse_name("transformer.h.5.attn.c_attn.weight") == ("attn.c_attn", 5)
 
 
-@pytest.mark.parametrize("engine", ["kernel", "torch"])
+@pytest.mark.parametrize("engine", [pytest.param("kernel", marks=NEEDS_NUMBA), "torch"])
 def test_histogram_path_and_abs_change_filter(monkeypatch, engine):
     """Large-tensor path (histogram medians, bound 2**-20) with LIN's min-abs-change filter alone."""
     from rlvr_linearity.linearity import weights as wmod
