@@ -259,7 +259,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 kept = ((start, stop, block[0].reshape(-1).to(torch.float32), block_deltas(block))
                         for start, stop, block in read_blocks(traj, name, [0, *union], max_elements))
             for start, stop, b0, d in kept:
-                pred = torch.addmm(b0.unsqueeze(0), wt, d)  # [K, n] = W_0 + w Δ (float32: ~1e-7 of Δ̂)
+                pred = torch.mm(wt, d).add_(b0)  # [K, n] = W_0 + w Δ (float32: ~1e-7 of Δ̂)
                 for o, p in zip(outs, pred):
                     o[start * row: stop * row] = p
             for k, o in zip(keys, outs):

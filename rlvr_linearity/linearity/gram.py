@@ -50,8 +50,10 @@ def block_deltas(block: torch.Tensor) -> torch.Tensor:
 
 
 def gram_update(g: np.ndarray, d: torch.Tensor) -> None:
-    """g += d dᵀ (float32 product of one block, accumulated in float64 across blocks)."""
-    g += (d @ d.T).to(torch.float64).numpy()
+    """g += d dᵀ (float32 product of one block, accumulated in float64 across blocks). numpy's
+    BLAS: about 4x faster than torch's for this short-and-wide shape on CPU."""
+    x = d.numpy()
+    g += x @ x.T
 
 
 def _steps_key(steps) -> str:
