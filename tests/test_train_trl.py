@@ -73,6 +73,9 @@ def test_rewards():
     reward = BoxedAnswerReward(exact=True)
     completions = [[{"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{6}"]
     assert reward(prompts=None, completions=completions, answer=["5", 5]) == [1.0, 0.0]
+    graded = BoxedAnswerReward(timeout=5.0, workers=1)  # the project's math grader
+    assert graded.grade_math is not None
+    assert graded(completions=completions + ["\\boxed{-3}", "no box"], answer=["5", "5", "-3", "1"]) == [1, 0, 1, 0]
 
 
 def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
