@@ -206,8 +206,13 @@ class MathGrader:
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
-        self._pool.stop()
-        self._pool.join()
+        """Let idle workers exit cleanly (a stop() mid-respawn leaves a forkserver traceback)."""
+        self._pool.close()
+        try:
+            self._pool.join(timeout=5)
+        except TimeoutError:
+            self._pool.stop()
+            self._pool.join()
 
 
 _graders: dict[tuple[int, float], MathGrader] = {}
