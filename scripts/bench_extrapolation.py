@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -140,6 +141,9 @@ def main() -> None:
     print(f"\nChecks: 1x1 / floor = {one / fl:.2f} (target <= 3); anonymous RSS 1x1 = {rows[0][4]:.0f} MiB "
           f"(target < 1536); 4x4 / (1x1 + write 16) = {sweep / (one + w16):.2f} (target <= 1.5); largest temp "
           f"file <= outputs: {all(r[5] <= r[6] for r in rows)}.")
+    for label, *_, timings in rows:
+        print(f"  {label}: in-process timings {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
