@@ -55,7 +55,9 @@ def _guarded(command: str, cfg):
     try:
         return run_command(command, cfg)
     except RlvrError as err:
-        if cfg.get("debug", False):
+        # Under submitit (hydra/launcher=slurm_*) the exception must propagate: submitit pickles
+        # it as the job's result, so the sweep reports which job failed and why.
+        if cfg.get("debug", False) or os.environ.get("SUBMITIT_FOLDER"):
             raise
         print(f"rlvr {command}: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,0 +1,67 @@
+"""The `rlvr` entry point: usage, one-line errors (exit 2), tracebacks with debug=true or under
+submitit, `python -m rlvr_linearity` as the same program, dry-run listing of the demo pipeline."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlvr_linearity import cli
+from rlvr_linearity.errors import TrajectoryError
+
+
+def rlvr(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rlvr_linearity", *args], capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "disabled", **(env or {})}, cwd=cwd, timeout=300)
+
+
+def test_usage_lists_every_command():
+    res = rlvr("--help")
+    assert res.returncode == 0
+    for name in ("train", "linearity", "extrapolate", "evaluate", "pipeline", "figures"):
+        assert name in res.stdout
+
+
+def test_unknown_command_is_one_line_exit_2():
+    res = rlvr("lineraity")
+    assert res.returncode == 2 and "unknown command 'lineraity'" in res.stderr
+
+
+def test_bad_input_one_line_without_traceback_and_traceback_with_debug(tmp_path):
+    missing = tmp_path / "nope"
+    res = rlvr("linearity", f"trajectory.path={missing}", f"output_dir={tmp_path / 'out'}", "logger=none")
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    err_lines = [l for l in res.stderr.splitlines() if l.startswith("rlvr linearity: error:")]
+    assert len(err_lines) == 1 and str(missing) in err_lines[0]
+    res = rlvr("linearity", f"trajectory.path={missing}", f"output_dir={tmp_path / 'out'}", "logger=none", "debug=true")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_submitit_jobs_raise_so_the_sweep_reports_the_error(monkeypatch):
+    from omegaconf import OmegaConf
+
+    def boom(command, cfg):
+        raise TrajectoryError("step 5: tensor x: NaN")
+
+    monkeypatch.setattr(cli, "run_command", boom)
+    cfg = OmegaConf.create({"debug": False})
+    with pytest.raises(SystemExit) as exit_info:
+        cli._guarded("linearity", cfg)
+    assert exit_info.value.code == 2
+    monkeypatch.setenv("SUBMITIT_FOLDER", "/tmp/somewhere")
+    with pytest.raises(TrajectoryError, match="NaN"):
+        cli._guarded("linearity", cfg)
+
+
+def test_demo_pipeline_dry_run_lists_stages_and_runs_nothing(tmp_path):
+    res = rlvr("pipeline", "experiment=demo", f"output_dir={tmp_path / 'demo'}", "pipeline.dry_run=true",
+               f"paths.cache_dir={tmp_path / 'cache'}", "logger=none")
+    assert res.returncode == 0, res.stderr
+    lines = [l.split() for l in res.stdout.splitlines() if l.strip().startswith("to run")]
+    labels = [l[2] for l in lines]
+    assert labels[:3] == ["train", "linearity", "relex"]
+    assert "eval_step_0" in labels and any(l.startswith("eval_relex_h") for l in labels)
+    assert not (tmp_path / "cache" / "stages").exists() or not any((tmp_path / "cache" / "stages").iterdir())
+    assert not (tmp_path / "demo" / "results.json").exists()
