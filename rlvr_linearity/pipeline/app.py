@@ -130,10 +130,10 @@ class Pipeline:
         config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
         stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, ecfg), d), label="relex")
         res = self.run_stage(stage)
-        if res is None:
-            return [{"history": w, "target": t, "path": None} for w in windows for t in targets]
+        method = {"rank": int(ecfg.extrapolate.rank), "fit": str(ecfg.extrapolate.fit)}
         return [
-            {"history": w, "target": t, "path": str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+            {"history": w, "target": t, **method,
+             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
             for w in windows for t in targets
         ]
 
@@ -253,11 +253,15 @@ def run_pipeline(cfg, out_dir: Path, tracker=None) -> dict:
         return {"dry_run": listing}
     results["timings"] = {**p.timings, "total": round(time.perf_counter() - start, 3)}
     results["stages"] = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
+    write_json_atomic(Path(out_dir) / "results.json", results)
     if "report" in stages:
+        from rlvr_linearity.figures.regenerate import regenerate
         from rlvr_linearity.pipeline.report import write_report
 
+        index = regenerate([out_dir], out_dir, pdf=bool(cfg.figures.pdf), reference=bool(cfg.figures.reference))
+        results["paper_figures"] = {"made": index["made"], "missing": [m["id"] for m in index["missing"]]}
         write_report(cfg, out_dir, results)
-    write_json_atomic(Path(out_dir) / "results.json", results)
+        write_json_atomic(Path(out_dir) / "results.json", results)
     if tracker is not None:
         tracker.summary({"base_accuracy": results.get("base", {}).get("accuracy"), **{f"time/{k}": v for k, v in results["timings"].items()}})
         tracker.table("rlvr", results.get("rlvr", []))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step, plot_training_curve
@@ -75,6 +74,41 @@ def verdict(results: dict) -> list[str]:
     return lines
 
 
+def _linearity_lines(lin: dict) -> list[str]:
+    """Per-weight R² by window and the low-rank findings, as tables."""
+    lines = [f"Per-weight R² over every weight of every tensor (base = step 0): median {_fmt(lin.get('median_r2'))}, "
+             f"mean {_fmt(lin.get('mean_r2'))}, fraction with R² > 0.7: {_fmt(lin.get('frac_above_0.7'))} "
+             "(LIN: > 70% of weights above 0.7 at paper scale).", ""]
+    d = Path(lin["dir"]) / "linearity" if lin.get("dir") else None
+    weights = d / "weights_r2.json" if d else None
+    if weights is not None and weights.exists():
+        windows = json.loads(weights.read_text()).get("windows") or {}
+        if windows:
+            rows = [[w, f"{v['steps'][0]}–{v['steps'][-1]}", _fmt(v.get("median")), _fmt(v.get("mean")),
+                     _fmt((v.get("frac_above") or {}).get("0.7"))] for w, v in windows.items()]
+            lines += _table(["window", "steps", "median R²", "mean R²", "R² > 0.7"], rows) + [""]
+    lowrank = d / "lowrank.json" if d else None
+    if lowrank is not None and lowrank.exists():
+        lr = json.loads(lowrank.read_text())
+        rows = []
+        for w, v in (lr.get("windows") or {}).items():
+            model = v.get("model") or {}
+            rows.append([w, f"{v['steps'][0]}–{v['steps'][-1]}"] + [_fmt(model.get(str(r))) for r in lr.get("ranks", [])])
+        if rows:
+            lines += ["Low rank (RELEX finding 1): fraction of the deltas' energy explained by the top singular "
+                      "directions, over all tensors.", ""]
+            lines += _table(["window", "steps"] + [f"rank {r}" for r in lr.get("ranks", [])], rows) + [""]
+        summ = lr.get("summary") or {}
+        ins, oos = summ.get("coefficient_r2_in_sample"), summ.get("coefficient_r2_out_of_sample")
+        if ins:
+            hist = (lr.get("coefficients") or {}).get("history")
+            lines += [f"Rank-1 coefficient vs step (RELEX finding 2), fitted on steps ≤ {hist}: median R² "
+                      f"{_fmt(ins.get('median'))} in sample" + (f", {_fmt(oos.get('median'))} on the later steps "
+                      "(out of sample; below 0 means the straight line misses where training went)" if oos else "")
+                      + ".", ""]
+    return lines
+
+
 def write_report(cfg, out_dir: Path, results: dict) -> Path:
     """Draw the figures into `out_dir/figures`, then write `out_dir/report.md` atomically."""
     out_dir = Path(out_dir)
@@ -88,12 +122,11 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         images.append(("Training reward", p.name))
     if (p := plot_accuracy_vs_step(results, figs / "accuracy_vs_step.png")) is not None:
         images.append(("Accuracy of trained and extrapolated checkpoints", p.name))
-    for stage in ("linearity", "relex"):
-        src = stages / stage / "figures"
-        if src.is_dir():
-            for png in sorted(src.glob("*.png")):
-                shutil.copyfile(png, figs / png.name)
-                images.append((png.stem.replace("_", " "), png.name))
+    for m in (results.get("paper_figures") or {}).get("made") or []:  # drawn by figures.regenerate
+        png = next((o for o in m["outputs"] if o.endswith(".png")), None)
+        if png:
+            where = f" ({m['label']})" if m.get("label") and "/" in m["label"] else ""
+            images.append((f"{m['paper']}: {m['title']}{where}", Path(png).name))
 
     acc = _trained_accuracy(results)
     bench = results.get("benchmark", "test")
@@ -107,16 +140,7 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
 
     lin = results.get("linearity")
     if lin:
-        lines += ["## Linearity", "",
-                  f"Per-weight R² over every weight of every tensor: median {_fmt(lin.get('median_r2'))}, "
-                  f"mean {_fmt(lin.get('mean_r2'))}, fraction with R² > 0.7: {_fmt(lin.get('frac_above_0.7'))} "
-                  "(LIN reports > 0.7 for most weights at paper scale).", ""]
-        lowrank = Path(lin["dir"]) / "linearity" / "lowrank.json" if lin.get("dir") else None
-        if lowrank is not None and lowrank.exists():
-            lr = json.loads(lowrank.read_text())
-            ev = (lr.get("summary") or {})
-            if ev:
-                lines += [f"Low rank (RELEX finding 1): {json.dumps(ev)[:400]}", ""]
+        lines += ["## Linearity", ""] + _linearity_lines(lin)
 
     for title, rows, cols in (
         ("RELEX (rank-1, linear fit on step values)", results.get("relex", []), ["history", "target"]),
@@ -130,7 +154,9 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         lines += _table(cols + ["accuracy", "trained at target"], body) + [""]
 
     if images:
-        lines += ["## Figures", ""] + [f"![{t}](figures/{n})" for t, n in images] + [""]
+        lines += ["## Figures", "", "Paper figures are drawn by the same code as `rlvr figures figures.inputs=[DIR]`; "
+                  "`figures/README.md` lists them with their inputs, and the paper figures that need GPU-scale runs.", ""]
+        lines += [f"![{t}](figures/{n})" for t, n in images] + [""]
     timings = results.get("timings") or {}
     if timings:
         lines += ["## Timings (seconds; 0 = reused from the stage cache)", ""]

@@ -1,0 +1,75 @@
+"""`rlvr pipeline experiment=demo` end to end at reduced size (every stage real: tiny model build,
+TRL GRPO, linearity with log-probs, RELEX, weight and logits extrapolation, evaluation, report,
+paper figures), then a rerun that reuses every stage."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = [
+    "task.n_train=12", "task.n_test=8", "task.max_operand=4", "task.seed=3",
+    "train.tiny.vocab_size=300", "train.tiny.hidden_size=32", "train.tiny.num_layers=1", "train.tiny.num_heads=2",
+    "train.tiny.num_kv_heads=1", "train.tiny.intermediate_size=64", "train.tiny.max_positions=64",
+    "train.tiny.sft_lr=1e-2", "train.tiny.sft_batch_size=12", "train.tiny.sft_max_steps=40",
+    "train.tiny.sft_eval_every=40", "train.tiny.sft_target_accuracy=1.1", "train.tiny.sft_dev_size=0",
+    "train.steps=6", "train.prompts_per_step=2", "train.group_size=4",
+    "linearity.windows=[3,all]", "linearity.coefficient_history=3", "linearity.probes.n_problems=2",
+    "linearity.probes.n_samples=2",
+    "pipeline.evaluate_steps=[0,2,4,6]", "pipeline.relex.windows=[2,3]", "pipeline.relex.targets=[4,6,9]",
+    "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4,6]",
+    "pipeline.logits.pairs=[[0,2]]", "pipeline.logits.targets=[4]",
+    "sampling.max_tokens=8", "figures.pdf=false",
+]
+
+
+def run_demo(out: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RLVR_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "WANDB_DIR": str(out.parent)}
+    return subprocess.run([sys.executable, "-m", "rlvr_linearity", "pipeline", "experiment=demo",
+                           f"output_dir={out}", *SMALL], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=1200)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_small(tmp_path):
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    res = run_demo(out, cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+
+    def acc_ok(x):
+        return isinstance(x, float) and 0.0 <= x <= 1.0
+
+    assert r["base"]["step"] == 0 and acc_ok(r["base"]["accuracy"])
+    assert [x["step"] for x in r["rlvr"]] == [2, 4, 6] and all(acc_ok(x["accuracy"]) for x in r["rlvr"])
+    assert {(x["history"], x["target"]) for x in r["relex"]} == {(h, t) for h in (2, 3) for t in (4, 6, 9)}
+    assert all(acc_ok(x["accuracy"]) and x["rank"] == 1 and x["fit"] == "linear" for x in r["relex"])
+    assert [(x["base_step"], x["second_step"], x["target"]) for x in r["weight_extrapolation"]] == [(0, 2, 4), (0, 2, 6)]
+    assert all(acc_ok(x["accuracy"]) for x in r["weight_extrapolation"])
+    assert r["logits_extrapolation"][0]["alpha"] == 2.0 and acc_ok(r["logits_extrapolation"][0]["accuracy"])
+    assert 0.0 <= r["linearity"]["median_r2"] <= 1.0 and 0.0 <= r["linearity"]["frac_above_0.7"] <= 1.0
+    assert {"train", "linearity", "relex", "total"} <= set(r["timings"])
+
+    # every prediction is a loadable model of the base's dtype; the RELEX history-2 run observed 1..2
+    ex = json.loads((Path(r["relex"][0]["path"]).parent.parent / "extrapolation.json").read_text())
+    assert ex["method"] == "relex"
+    report = (out / "report.md").read_text()
+    for heading in ("## Verdict", "## Trained checkpoints", "## Linearity", "## RELEX", "## Weight extrapolation",
+                    "## Logits extrapolation", "## Figures"):
+        assert heading in report
+    for png in ("training_reward.png", "accuracy_vs_step.png", "lin_weight_r2_histogram.png",
+                "lin_logprob_r2_histogram.png", "relex_accuracy_vs_target.png", "lin_weight_extrapolation.png"):
+        assert (out / "figures" / png).stat().st_size > 1000, png
+        assert f"figures/{png}" in report
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run"
+
+    again = run_demo(out, cache)  # every stage reused: no stage runs twice
+    assert again.returncode == 0, again.stderr[-3000:]
+    r2 = json.loads((out / "results.json").read_text())
+    assert all(s["cached"] for s in r2["stages"])
+    assert r2["relex"] == r["relex"] and r2["rlvr"] == r["rlvr"]
