@@ -128,8 +128,13 @@ def write_trajectory_json(traj_dir: Path, base: str, config: dict) -> Path:
     return path
 
 
-def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
-    """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory."""
+def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = None, callbacks=()) -> Path:
+    """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory.
+
+    `rows` (task rows: prompt, answer) replaces the train split and is used in the given order,
+    unshuffled (step s takes rows[(s-1)*P : s*P], P = prompts_per_step): re-grounding segments
+    pass the next slice of the seeded order. `callbacks`: extra TrainerCallbacks.
+    """
     import datasets
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -165,7 +170,8 @@ def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
                           "(no optimizer state); use a fresh output_dir")
     _truncate_metrics(out_dir / "train_metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0)
 
-    rows = make_split(cfg.task, "train")
+    ordered = rows is not None
+    rows = make_split(cfg.task, "train") if rows is None else rows
     dataset = datasets.Dataset.from_list(
         [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -182,11 +188,11 @@ def train_trl(cfg, out_dir: Path, tracker=None) -> Path:
         loss_type=str(t.get("loss_type", "dapo")), scale_rewards=t.get("scale_rewards", "group"),
         logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
         report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
-        disable_tqdm=False, log_completions=False)
+        disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
     reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
-                          callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps)])
+                          callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if saved_steps(traj_dir)[-1:] != [steps]:  # the final step is always saved
