@@ -50,6 +50,7 @@ class RelexSchema:
     mode: str = "extrapolate"
     dtype: Optional[str] = None
     cache: bool = True
+    gram_steps: str = "window"  # window | all: Gram pass over every selected step (one pass per sweep)
     memory_budget: int = 1 << 28  # bytes of float32 deltas kept per tensor to write from the first read
 
 

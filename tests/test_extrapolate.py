@@ -272,3 +272,33 @@ def test_hub_trajectory_downloads_only_the_histories():
     for c in (cfg({"max_step": 30}, {"history": 75}), cfg({"hub_repo": None}, {"history": 75}),
               cfg({}, {"window": [1, 2]}), cfg({}, {"last": 5})):
         assert _hub_max_step(c, c.extrapolate) is None
+
+
+def test_multirun_sweep_shares_one_gram_pass_and_reruns_do_nothing(tmp_path, rlvr_cache):
+    """`rlvr extrapolate -m` over 4 windows × 3 targets with gram_steps=all: one Gram pass over the
+    trajectory for the whole sweep, each prediction written once; the same sweep again does no work."""
+    tt = make_trajectory(tmp_path / "t", "checkpoint", STEPS, drift="random", write_json=True)
+    per_step = sum(v.numel() * 4 for v in tt.values[0].values())
+    histories = (2, 4, 7, 12)
+    args = ["-m", f"trajectory.path={tt.path}", f"extrapolate.history={','.join(map(str, histories))}",
+            "extrapolate.targets=[13,20,40]", "extrapolate.gram_steps=all", "extrapolate.dtype=float32",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'sweep'}/h${{extrapolate.history}}"]
+    p = _cli(args, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {h: json.loads((tmp_path / "sweep" / f"h{h}" / "extrapolate" / "extrapolation.json").read_text())
+            for h in histories}
+    window = {h: len([s for s in STEPS if s <= h]) for h in histories}
+    assert runs[2]["gram_source"] == "shared pass"  # the first job reads every step once for the Grams
+    assert runs[2]["bytes_read"] == per_step * (len(STEPS) + 1) + per_step * (window[2] + 1)
+    for h in histories[1:]:  # the others cut their Grams out of it and read only their window to write
+        assert runs[h]["gram_source"] == "cache" and runs[h]["bytes_read"] == per_step * (window[h] + 1)
+    for h in histories:
+        for t in (13, 20, 40):
+            assert_close(tmp_path / "sweep" / f"h{h}" / "extrapolate" / f"step_{t}",
+                         ref_relex(tt, [s for s in STEPS if s <= h], t))
+    files = sorted((tmp_path / "sweep").rglob("*.safetensors")) + sorted((tmp_path / "sweep").rglob("extrapolation.json"))
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    p = _cli(args, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (p.stdout + p.stderr).count("nothing to do") == len(histories)
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps

@@ -40,24 +40,34 @@ def _hub_max_step(cfg, ex) -> int | None:
 
 def extrapolate(cfg, out_dir) -> dict:
     """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content."""
+    from rlvr_linearity.linearity import gram
     from rlvr_linearity.paths import cache_dir
-    from rlvr_linearity.pipeline.stages import write_json_atomic
+    from rlvr_linearity.pipeline.stages import stage_key, write_json_atomic
     from rlvr_linearity.tracking import _jsonable
 
-    t0 = time.perf_counter()
+    t0, read0 = time.perf_counter(), gram.bytes_read()
     ex = cfg.extrapolate
     method = str(ex.get("method") or "relex")
     root = Path(out_dir) / "extrapolate"
+    if method not in ("relex", "weight"):
+        raise ConfigError(f"extrapolate.method={method!r}: expected relex or weight")
+    traj = _open(cfg, _hub_max_step(cfg, ex) if method == "relex" else None)
+    config_key = stage_key("extrapolate", {k: _plain(cfg, k) for k in ("extrapolate", "trajectory")},
+                           [traj.fingerprint()])
+    done = _complete(root, config_key)
+    if done is not None:  # a rerun of a finished job (a sweep resubmitted, a requeued Slurm job)
+        log.info("extrapolate: %s is complete for this config; nothing to do", root)
+        return done
     if method == "relex":
         from .relex import run_relex, select_windows
 
-        traj = _open(cfg, _hub_max_step(cfg, ex))
         windows = select_windows(traj.steps, history=ex.get("history"), window=ex.get("window"),
                                  last=ex.get("last"), windows=ex.get("windows"))
         res = run_relex(traj, windows, list(ex.targets), root, rank=int(ex.rank), fit=str(ex.fit),
                         degree=int(ex.degree), mode=str(ex.mode), dtype=ex.get("dtype"),
                         cache_dir=cache_dir(cfg) / "grams" if ex.get("cache", True) else None,
-                        memory_budget=int(1 << 28 if ex.get("memory_budget") is None else ex.memory_budget))
+                        memory_budget=int(1 << 28 if ex.get("memory_budget") is None else ex.memory_budget),
+                        gram_steps=traj.steps if ex.get("gram_steps", "window") == "all" else None)
         params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
                   "history": ex.get("history"), "window": ex.get("window"), "last": ex.get("last"),
                   "windows": ex.get("windows")}
@@ -68,19 +78,43 @@ def extrapolate(cfg, out_dir) -> dict:
         if ex.get("second_step") is None:
             raise ConfigError("weight extrapolation needs the second step: "
                               "`extrapolate=weight extrapolate.second_step=B` (base_step A defaults to 0)")
-        traj = _open(cfg)
         res = run_weight(traj, int(ex.get('base_step') or 0), int(ex.second_step), list(ex.targets), root,
                          extrapolate_norms=bool(ex.get("extrapolate_norms", False)), dtype=ex.get("dtype"))
         params = {"base_step": int(ex.get('base_step') or 0), "second_step": int(ex.second_step),
                   "extrapolate_norms": bool(ex.get("extrapolate_norms", False))}
         steps = sorted({int(ex.get('base_step') or 0), int(ex.second_step)})
-    else:
-        raise ConfigError(f"extrapolate.method={method!r}: expected relex or weight")
     out = {"method": method, "trajectory": str(traj.path), "base": str(traj.base.path), "steps": steps,
            "targets": [int(t) for t in ex.targets], "dtype": ex.get("dtype"), "parameters": params, **res}
     out["timings"] = {**res.get("timings", {}), "run_s": time.perf_counter() - t0}
-    write_json_atomic(root / "extrapolation.json", _jsonable(out))
+    out["bytes_read"] = gram.bytes_read() - read0
+    out["config_key"] = config_key
+    write_json_atomic(root / "extrapolation.json", _jsonable(out))  # last: marks the outputs complete
     return out
+
+
+def _plain(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _complete(root: Path, config_key: str) -> dict | None:
+    """extrapolation.json of a finished run with the same config whose predictions all exist."""
+    import json
+
+    path = root / "extrapolation.json"
+    if not path.exists():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("config_key") != config_key:
+        return None
+    paths = [t["path"] for t in done.get("targets", []) if isinstance(t, dict)]
+    paths += [t["path"] for w in done.get("windows", []) for t in w.get("targets", [])]
+    return done if paths and all((Path(p) / "config.json").exists() for p in paths) else None
 
 
 def result_rows(res: dict) -> list[dict]:

@@ -194,12 +194,14 @@ def output_dirs(root: Path, windows: list[Window], targets: list[int]) -> dict[t
 
 def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *, rank: int = 1,
               fit: str = "linear", degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None,
-              memory_budget: int = 1 << 28, max_elements: int = 1 << 22) -> dict:
+              memory_budget: int = 1 << 28, max_elements: int = 1 << 22, gram_steps=None) -> dict:
     """Write every (window, target) prediction; return extrapolation.json's content (without the
-    top-level method/parameters, which the app adds)."""
+    top-level method/parameters, which the app adds). `gram_steps` (a superset of the windows'
+    steps): take the Grams from the cache's entry over those steps, computing it first if absent,
+    so the jobs of a sweep share one Gram pass."""
     from tqdm import tqdm
 
-    from rlvr_linearity.linearity.gram import GramCache, block_deltas, gram_update, read_blocks
+    from rlvr_linearity.linearity.gram import GramCache, block_deltas, compute_grams, gram_update, read_blocks
     from rlvr_linearity.trajectory import ModelWriter
 
     t0 = time.perf_counter()
@@ -213,6 +215,12 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
 
     cache = GramCache(cache_dir, traj.fingerprint()) if cache_dir is not None else None
     cached = cache.lookup(union, floating) if cache is not None else None
+    gram_source = "cache" if cached is not None else "window"
+    if cached is None and cache is not None and gram_steps is not None:
+        gram_source = "shared pass"
+        compute_grams(traj, sorted(set(gram_steps) | set(union)), cache_dir=cache_dir, names=floating,
+                      max_elements=max_elements)
+        cached = cache.lookup(union, floating)
     grams: dict[str, np.ndarray] = {}
     fits: dict[str, dict[str, TensorFit]] = {w.label: {} for w in windows}
     dirs = output_dirs(Path(out_root), windows, targets)
@@ -285,7 +293,8 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
             "coefficients": {n: tf.coefficients.tolist() for n, tf in f.items()},
             "predicted_coefficients": {n: tf.predicted.tolist() for n, tf in f.items()},
         })
-    return {"steps_read": union, "windows": report_windows, "gram_cache_hit": cached is not None,
+    return {"steps_read": union, "windows": report_windows, "gram_cache_hit": gram_source == "cache",
+            "gram_source": gram_source,
             "timings": {"total_s": t_end - t0, "read_gram_s": t_read, "write_s": t_end - t_write}}
 
 

@@ -83,6 +83,13 @@ class GramCache:
                 log.warning("Gram cache entry %s unreadable (%s); ignored", f, e)
         return None
 
+    def claim(self, steps):
+        """An exclusive lock on computing the Grams over `steps` (a file lock: works across jobs)."""
+        from filelock import FileLock
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / f".{_steps_key(steps)}.lock"))
+
     def store(self, steps, grams: dict[str, np.ndarray]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{_steps_key(steps)}.npz"
@@ -114,12 +121,17 @@ def compute_grams(traj, steps, cache_dir=None, names=None, max_elements: int = C
     steps = sorted({int(s) for s in steps} - {0})
     names = [n for n in (names or traj.tensor_names) if traj.base.dtype(n).is_floating_point]
     cache = GramCache(cache_dir, traj.fingerprint()) if cache_dir is not None else None
-    if cache is not None:
+    if cache is None:
+        return {n: gram_of_tensor(traj, n, steps, max_elements)
+                for n in tqdm(names, desc="Gram matrices", unit="tensor", leave=False)}
+    hit = cache.lookup(steps, names)
+    if hit is not None:
+        return hit
+    with cache.claim(steps):  # concurrent jobs of a sweep: one computes, the others then hit the cache
         hit = cache.lookup(steps, names)
         if hit is not None:
             return hit
-    grams = {n: gram_of_tensor(traj, n, steps, max_elements)
-             for n in tqdm(names, desc="Gram matrices", unit="tensor", leave=False)}
-    if cache is not None:
+        grams = {n: gram_of_tensor(traj, n, steps, max_elements)
+                 for n in tqdm(names, desc="Gram matrices", unit="tensor", leave=False)}
         cache.store(steps, grams)
     return grams
