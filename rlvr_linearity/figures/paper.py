@@ -341,7 +341,9 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
         fig, ax = figure(5.5, 3.4)
         for i, lbl in enumerate(labels):
             rr = [r for r in rows if r["method"] == lbl]
-            ax.plot([r["budget"] for r in rr], [100 * r["imp_mean_of_relative"] for r in rr], marker="o",
+            ax.plot([r["budget"] for r in rr],  # %Imp undefined (None) where standard RL scored 0
+                    [np.nan if r["imp_mean_of_relative"] is None else 100 * r["imp_mean_of_relative"] for r in rr],
+                    marker="o",
                     color=PALETTE[i % len(PALETTE)], label=f"{lbl} (this run)")
         if reference:
             ax.plot(list(pn.LIN_TABLE2_IMP), list(pn.LIN_TABLE2_IMP.values()), ls=":", marker="x", color="grey",
@@ -392,7 +394,8 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
     bax.set_xlabel(f"{benchmark} threshold")
     bax.set_ylabel("speed-up in real steps")
     bax.set_title("Steps to threshold: standard RL / re-grounding")
-    bax.legend(fontsize=8)
+    if bax.get_legend_handles_labels()[0]:  # no bars when no configuration reached a threshold
+        bax.legend(fontsize=8)
     made["lin_fig6"] = save(fig, out_dir / "lin_fig6_regrounding.png", pdf)
     md_rows = [[f"≥{r['threshold']:.2f}", r["std_rl"] if r["std_rl"] is not None else "—",
                 *[(f"{v['steps']} ({v['speedup']:.1f}×)" if v["speedup"] else (v["steps"] if v["steps"] is not None else "—"))
