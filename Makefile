@@ -29,9 +29,15 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
+# where the benchmarks' synthetic ~120M-parameter trajectory is built once (~5 GB)
+BENCH_DIR ?= /tmp/rlvr-bench
+
 bench: venv
-	$(BIN)/python scripts/bench_linearity.py
-	$(BIN)/python scripts/bench_extrapolation.py
+	$(BIN)/python scripts/bench_linearity.py $(BENCH_DIR)
+	$(BIN)/python scripts/bench_extrapolation.py $(BENCH_DIR)
+	$(BIN)/python scripts/bench_grading.py
+	$(BIN)/python scripts/bench_sandbox.py
+	$(BIN)/python scripts/bench_logits_extrapolation.py
 
 clean:
 	rm -rf $(VENV) outputs logs multirun .cache

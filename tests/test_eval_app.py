@@ -113,8 +113,9 @@ def test_prompt_templates(tiny_model_dir):
 
     p = Problem("0", "What is 1+1?", "What is 1+1?" + LIN_INSTRUCTION)
     assert render("plain", p) == p.prompt
-    assert render("relex_qwen", p).startswith("<|im_start|>system\nPlease reason step by step")
-    assert "<|im_start|>user\nWhat is 1+1?<|im_end|>\n<|im_start|>assistant\n" in render("relex_qwen", p)
+    assert render("relex_qwen", p) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 1+1?\n"
+        "Please reason step by step, and put your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir())
     chat = render("chat", p, tok)
     if tok.chat_template:

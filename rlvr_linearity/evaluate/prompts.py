@@ -6,9 +6,11 @@ from __future__ import annotations
 from rlvr_linearity.errors import ConfigError
 
 LIN_INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
+# RELEX's raw `qwen` template (spec D2): a generic system turn, the instruction after the problem.
 RELEX_QWEN = (
-    "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
-    "<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\n{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    "<|im_end|>\n<|im_start|>assistant\n"
 )
 TEMPLATES = ("chat", "relex_qwen", "plain")
 
@@ -17,7 +19,7 @@ def render(template: str, problem, tokenizer=None) -> str:
     """The text given to the engine for one problem.
 
     `problem.prompt` is the user message (the problem plus the answer instruction); `relex_qwen`
-    uses the bare problem because its system turn carries the instruction. `chat` falls back to
+    puts the bare problem before RELEX's own instruction. `chat` falls back to
     the plain message when the tokenizer has no chat template (tiny test models).
     """
     if template == "plain":

@@ -69,8 +69,8 @@ def extrapolate(cfg, out_dir) -> dict:
                         memory_budget=int(1 << 28 if ex.get("memory_budget") is None else ex.memory_budget),
                         gram_steps=traj.steps if ex.get("gram_steps", "window") == "all" else None)
         params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
-                  "history": ex.get("history"), "window": ex.get("window"), "last": ex.get("last"),
-                  "windows": ex.get("windows")}
+                  "history": ex.get("history"), "window": _plain(cfg, "extrapolate.window"), "last": ex.get("last"),
+                  "windows": _plain(cfg, "extrapolate.windows")}
         steps = res["windows"][0]["steps"] if len(res["windows"]) == 1 else res["steps_read"]
     elif method == "weight":
         from .weight import run_weight

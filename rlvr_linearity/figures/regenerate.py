@@ -60,11 +60,11 @@ CATALOGUE = [
     PaperFigure("lin_weight_extrapolation", "LIN", "Fig. 5: weight extrapolation, accuracy vs target t′ per t₁",
                 "results.json with `weight_extrapolation` rows",
                 f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.weight.pairs=[[0,300],[0,600],[0,1400]] "
-                "pipeline.weight.targets=[400,600,900,1200,1600,1800,2000] hydra/launcher=slurm_gpu (GPU)"),
+                "pipeline.weight.targets=[400,600,900,1200,1600,1800,2000] -m hydra/launcher=slurm_gpu (GPU)"),
     PaperFigure("lin_table1", "LIN", "Table 1: logits extrapolation vs standard RL per benchmark",
                 "logits_extrapolation.json, or results.json with `logits_extrapolation` rows",
                 f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.logits.pairs=[[200,1400]] "
-                "pipeline.logits.targets=[2000] benchmarks=[aime24,aime25,math500,livecodebench] (GPU)"),
+                "pipeline.logits.targets=[2000] benchmarks=[aime24,aime25,math500,livecodebench] -m hydra/launcher=slurm_gpu (GPU)"),
     PaperFigure("lin_table2", "LIN", "Table 2: re-grounding at fixed real-step budgets",
                 "regrounding.json (schema `Regrounding`)",
                 "the re-grounding loop of methods.md B4 on a GPU cluster (rlvr train / rlvr extrapolate "
@@ -81,10 +81,10 @@ CATALOGUE = [
     PaperFigure("relex_accuracy_vs_target", "RELEX", "Accuracy vs target step per T_cut, with the RLVR curve",
                 "results.json with `relex` rows",
                 f"rlvr pipeline {RELEX_EXP} pipeline.relex.windows=[25,50,75,100] "
-                "pipeline.relex.targets=[100,200,300,400,500] hydra/launcher=slurm_gpu (GPU)"),
+                "pipeline.relex.targets=[125,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU)"),
     PaperFigure("relex_ablations", "RELEX", "Rank and fit ablations",
                 "results.json `relex` rows with `rank`/`fit` keys (several values)",
-                f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,poly hydra/launcher=slurm_gpu (GPU)"),
+                f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,polynomial hydra/launcher=slurm_gpu (GPU)"),
 ]
 BY_ID = {f.id: f for f in CATALOGUE}
 

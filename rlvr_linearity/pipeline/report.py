@@ -87,6 +87,14 @@ def _linearity_lines(lin: dict) -> list[str]:
             rows = [[w, f"{v['steps'][0]}–{v['steps'][-1]}", _fmt(v.get("median")), _fmt(v.get("mean")),
                      _fmt((v.get("frac_above") or {}).get("0.7"))] for w, v in windows.items()]
             lines += _table(["window", "steps", "median R²", "mean R²", "R² > 0.7"], rows) + [""]
+    logprobs = d / "logprob_r2.json" if d else None
+    if logprobs is not None and logprobs.exists():
+        lp = json.loads(logprobs.read_text())
+        parts = [f"{what} R² median {_fmt(v.get('median'))}, fraction > 0.7: {_fmt((v.get('frac_above') or {}).get('0.7'))}"
+                 for what, v in (("log-prob", lp.get("logprob") or {}), ("logit", lp.get("logit") or {})) if v]
+        if parts:
+            lines += [f"Token linearity over {lp.get('n_tokens_total')} response tokens of {lp.get('n_sequences')} "
+                      f"probe responses (teacher-forced at every step): " + "; ".join(parts) + ".", ""]
     lowrank = d / "lowrank.json" if d else None
     if lowrank is not None and lowrank.exists():
         lr = json.loads(lowrank.read_text())

@@ -34,6 +34,8 @@ SOURCES: dict[str, HubSource] = {
     "math": HubSource("DigitalLearningGmbH/MATH-lighteval", "train", "problem", None, "solution"),
     # LIN's validation set.
     "aime24": HubSource("math-ai/aime24", "test", "problem", None, "solution"),
+    # A common validation set (same repo as the math500 benchmark).
+    "math500": HubSource("HuggingFaceH4/MATH-500", "test", "problem", "answer"),
 }
 
 
