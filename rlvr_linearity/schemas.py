@@ -52,6 +52,10 @@ class RelexSchema:
     cache: bool = True
     gram_steps: str = "window"  # window | all: Gram pass over every selected step (one pass per sweep)
     memory_budget: int = 1 << 28  # bytes of float32 deltas kept per tensor to write from the first read
+    # method=weight on this group (the contract's `extrapolate.method=weight extrapolate.second_step=B`)
+    base_step: int = 0
+    second_step: Optional[int] = None
+    extrapolate_norms: bool = False
 
 
 @dataclass
@@ -62,6 +66,23 @@ class WeightExtrapolationSchema:
     second_step: Any = "???"
     extrapolate_norms: bool = False
     dtype: Optional[str] = None
+
+
+@dataclass
+class RegroundingSchema:
+    """`regrounding.*` of `rlvr pipeline experiment=regrounding` (LIN periodic re-grounding)."""
+
+    M: int = 10  # real RL steps per segment
+    N: int = 10  # extrapolated steps per segment: alpha = (M + N) / M
+    iterations: int = 3  # segments; real steps = M * iterations
+    optimizer: str = "keep"  # keep: carry AdamW/scheduler/RNG state across segments | reset: fresh (LIN)
+    data: str = "continue"  # continue: next prompts of the seeded order | replay: restart it (LIN as released)
+    baseline: bool = True  # plain GRPO with the same real steps and prompt order
+    eval_every: int = 5  # evaluate every k real steps (both arms) and at every segment boundary
+    extrapolate_norms: bool = False  # LIN copies norm weights from the segment's end model
+    dtype: Optional[str] = None  # extrapolated model dtype (null: the start model's)
+    thresholds: Optional[list[float]] = None  # Fig. 6 accuracy thresholds (null: figures.fig6_thresholds / default)
+    compare: list[Any] = field(default_factory=list)  # more configs: [{M, N, iterations?, optimizer?, data?, label?}]
 
 
 def register_configs() -> None:

@@ -239,6 +239,13 @@ def test_cli_relex_and_weight(tmp_path, rlvr_cache):
     assert p.returncode == 0, p.stderr[-2000:]
     saved = json.loads((tmp_path / "w" / "extrapolate" / "extrapolation.json").read_text())
     assert saved["method"] == "weight" and [t["alpha"] for t in saved["targets"]] == [2.0, 3.0]
+    p = _cli([f"trajectory.path={tt.path}", "extrapolate.method=weight", "extrapolate.second_step=4",  # contract form
+              "extrapolate.targets=[8,12]", f"output_dir={tmp_path / 'w2'}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for t in (8, 12):
+        a = load_file(str(tmp_path / "w" / "extrapolate" / f"step_{t}" / "model.safetensors"))
+        b = load_file(str(tmp_path / "w2" / "extrapolate" / f"step_{t}" / "model.safetensors"))
+        assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 @pytest.mark.parametrize("args", [
