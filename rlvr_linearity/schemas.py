@@ -86,6 +86,11 @@ class RegroundingSchema:
 
 
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
+    # `${rlvr_or:A,B}`: A unless it is null/empty, else B (hydra.run.dir follows output_dir).
+    if not OmegaConf.has_resolver("rlvr_or"):
+        OmegaConf.register_new_resolver("rlvr_or", lambda value, default: default if value in (None, "") else value)
     cs = ConfigStore.instance()
     cs.store(group="trajectory", name="schema", node=TrajectorySchema)
     cs.store(group="extrapolate", name="relex_schema", node=RelexSchema)

@@ -65,3 +65,12 @@ def test_demo_pipeline_dry_run_lists_stages_and_runs_nothing(tmp_path):
     assert "eval_step_0" in labels and any(l.startswith("eval_relex_h") for l in labels)
     assert not (tmp_path / "cache" / "stages").exists() or not any((tmp_path / "cache" / "stages").iterdir())
     assert not (tmp_path / "demo" / "results.json").exists()
+
+
+def test_everything_a_run_writes_is_under_output_dir(tmp_path):
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "figures")
+    res = rlvr("figures", "logger=none", f"figures.inputs=[{fixtures}]", "figures.pdf=false",
+               f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "out" / ".hydra" / "config.yaml").exists() and (tmp_path / "out" / "figures").is_dir()
+    assert not (tmp_path / "logs").exists()
