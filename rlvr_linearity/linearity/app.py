@@ -210,6 +210,10 @@ def analyse(cfg, out_dir) -> dict:
 def run(cfg, tracker):
     from rlvr_linearity.paths import resolve_output_dir
 
+    if cfg.get("watch"):  # follow a run's checkpoint directory: live R² and forecasts
+        from rlvr_linearity.forecast.watch import watch
+
+        return watch(cfg, resolve_output_dir(cfg), tracker)
     summary = analyse(cfg, resolve_output_dir(cfg))
     flat = {"median_r2": summary.get("median"), "mean_r2": summary.get("mean"), "n_weights": summary.get("n_weights"),
             "n_defined": summary.get("n_defined")}

@@ -11,9 +11,10 @@ def train(cfg, out_dir, tracker=None) -> Path:
     """Train as `cfg.train.backend` says (trl | verl); returns the trajectory directory."""
     backend = str(cfg.train.get("backend", "trl"))
     if backend == "trl":
+        from rlvr_linearity.forecast.hooks import trl_callbacks
         from rlvr_linearity.train.trl_grpo import train_trl
 
-        return train_trl(cfg, Path(out_dir), tracker)
+        return train_trl(cfg, Path(out_dir), tracker, callbacks=trl_callbacks(cfg, out_dir, tracker))
     if backend == "verl":
         from rlvr_linearity.train.verl_launcher import launch_verl
 

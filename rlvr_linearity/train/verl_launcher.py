@@ -160,6 +160,8 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "trainer.n_gpus_per_node": gpus,
         "trainer.critic_warmup": 0,
     }
+    if (cfg.get("forecast") or {}).get("enabled"):  # live forecasting after each save (verl v1 trainer hook)
+        ov["trainer.checkpoint_callback_class"] = "rlvr_linearity.forecast.hooks.VerlForecastCallback"
     return [f"{k}={format_value(v)}" for k, v in ov.items()] + [str(o) for o in (t.get("overrides") or [])]
 
 
