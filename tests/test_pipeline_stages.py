@@ -60,3 +60,33 @@ def test_concurrent_jobs_compute_a_stage_once(tmp_path):
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def test_pipeline_on_a_given_trajectory_dry_run_agrees_with_the_run(tmp_path):
+    """A dry run keys a given trajectory by its content, as the run does: after the run, it lists
+    every stage as cached; results.json names the trajectory."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_trajectory
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3, 4, 6), write_json=True)
+    args = [sys.executable, "-m", "rlvr_linearity", "pipeline", "logger=none", f"trajectory.path={tt.path}",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
+            "pipeline.stages=[linearity,relex,weight]", "pipeline.relex.windows=[2,3]",
+            "pipeline.relex.targets=[6,8]", "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4]"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+
+    def listing():
+        res = subprocess.run(args + ["pipeline.dry_run=true"], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return [line.split() for line in res.stdout.splitlines() if line.strip().startswith(("to run", "cached"))]
+
+    before = listing()
+    assert [row[-2] for row in before] == ["linearity", "relex", "weight_0_2"] and all(r[0] == "to" for r in before)
+    res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["trajectory"] == str(tt.path)
+    after = listing()
+    assert [r[0] for r in after] == ["cached"] * 3 and [r[-1] for r in after] == [r[-1] for r in before]

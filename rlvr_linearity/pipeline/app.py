@@ -89,9 +89,10 @@ class Pipeline:
         if tcfg.path or tcfg.hub_repo:
             from rlvr_linearity.trajectory import open_trajectory
 
-            # A given trajectory (local or hub) is used as configured: identity = its content.
+            # A given trajectory (local or hub) is used as configured: identity = its content (a dry
+            # run downloads nothing: a hub trajectory is then keyed by its config, a local one by content).
             ident = json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
-            if not self.dry_run:
+            if not (self.dry_run and tcfg.hub_repo):
                 ident = open_trajectory(tcfg).fingerprint()
             return None, ident
         if "train" not in self.cfg.pipeline.stages:
@@ -225,7 +226,8 @@ def run_pipeline(cfg, out_dir: Path, tracker=None) -> dict:
     relex = p.relex(traj_path, ident) if "relex" in stages else []
     weight = p.weight(traj_path, ident) if "weight" in stages else []
 
-    results: dict[str, Any] = {"benchmark": bench, "trajectory": traj_path}
+    given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
+    results: dict[str, Any] = {"benchmark": bench, "trajectory": traj_path or given}
     if "evaluate" in stages:
         steps = _eval_steps(p, traj_path)
         rlvr = []
@@ -273,13 +275,14 @@ def run_pipeline(cfg, out_dir: Path, tracker=None) -> dict:
 def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | None]]:
     """(step, model dir) of the RLVR checkpoints to evaluate, base included."""
     wanted = p.cfg.pipeline.evaluate_steps
-    if p.dry_run:
-        return [(s, None) for s in ([] if wanted == "all" else list(wanted))]
+    given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
+    if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
+        return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
     traj = p.open_trajectory(traj_path)
     steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
     if wanted != "all" and 0 not in steps:
         steps = [0, *steps]
-    return [(s, str(traj.model(s).path)) for s in steps]
+    return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
 
 
 def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, bench: str) -> list[dict]:
