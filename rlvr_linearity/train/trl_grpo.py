@@ -55,6 +55,12 @@ def _resumable(traj_dir: Path) -> Path | None:
                 log.warning("removing %s: written after the last resumable checkpoint", later)
                 shutil.rmtree(later)
             return d
+    # None resumable: a checkpoint without trainer_state.json (the Trainer writes it last) is a
+    # first save cut short by a kill; remove it so the run starts afresh.
+    for _, d in found:
+        if not (d / "trainer_state.json").exists():
+            log.warning("removing %s: a save cut short (no trainer_state.json)", d)
+            shutil.rmtree(d)
     return None
 
 
