@@ -96,3 +96,4 @@ def register_configs() -> None:
     cs.store(group="extrapolate", name="relex_schema", node=RelexSchema)
     cs.store(group="extrapolate", name="weight_schema", node=WeightExtrapolationSchema)
     cs.store(name="sampling_schema", node=SamplingSchema, package="sampling")
+    cs.store(name="regrounding_schema", node=RegroundingSchema, package="regrounding")

@@ -216,6 +216,10 @@ def _accuracy(metrics: dict | None, benchmark: str) -> float | None:
 
 def run_pipeline(cfg, out_dir: Path, tracker=None) -> dict:
     """Run (or, with `pipeline.dry_run`, list) every stage; write results.json and report.md."""
+    if "regrounding" in cfg.pipeline.stages:  # LIN's periodic re-grounding (experiment=regrounding)
+        from rlvr_linearity.pipeline.regrounding import run_regrounding
+
+        return run_regrounding(cfg, out_dir, tracker)
     start = time.perf_counter()
     p = Pipeline(cfg, out_dir, tracker)
     stages = list(cfg.pipeline.stages)

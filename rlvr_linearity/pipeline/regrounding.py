@@ -1,0 +1,414 @@
+"""`rlvr pipeline experiment=regrounding`: LIN's periodic re-grounding against plain GRPO.
+
+For each configuration (M, N) of `regrounding.*`: `iterations` times, train M real RL steps from
+the current model (segment k, `train.regrounding.train_segment`), then weight-extrapolate with
+α = (M + N)/M between the segment's start and end models; the extrapolated model starts segment
+k + 1. Plain GRPO (`regrounding.baseline`) trains the same number of real steps on the same
+prompt order. Both arms are evaluated on the held-out split every `regrounding.eval_every` real
+steps and at every segment boundary (where re-grounding's point is the extrapolated model).
+
+Resumability: every segment, every extrapolation and every evaluation is a stage of the stage
+cache (`pipeline.stage_dir`), keyed by its config and the key of the stage that produced its
+input model, complete once its `_stage.json` marker exists. A run killed mid-way reruns with the
+same command: complete units are skipped, a killed segment resumes from its newest TRL
+checkpoint (TRL's own resume: model, optimizer, RNG, data position), a killed extrapolation or
+evaluation is redone or resumed. Plain GRPO is the pipeline's `train` stage (shared with
+`experiment=demo` when the training settings agree).
+
+Outputs: `DIR/regrounding.json` (schema `figures.schemas.Regrounding`, extended with per-segment
+details), `DIR/figures/` (LIN Table 2 and Fig. 6 via `figures.regenerate`), `DIR/report.md`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.pipeline.app import Pipeline, Stage, derive, section
+from rlvr_linearity.pipeline.stages import stage_key, write_json_atomic
+from rlvr_linearity.train.regrounding import DATA_MODES, OPTIMIZER_MODES, alpha
+
+log = logging.getLogger(__name__)
+
+
+def configurations(cfg) -> list[dict]:
+    """The (M, N) configurations: `regrounding.{M,N,iterations}` first, then `regrounding.compare`
+    entries ({M, N, iterations?, optimizer?, data?, label?}; iterations default to the same real
+    step budget, M·iterations of the first)."""
+    rg = cfg.regrounding
+    first = {"M": int(rg.M), "N": int(rg.N), "iterations": int(rg.iterations)}
+    budget = first["M"] * first["iterations"]
+    out = []
+    for i, c in enumerate([first, *[OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else c
+                                      for c in (rg.get("compare") or [])]]):
+        if not isinstance(c, dict) or "M" not in c or "N" not in c:
+            raise ConfigError(f"regrounding.compare[{i - 1}]: expected {{M: int, N: int, iterations?: int}}, got {c!r}")
+        unknown = set(c) - {"M", "N", "iterations", "optimizer", "data", "label"}
+        if unknown:
+            raise ConfigError(f"regrounding.compare[{i - 1}]: unknown keys {sorted(unknown)}")
+        M, N = int(c["M"]), int(c["N"])
+        alpha(M, N)  # validates
+        iters = int(c.get("iterations") or -(-budget // M))
+        opt, data = str(c.get("optimizer") or rg.optimizer), str(c.get("data") or rg.data)
+        if iters < 1:
+            raise ConfigError(f"regrounding: iterations must be >= 1 (got {iters} for M={M}, N={N})")
+        if opt not in OPTIMIZER_MODES:
+            raise ConfigError(f"regrounding.optimizer={opt!r}: use one of {list(OPTIMIZER_MODES)}")
+        if data not in DATA_MODES:
+            raise ConfigError(f"regrounding.data={data!r}: use one of {list(DATA_MODES)}")
+        label = str(c.get("label") or f"({M},{N})")
+        out.append({"M": M, "N": N, "iterations": iters, "optimizer": opt, "data": data, "label": label,
+                    "alpha": alpha(M, N), "real_steps": M * iters, "virtual_steps": (M + N) * iters})
+    labels = [c["label"] for c in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"regrounding: configurations need distinct labels, got {labels} (set `label`)")
+    return out
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in label).strip("_")
+
+
+def _accuracy(metrics: dict | None) -> dict[str, float] | None:
+    if not metrics:
+        return None
+    acc = {b: m.get("accuracy") for b, m in metrics.items() if isinstance(m, dict) and m.get("accuracy") is not None}
+    return acc or None
+
+
+class Regrounding:
+    """One re-grounding experiment on top of the pipeline's stage runner."""
+
+    def __init__(self, cfg, out_dir: Path, tracker=None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.p = Pipeline(cfg, out_dir, tracker)
+        self.rg = cfg.regrounding
+        self.confs = configurations(cfg)
+        self.budget = max(c["real_steps"] for c in self.confs)
+        self.eval_every = int(self.rg.eval_every) if self.rg.get("eval_every") else 0
+        self.backend = str(cfg.train.get("backend", "trl"))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def evaluate(self, label: str, model: str | None, ident: str) -> dict[str, float] | None:
+        return _accuracy(self.p.evaluate_model(label, model, ident))
+
+    def eval_due(self, real_step: int) -> bool:
+        return bool(self.eval_every) and real_step % self.eval_every == 0
+
+    def base(self) -> tuple[str | None, str]:
+        """The step-0 model (built for train.model=tiny) and its identity."""
+        from rlvr_linearity.train.trl_grpo import base_model_dir
+
+        t = {k: v for k, v in section(self.cfg, "train").items() if k not in ("steps", "save_every")}
+        ident = stage_key("regrounding_base", {"train": t, "task": section(self.cfg, "task"), "seed": self.cfg.seed})
+        if self.p.dry_run:
+            return None, ident
+        model = str(self.cfg.train.model)
+        if self.backend == "trl" or model == "tiny":
+            model = base_model_dir(self.cfg)
+        return model, ident
+
+    # -- plain GRPO ---------------------------------------------------------------------------------
+    def baseline(self, base_model: str | None) -> list[dict]:
+        """Plain GRPO for the largest real-step budget, evaluated on the same schedule (step 0
+        included: the base model, evaluated as the train stage's step 0)."""
+        bcfg = derive(self.cfg, **{"train.steps": self.budget})
+        if "train" not in list(bcfg.pipeline.stages):
+            bcfg = derive(bcfg, **{"pipeline.stages": ["train", *bcfg.pipeline.stages]})
+        bp = Pipeline(bcfg, self.out, self.p.tracker)
+        bp.cache, bp.plan, bp.timings = self.p.cache, self.p.plan, self.p.timings  # one plan and timing table
+        traj_path, ident = bp.trajectory()
+        bounds = {k * c["M"] for c in self.confs for k in range(1, c["iterations"] + 1)}
+        wanted = sorted({s for s in range(1, self.budget + 1) if self.eval_due(s) or s in bounds} | {self.budget})
+        points = [{"real_steps": 0, "virtual_step": 0, "accuracy": self.evaluate("step_0", base_model, ident)}]
+        if self.p.dry_run:
+            for s in wanted:
+                self.evaluate(f"step_{s}", None, ident)
+            return points
+        traj = bp.open_trajectory(traj_path)
+        for s in wanted:
+            if s not in traj.steps:
+                log.warning("regrounding: plain GRPO has no checkpoint at step %d (train.save_every); not evaluated", s)
+                continue
+            points.append({"real_steps": s, "virtual_step": s,
+                           "accuracy": self.evaluate(f"step_{s}", str(traj.model(s).path), ident)})
+        self.baseline_trajectory = traj_path
+        return [p for p in points if p["accuracy"]]
+
+    # -- re-grounding -------------------------------------------------------------------------------
+    def method(self, c: dict, base_model: str | None, base_ident: str, base_acc) -> dict:
+        from rlvr_linearity.train.regrounding import extrapolate_segment, last_checkpoint, train_segment
+
+        M, N, slug = c["M"], c["N"], _slug(c["label"])
+        train_key = {k: v for k, v in section(self.cfg, "train").items() if k not in ("model", "steps")}
+        start, ident, previous = base_model, base_ident, None
+        points = [{"real_steps": 0, "virtual_step": 0, "accuracy": base_acc, "kind": "base"}]
+        segments = []
+        for k in range(c["iterations"]):
+            v0, r0 = k * (M + N), k * M
+            seg_cfg = {"train": train_key, "task": section(self.cfg, "task"), "seed": self.cfg.seed,
+                       "segment": {"k": k, "M": M, "optimizer": c["optimizer"], "data": c["data"]}}
+
+            def train_fn(d: Path, start=start, k=k, previous=previous) -> dict:
+                traj = train_segment(self.cfg, d, start, k, M, optimizer=c["optimizer"], data=c["data"],
+                                     previous=previous)
+                return {"trajectory": str(traj), "last": str(last_checkpoint(traj, M))}
+
+            seg = Stage("regrounding_segment", seg_cfg, [ident], train_fn, label=f"rg_{slug}_seg{k}")
+            res = self.p.run_stage(seg)
+            traj_dir = res.result["trajectory"] if res else None
+            seg_row: dict[str, Any] = {"k": k, "real_steps": [r0, r0 + M], "virtual_steps": [v0, v0 + M + N],
+                                       "alpha": c["alpha"], "train_seconds": res.seconds if res else None}
+            # evaluations inside the segment (real steps r0 + j, 0 < j < M)
+            inner = [j for j in range(1, M) if self.eval_due(r0 + j)]
+            if inner and traj_dir is not None:
+                from rlvr_linearity.trajectory import open_trajectory
+
+                steps = set(open_trajectory(path=traj_dir).steps)
+                inner = [j for j in inner if j in steps]
+            for j in inner:
+                path = None
+                if traj_dir is not None:
+                    from rlvr_linearity.trajectory import open_trajectory
+
+                    path = str(open_trajectory(path=traj_dir, steps=[j]).model(j).path)
+                acc = self.evaluate(f"rg_{slug}_seg{k}_step_{j}", path, seg.key)
+                points.append({"real_steps": r0 + j, "virtual_step": v0 + j, "accuracy": acc, "kind": "trained"})
+            last = res.result["last"] if res else None
+            seg_row["trained_accuracy"] = self.evaluate(f"rg_{slug}_seg{k}_step_{M}", last, seg.key)
+
+            ex_cfg = {"M": M, "N": N, "extrapolate_norms": bool(self.rg.get("extrapolate_norms", False)),
+                      "dtype": self.rg.get("dtype")}
+
+            def extra_fn(d: Path, traj_dir=traj_dir) -> dict:
+                info = extrapolate_segment(Path(traj_dir), M, N, d / "extrapolate",
+                                           extrapolate_norms=ex_cfg["extrapolate_norms"], dtype=ex_cfg["dtype"])
+                return {"path": info["path"], "alpha": info["alpha"], "copied_from_second": info["copied_from_second"]}
+
+            ex = Stage("regrounding_extrapolate", ex_cfg, [seg.key], extra_fn, label=f"rg_{slug}_extra{k}")
+            res_ex = self.p.run_stage(ex)
+            start = res_ex.result["path"] if res_ex else None
+            ident, previous = ex.key, (Path(last) if last else None)
+            acc = self.evaluate(f"rg_{slug}_seg{k}_extrapolated", start, ex.key)
+            seg_row["extrapolated_accuracy"] = acc
+            seg_row["extrapolate_seconds"] = res_ex.seconds if res_ex else None
+            seg_row["model"] = start
+            segments.append(seg_row)
+            points.append({"real_steps": r0 + M, "virtual_step": v0 + M + N, "accuracy": acc, "kind": "extrapolated"})
+        points = [p for p in points if p["accuracy"]]
+        return {"label": c["label"], "M": M, "N": N, "alpha": c["alpha"], "iterations": c["iterations"],
+                "optimizer": c["optimizer"], "data": c["data"], "points": points, "segments": segments}
+
+    # -- the whole experiment --------------------------------------------------------------------------
+    def run(self) -> dict:
+        start_t = time.perf_counter()
+        if self.backend not in ("trl", "verl"):
+            raise ConfigError(f"train.backend: unknown backend {self.backend!r} (use trl or verl)")
+        base_model, base_ident = self.base()
+        std = self.baseline(base_model) if bool(self.rg.get("baseline", True)) else []
+        base_acc = std[0]["accuracy"] if std else self.evaluate("base", base_model, base_ident)
+        methods = [self.method(c, base_model, base_ident, base_acc) for c in self.confs]
+        benches = [str(b) for b in self.cfg.benchmarks]
+        data = {"benchmark": benches[0], "budget": self.budget, "std_rl": std, "methods": methods,
+                "settings": {"eval_every": self.eval_every, "backend": self.backend,
+                             "extrapolate_norms": bool(self.rg.get("extrapolate_norms", False)),
+                             "seed": int(self.cfg.seed), "prompts_per_step": int(self.cfg.train.prompts_per_step),
+                             "group_size": int(self.cfg.train.group_size)},
+                "baseline_trajectory": getattr(self, "baseline_trajectory", None)}
+        if self.p.dry_run:
+            listing = [{"stage": s.label or s.name, "key": s.key, "cached": cached} for s, cached in self.p.plan]
+            for row in listing:
+                print(f"{'cached' if row['cached'] else 'to run':>7}  {row['stage']}  ({row['key']})")
+            return {"dry_run": listing}
+        data["timings"] = self.timings(time.perf_counter() - start_t)
+        data["stages"] = [{"stage": s.label or s.name, "key": s.key, "cached": cached} for s, cached in self.p.plan]
+        write_json_atomic(self.out / "regrounding.json", data)
+        if "report" in list(self.cfg.pipeline.stages):
+            write_report(self.cfg, self.out, data)
+            write_json_atomic(self.out / "regrounding.json", data)
+        if self.p.tracker is not None:
+            self.p.tracker.summary({f"time/{k}": v for k, v in data["timings"].items() if not isinstance(v, dict)})
+            self.p.tracker.table("regrounding", [
+                {"method": m["label"], "real_steps": pt["real_steps"], "virtual_step": pt["virtual_step"],
+                 **{f"accuracy/{b}": a for b, a in (pt["accuracy"] or {}).items()}}
+                for m in [{"label": "std_rl", "points": std}, *methods] for pt in m["points"]])
+        return data
+
+    def timings(self, total: float) -> dict:
+        """Seconds per arm (stages computed in this process; cached stages count 0)."""
+        t = self.p.timings
+        out: dict[str, Any] = {"total": round(total, 3), "plain_grpo_train": t.get("train", 0.0)}
+        for c in self.confs:
+            slug = _slug(c["label"])
+            out[f"regrounding_{slug}_train"] = round(sum(v for k, v in t.items() if k.startswith(f"rg_{slug}_seg")), 3)
+            out[f"regrounding_{slug}_extrapolate"] = round(
+                sum(v for k, v in t.items() if k.startswith(f"rg_{slug}_extra")), 3)
+        out["evaluate"] = round(sum(v for k, v in t.items() if k.startswith("eval_")), 3)
+        out["stages"] = dict(t)
+        return out
+
+
+def run_regrounding(cfg, out_dir: Path, tracker=None) -> dict:
+    """Entry point from `run_pipeline` when the experiment has a `regrounding` section."""
+    if OmegaConf.select(cfg, "regrounding") is None:
+        raise ConfigError("pipeline: no `regrounding` section (use experiment=regrounding)")
+    return Regrounding(cfg, Path(out_dir), tracker).run()
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def accuracy_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    """Rows: real RL steps; columns: plain GRPO, then each configuration (its virtual step)."""
+    bench = data["benchmark"]
+    arms = [("plain GRPO", data.get("std_rl") or [])] + [(m["label"], m["points"]) for m in data["methods"]]
+    steps = sorted({p["real_steps"] for _, pts in arms for p in pts})
+    header = ["real RL steps"] + [a for a, _ in arms]
+    rows = []
+    for s in steps:
+        row = [str(s)]
+        for i, (_, pts) in enumerate(arms):
+            p = next((p for p in pts if p["real_steps"] == s), None)
+            if p is None or not p.get("accuracy"):
+                row.append("")
+                continue
+            cell = _fmt(p["accuracy"].get(bench))
+            if i and p.get("virtual_step") not in (None, s):
+                cell += f" (virtual {p['virtual_step']}{', extrapolated' if p.get('kind') == 'extrapolated' else ''})"
+            row.append(cell)
+        rows.append(row)
+    return header, rows
+
+
+def verdict(data: dict, speedup_rows: list[dict]) -> list[str]:
+    bench, budget = data["benchmark"], data["budget"]
+    std = {p["real_steps"]: (p.get("accuracy") or {}).get(bench) for p in data.get("std_rl") or []}
+    lines = []
+    if std.get(0) is not None and std.get(budget) is not None:
+        lines.append(f"Plain GRPO: {bench} accuracy {std[0]:.3f} at step 0 → {std[budget]:.3f} after {budget} real steps "
+                     f"(best {max(v for v in std.values() if v is not None):.3f}).")
+    for m in data["methods"]:
+        pts = {p["real_steps"]: (p.get("accuracy") or {}).get(bench) for p in m["points"]}
+        end = m["M"] * m["iterations"]
+        if pts.get(end) is None:
+            continue
+        cmp = ""
+        if std.get(end) is not None:
+            d = pts[end] - std[end]
+            cmp = f", {d * 100:+.1f} points vs plain GRPO at the same real steps ({std[end]:.3f})"
+        best = max(v for v in pts.values() if v is not None)
+        lines.append(f"Re-grounding {m['label']} (α = {m['alpha']:g}, optimizer {m['optimizer']}, data {m['data']}): "
+                     f"{pts[end]:.3f} after {end} real steps = virtual step {(m['M'] + m['N']) * m['iterations']}{cmp}; "
+                     f"best {best:.3f}.")
+        segs = [s for s in m.get("segments") or [] if s.get("trained_accuracy") and s.get("extrapolated_accuracy")]
+        if segs:
+            gains = [s["extrapolated_accuracy"][bench] - s["trained_accuracy"][bench] for s in segs]
+            lines.append(f"  Each extrapolation changed accuracy by {', '.join(f'{g * 100:+.0f}' for g in gains)} points "
+                         f"relative to the segment's trained end model (mean {sum(gains) / len(gains) * 100:+.1f}).")
+    for r in speedup_rows:
+        parts = []
+        for lbl, v in r["methods"].items():
+            if v["steps"] is None:
+                parts.append(f"{lbl} not reached")
+            else:
+                parts.append(f"{lbl} {v['steps']} steps" + (f" ({v['speedup']:.2f}×)" if v["speedup"] else ""))
+        s = r["std_rl"]
+        lines.append(f"Reaching {bench} ≥ {r['threshold']:.3f}: plain GRPO "
+                     f"{'never (within the budget)' if s is None else f'{s} steps'}; " + "; ".join(parts) + ".")
+    return lines
+
+
+def write_report(cfg, out_dir: Path, data: dict) -> Path:
+    """LIN Table 2 / Fig. 6 through `rlvr figures` (figures.regenerate), then `DIR/report.md`."""
+    from rlvr_linearity.figures import paper
+    from rlvr_linearity.figures.regenerate import regenerate
+
+    out_dir = Path(out_dir)
+    fcfg = cfg.get("figures") or {}
+    bench = data["benchmark"]
+    thresholds = fcfg.get("fig6_thresholds") or cfg.regrounding.get("thresholds")
+    thresholds = list(thresholds) if thresholds else None
+    budgets = fcfg.get("table2_budgets")  # default: every segment boundary (where extrapolated models stand)
+    budgets = list(budgets) if budgets else sorted({m["M"] * (k + 1) for m in data["methods"]
+                                                    for k in range(m["iterations"])}) or None
+    index = regenerate([out_dir], out_dir, pdf=bool(fcfg.get("pdf", True)), reference=bool(fcfg.get("reference", True)),
+                       table2_budgets=budgets, fig6_thresholds=thresholds,
+                       fig6_benchmark=fcfg.get("fig6_benchmark"))
+    made = {m["id"]: m for m in index["made"]}
+    data["figures"] = {k: made[k]["outputs"] for k in ("lin_table2", "lin_fig6") if k in made}
+    thr = thresholds or paper.default_thresholds(data, bench)
+    sp = paper.speedups(data, thr, bench) if data.get("std_rl") else []
+    budget_rows = paper.budget_table(data, budgets) if data.get("std_rl") else []
+    data["speedups"], data["table2"] = sp, budget_rows
+
+    rg = cfg.regrounding
+    lines = [f"# Periodic re-grounding (LIN RL-Extra): {cfg.get('experiment_name') or 'regrounding'}", ""]
+    lines += [f"Benchmark `{bench}` (held-out split; sampling n={cfg.sampling.n}, temperature={cfg.sampling.temperature}), "
+              f"backend `{data['settings']['backend']}`, {data['settings']['prompts_per_step']} prompts × "
+              f"{data['settings']['group_size']} samples per step, lr {cfg.train.lr}, seed {cfg.seed}. "
+              "Each iteration trains M real GRPO steps, then weight-extrapolates from the segment's start model "
+              "through its end model with α = (M+N)/M and continues from there; plain GRPO trains the same real "
+              "steps on the same prompt order. Prompts continue across segments (no prompt replayed) unless "
+              "`data: replay`.", ""]
+    lines += ["## Configurations", ""]
+    lines += _table(["config", "M", "N", "α", "iterations", "real steps", "virtual steps", "optimizer", "data"],
+                    [[m["label"], str(m["M"]), str(m["N"]), f"{m['alpha']:g}", str(m["iterations"]),
+                      str(m["M"] * m["iterations"]), str((m["M"] + m["N"]) * m["iterations"]), m["optimizer"], m["data"]]
+                     for m in data["methods"]]) + [""]
+    lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(data, sp)] + [""]
+    lines += ["## Accuracy vs real RL steps", ""]
+    header, rows = accuracy_table(data)
+    lines += _table(header, rows) + [""]
+    if "lin_fig6" in made:
+        png = next(o for o in made["lin_fig6"]["outputs"] if o.endswith(".png"))
+        lines += [f"![LIN Fig. 6: accuracy vs real RL steps and speed-ups](figures/{Path(png).name})", ""]
+    if sp:
+        labels = [m["label"] for m in data["methods"]]
+        lines += ["## Speed-up to accuracy thresholds (LIN Fig. 6)", "",
+                  "Real RL steps for the first evaluation at or above each threshold; speed-up = plain GRPO's steps / "
+                  "re-grounding's.", ""]
+        lines += _table(["threshold", "plain GRPO", *labels],
+                        [[f"≥ {r['threshold']:.3f}", "–" if r["std_rl"] is None else str(r["std_rl"]),
+                          *[("–" if v["steps"] is None else str(v["steps"])) + (f" ({v['speedup']:.2f}×)" if v["speedup"] else "")
+                            for v in r["methods"].values()]] for r in sp]) + [""]
+    if budget_rows:
+        lines += ["## Fixed real-step budgets (LIN Table 2)", ""]
+        lines += _table(["config", "real steps", "plain GRPO", "re-grounding", "virtual step", "%Imp"],
+                        [[r["method"], str(r["budget"]), _fmt(r["accuracy"][bench][0]) if bench in r["accuracy"] else "–",
+                          _fmt(r["accuracy"][bench][1]) if bench in r["accuracy"] else "–", str(r.get("virtual_step")),
+                          paper.pct(r["imp_mean_of_relative"])] for r in budget_rows]) + [""]
+    lines += ["## Segments", "", "Accuracy of each segment's trained end model and of its extrapolation "
+              "(the next segment's start).", ""]
+    seg_rows = []
+    for m in data["methods"]:
+        for s in m.get("segments") or []:
+            seg_rows.append([m["label"], str(s["k"]), f"{s['real_steps'][0]}–{s['real_steps'][1]}",
+                             f"{s['virtual_steps'][0]}→{s['virtual_steps'][0] + m['M']}→{s['virtual_steps'][1]}",
+                             _fmt((s.get("trained_accuracy") or {}).get(bench)),
+                             _fmt((s.get("extrapolated_accuracy") or {}).get(bench)),
+                             _fmt(s.get("train_seconds"), 1)])
+    lines += _table(["config", "segment", "real steps", "virtual steps (start→trained→extrapolated)",
+                     "trained", "extrapolated", "train s"], seg_rows) + [""]
+    t = data.get("timings") or {}
+    lines += ["## Timings (this process; cached stages count 0 s)", ""]
+    lines += _table(["what", "seconds"], [[k, _fmt(v, 1)] for k, v in t.items() if not isinstance(v, dict)]) + [""]
+    lines += ["Files: `regrounding.json` (schema `Regrounding` in rlvr_linearity/figures/schemas.py), "
+              "`figures/lin_fig6_regrounding.png`, `figures/lin_fig6_speedups.md`, `figures/lin_table2.md`; "
+              f"stages under `stages/` (links into `{cfg.pipeline.stage_dir}`).", ""]
+    path = out_dir / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
