@@ -340,3 +340,22 @@ def test_a_first_save_cut_short_is_discarded(tmp_path):
     (ck / "model.safetensors").write_bytes(b"partial")
     assert saved_steps(tmp_path) == [1]
     assert _resumable(tmp_path) is None and not ck.exists()
+
+
+def test_paper_preset_plans_lins_loop(tmp_path, capsys):
+    """experiment=paper/lin_regrounding: verl, LIN's (100,100) x 12 and Fig. 6's configurations on
+    the same 1,200 real steps; the dry run lists every stage without running anything."""
+    from rlvr_linearity.pipeline.regrounding import configurations, run_regrounding
+
+    cfg = _compose(["experiment=paper/lin_regrounding", "logger=none", "pipeline.dry_run=true",
+                    f"pipeline.stage_dir={tmp_path / 'stages'}", f"output_dir={tmp_path / 'out'}"])
+    assert cfg.train.backend == "verl" and cfg.regrounding.optimizer == "reset"
+    confs = configurations(cfg)
+    assert [(c["label"], c["iterations"], c["alpha"]) for c in confs] == [
+        ("(100,100)", 12, 2.0), ("(300,300)", 4, 2.0), ("(300,600)", 4, 3.0), ("(20,100)", 60, 6.0)]
+    listing = run_regrounding(cfg, tmp_path / "out")["dry_run"]
+    names = [row["stage"] for row in listing]
+    assert names.count("train") == 1 and not any(row["cached"] for row in listing)
+    assert sum(n.startswith("rg_") and "_seg" in n and not n.startswith("eval") for n in names) == 12 + 4 + 4 + 60
+    assert "rg_100_100_extra11" in names and "eval_rg_20_100_seg59_extrapolated" in names
+    assert not (tmp_path / "out" / "regrounding.json").exists()

@@ -67,11 +67,12 @@ CATALOGUE = [
                 "pipeline.logits.targets=[2000] benchmarks=[aime24,aime25,math500,livecodebench] -m hydra/launcher=slurm_gpu (GPU)"),
     PaperFigure("lin_table2", "LIN", "Table 2: re-grounding at fixed real-step budgets",
                 "regrounding.json (schema `Regrounding`)",
-                "the re-grounding loop of methods.md B4 on a GPU cluster (rlvr train / rlvr extrapolate "
-                "extrapolate.method=weight / rlvr evaluate per segment), collected into regrounding.json"),
+                "rlvr pipeline experiment=paper/lin_regrounding (GPU cluster; experiment=regrounding: the demo-scale "
+                "loop on CPU)"),
     PaperFigure("lin_fig6", "LIN", "Fig. 6: re-grounding efficiency (real steps to accuracy thresholds)",
                 "regrounding.json (schema `Regrounding`)",
-                "the re-grounding loop of methods.md B4 on a GPU cluster, collected into regrounding.json"),
+                "rlvr pipeline experiment=paper/lin_regrounding (GPU cluster; experiment=regrounding: the demo-scale "
+                "loop on CPU)"),
     PaperFigure("relex_explained_variance", "RELEX", "Finding 1: explained variance of rank r per tensor",
                 "linearity/lowrank.json, or extrapolate/extrapolation.json of RELEX",
                 f"rlvr linearity {RELEX_EXP} linearity.windows=[75,all]"),
