@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -87,12 +88,29 @@ class Trajectory:
             h.update(f"|{s}:{mf.sample_digest()}".encode())
         return h.hexdigest()
 
-    def iter_blocks(self, name: str, steps=None, max_elements: int = 1 << 24
+    def block_dtype(self, name: str, steps=None) -> torch.dtype:
+        """The widest stored dtype of `name` over `steps` (default all): `iter_blocks`' default."""
+        steps = list(self.steps if steps is None else steps)
+        dtype = self.model(steps[0]).dtype(name)
+        for s in steps[1:]:
+            dtype = torch.promote_types(dtype, self.model(s).dtype(name))
+        return dtype
+
+    def iter_blocks(self, name: str, steps=None, max_elements: int = 1 << 24, dtype: torch.dtype | None = None
                     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield (start, stop, block): rows [start:stop) of dim 0 of `name` for `steps` (default all),
         block `[len(steps), stop - start, *shape[1:]]` in stored dtype (the widest one if steps
-        differ, e.g. bf16 base + fp32 steps: exact). A block holds at most `max_elements`
-        elements, but always at least one row."""
+        differ, e.g. bf16 base + fp32 steps: exact), or in `dtype` if given: it must hold every
+        stored dtype exactly (e.g. float32 for bf16/fp16/fp32, float64 for anything), so the
+        values are the same and the reader converts once instead of the caller converting again.
+        A block holds at most `max_elements` elements, but always at least one row; each block is
+        a new tensor (callers may keep it).
+
+        Each step's rows are read once, straight into the block (`ModelFiles.read_rows_into`: one
+        pread into the block when the dtypes agree, else into a reused buffer and one conversion),
+        with one torch thread on CPU while the block is filled and checked (small memory-bound
+        copies; OpenMP spin-waiting costs a shared CPU dearly); the caller's thread count is
+        restored before the block is yielded."""
         steps = list(self.steps if steps is None else steps)
         models = [self.model(s) for s in steps]
         shape = self.base.shape(name)
@@ -101,22 +119,47 @@ class Trajectory:
         row_size = 1
         for d in rest:
             row_size *= d
-        dtype = models[0].dtype(name)
-        for m in models[1:]:
-            dtype = torch.promote_types(dtype, m.dtype(name))
+        wide = self.block_dtype(name, steps)
+        if dtype is None:
+            dtype = wide
+        elif torch.promote_types(wide, dtype) != dtype:
+            raise ValueError(f"iter_blocks({name!r}, dtype={dtype}): cannot hold the stored {wide} exactly")
         per = max(1, int(max_elements) // max(1, len(steps) * row_size))
+        # bytes of the conversion buffer: the largest stored item that is not read straight into the block
+        convert = [m.dtype(name).itemsize for m in models if hasattr(m, "read_rows_into") and m.dtype(name) != dtype]
+        scratch = torch.empty(min(per, rows) * row_size * max(convert), dtype=torch.uint8) if convert else None
         for start in range(0, rows, per):
             stop = min(rows, start + per)
             block = torch.empty((len(steps), stop - start, *rest), dtype=dtype)
-            for i, (s, m) in enumerate(zip(steps, models)):
-                block[i] = m.read_rows(name, start, stop).reshape(stop - start, *rest)
-            # a sum is finite iff every element is, barring overflow: exact check only then (fast path)
-            if self.check_finite and dtype.is_floating_point and not torch.isfinite(block.sum()) \
-                    and not torch.isfinite(block).all():
+            with torch_threads(1):
+                for i, m in enumerate(models):
+                    if hasattr(m, "read_rows_into"):
+                        m.read_rows_into(name, start, stop, block[i], scratch)
+                    else:  # FSDP shard steps: assembled in memory by the reader
+                        block[i] = m.read_rows(name, start, stop).reshape(stop - start, *rest)
+                # a sum is finite iff every element is, barring overflow: exact check only then (fast path)
+                bad = self.check_finite and dtype.is_floating_point and not torch.isfinite(block.sum()) \
+                    and not torch.isfinite(block).all()
+            if bad:
                 i = int((~torch.isfinite(block.reshape(len(steps), -1))).any(1).nonzero()[0])
                 raise TrajectoryError(f"{where(models[i].info(name).file, steps[i], name)}: NaN/Inf weights "
                                       f"(rows {start}:{stop})")
             yield start, stop, block
+
+
+@contextmanager
+def torch_threads(n: int = 1):
+    """Run the body with `n` torch intra-op threads, then restore the caller's count (even on
+    error). A no-op when the count is already `n`."""
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _get(cfg, key, default=None):

@@ -1,14 +1,19 @@
 """One HF model directory on disk: safetensors headers parsed up front, tensors read lazily.
 
-Tensors are always read in their STORED dtype through `safe_open` (mmap); config.json's dtype
-is ignored on purpose (verl writes fp32 tensors under a config that says bfloat16).
+Tensors are always read in their STORED dtype; config.json's dtype is ignored on purpose (verl
+writes fp32 tensors under a config that says bfloat16). Whole tensors come through `safe_open`
+(mmap); the streaming path (`read_rows_into`, used by `Trajectory.iter_blocks`) reads a row
+range's bytes with one `pread` straight into the caller's buffer, so nothing is mapped and the
+page cache is not counted in the process's RSS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,7 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_PREADV = hasattr(os, "preadv")
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ class ModelFiles:
         if not self._info:
             raise TrajectoryError(f"{where(self.files[0], step)}: no tensors stored")
         self._handles: dict[Path, object] = {}
+        self._fd: tuple[Path, int] | None = None  # the one raw descriptor kept open (read_rows_into)
+        self._fd_lock = threading.Lock()
 
     def _weight_files(self) -> list[Path]:
         self._index = None
@@ -201,6 +209,81 @@ class ModelFiles:
         if not ti.shape:
             return self.read(name).reshape(1)[start:stop]
         return self._handle(ti.file).get_slice(name)[start:stop]
+
+    def read_rows_into(self, name: str, start: int, stop: int, out: torch.Tensor,
+                       scratch: torch.Tensor | None = None) -> None:
+        """Rows [start:stop) of dim 0 (elements for 1-D tensors, the value for 0-D ones) into the
+        contiguous tensor `out` (that many elements, any shape). One `pread` of the rows' bytes
+        straight into `out` when it has the stored dtype; otherwise into `scratch` (a uint8
+        buffer, grown if too small; allocated if None) and one conversion `out.copy_`."""
+        ti = self.info(name)
+        row = 1
+        for d in ti.shape[1:]:
+            row *= d
+        rows = ti.shape[0] if ti.shape else 1
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows {start}:{stop} of a tensor with {rows}")
+        count = (stop - start) * row
+        if out.numel() != count or not out.is_contiguous():
+            raise ValueError(f"read_rows_into: out must be contiguous with {count} elements")
+        if count == 0:
+            return
+        item = ti.dtype.itemsize
+        offset, nbytes = ti.start + start * row * item, count * item
+        direct = out.dtype == ti.dtype
+        if direct:
+            dst = out.reshape(-1)
+        else:
+            if scratch is None or scratch.numel() < nbytes:
+                scratch = torch.empty(nbytes, dtype=torch.uint8)
+            dst = scratch[:nbytes].view(ti.dtype)
+        self._pread(ti.file, dst.view(torch.uint8).numpy(), offset, name)
+        if not direct:
+            out.reshape(-1).copy_(dst)
+
+    def _pread(self, file: Path, buf, offset: int, name: str) -> None:
+        """Fill the writable byte buffer `buf` from `file` at `offset` (short reads continued)."""
+        mv = memoryview(buf).cast("B")
+        with self._fd_lock:
+            if self._fd is None or self._fd[0] != file:  # a tensor lives in one shard: one fd per model
+                self._close_fd()
+                try:
+                    self._fd = (file, os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+                except OSError as e:
+                    raise TrajectoryError(f"{where(file, self.step, name)}: cannot read ({e.strerror or e})") from None
+            fd = self._fd[1]
+            done = 0
+            while done < len(mv):
+                try:
+                    if _PREADV:
+                        n = os.preadv(fd, [mv[done:]], offset + done)
+                    else:  # no preadv (older macOS): one more copy
+                        got = os.pread(fd, min(len(mv) - done, 1 << 30), offset + done)
+                        n = len(got)
+                        mv[done:done + n] = got
+                except OSError as e:
+                    raise TrajectoryError(f"{where(file, self.step, name)}: cannot read ({e.strerror or e})") from None
+                if n <= 0:
+                    raise TrajectoryError(f"{where(file, self.step, name)}: truncated safetensors file (read "
+                                          f"ends at byte {offset + done}, expected {len(mv) - done} more)")
+                done += n
+
+    def close(self) -> None:
+        """Close the raw descriptor of `read_rows_into` (reopened on the next read)."""
+        with self._fd_lock:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd[1], None
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            if getattr(self, "_fd", None) is not None:
+                os.close(self._fd[1])
+        except OSError:
+            pass
 
     def sample_digest(self, n_ranges: int = 4, size: int = 1 << 16) -> str:
         """sha256 of every header plus `n_ranges` evenly spaced `size`-byte ranges of each file's data."""
