@@ -101,6 +101,7 @@ def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
     meta = json.loads((traj / "trajectory.json").read_text())
     assert meta["steps"] == [1, 2, 3] and meta["trainer"] == "trl" and meta["base"] == str(tiny_dir)
     assert meta["config"]["steps"] == 3
+    assert not (traj / "README.md").exists() and "URL not available" not in res.stderr  # no TRL model card
     rows = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:

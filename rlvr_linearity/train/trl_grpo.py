@@ -199,6 +199,9 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
                           callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
+    # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
+    # URL each time (a warning per step offline); the trajectory needs none.
+    trainer.create_model_card = lambda *args, **kwargs: None
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if saved_steps(traj_dir)[-1:] != [steps]:  # the final step is always saved
