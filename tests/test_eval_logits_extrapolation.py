@@ -115,3 +115,28 @@ def test_evaluate_with_logits_engine(pair, tmp_path, rlvr_cache):
                                              "engine.device=cpu", "evaluate.max_problems=2", "sampling.max_tokens=4"])
     m = evaluate(cfg, tmp_path)["arithmetic"]
     assert m["n_problems"] == 2 and m["n_samples"] == 2
+
+
+def test_lazy_compaction_gives_the_same_tokens(pair):
+    """Finished rows carried along (as on a GPU) until compacted: the kept rows' tokens are unchanged."""
+    eng = LogitsExtrapolationEngine(*pair, 1.7, CPU)
+    greedy = {"temperature": 0.0, "max_tokens": 6}
+    first = eng.generate_ids(PROMPTS, greedy)
+    eng.eos = {first[0][0][2]}
+    eager = eng.generate_ids(PROMPTS, greedy)
+    assert eng.compact_at == 0.0 and len(eager[0][0]) < 6
+    for fraction in (0.5, 1.0):  # 1.0: never compacted before every row has finished
+        eng.compact_at = fraction
+        assert eng.generate_ids(PROMPTS, greedy) == eager
+
+
+def test_forward_asks_for_the_last_position_only(pair):
+    eng = LogitsExtrapolationEngine(*pair, 0.5, CPU)
+    assert eng._forward_kwargs(eng.model_a) == {"logits_to_keep": 1}
+
+    class Bare(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            raise NotImplementedError
+
+    assert eng._forward_kwargs(Bare()) == {}

@@ -3,11 +3,17 @@ logits are z = l_A + alpha * (l_B - l_A) on the raw last-position logits of two 
 tokenizer, then temperature, top-k, top-p and sampling (argmax when temperature is 0).
 
 Prompts x samples are decoded together with left padding; each model keeps one KV cache
-(DynamicCache) and finished rows are dropped by index-selecting the cache tensors, so the
-batch shrinks as sequences end.
+(DynamicCache). Per step: two forwards over the new token only (logits of the last position
+only, `logits_to_keep=1`), the mix in place, one host sync (the sampled tokens). Finished rows
+are dropped by index-selecting the cache tensors; on a GPU, where an extra row in a decode step
+is nearly free and the copy is not, only once a quarter of the batch has finished (the finished
+rows meanwhile decode on, their tokens ignored; rows never see each other, so the kept rows'
+tokens are the same). The attention mask and positions are preallocated and sliced.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from tqdm import tqdm
@@ -59,6 +65,12 @@ class LogitsExtrapolationEngine:
         eos = self.model_a.generation_config.eos_token_id
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self._keep_kw: dict[int, dict] = {}
+        # fraction of a batch's rows that may have finished before the caches are compacted: none
+        # on CPU (a row costs its share of every matmul there), a quarter on a GPU
+        compact_at = engine_cfg.get("compact_at")
+        self.compact_at = float(compact_at) if compact_at is not None else (
+            0.25 if str(self.device).startswith("cuda") else 0.0)
 
     @classmethod
     def from_config(cls, cfg) -> "LogitsExtrapolationEngine":
@@ -78,12 +90,24 @@ class LogitsExtrapolationEngine:
         alpha = (float(t) - float(a)) / (float(b) - float(a))
         return cls(str(traj.model(int(a)).path), str(traj.model(int(b)).path), alpha, e)
 
-    @torch.no_grad()
+    def _forward_kwargs(self, model) -> dict:
+        """Ask for the last position's logits only, where the model's forward accepts it."""
+        params = inspect.signature(model.forward).parameters
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in params:
+                return {name: 1}
+        return {}
+
+    @torch.inference_mode()
     def _next_logits(self, model, cache, ids, mask, pos):
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        keep = self._keep_kw.get(id(model))
+        if keep is None:
+            keep = self._keep_kw[id(model)] = self._forward_kwargs(model)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                    **keep)
         return out.logits[:, -1].float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def first_step_logits(self, prompts: list[str]) -> torch.Tensor:
         """Mixed raw logits z for the first generated token of each prompt (for checks)."""
         from transformers import DynamicCache
@@ -94,7 +118,12 @@ class LogitsExtrapolationEngine:
         lb = self._next_logits(self.model_b, DynamicCache(), enc["input_ids"], enc["attention_mask"], pos)
         return mix_logits(la, lb, self.alpha)
 
-    @torch.no_grad()
+    def _mix_(self, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+        """mix_logits(la, lb, alpha) with the same arithmetic, in place in lb (the last forward's
+        logits, not needed again): no temporaries of the vocabulary's size."""
+        return lb.sub_(la).mul_(self.alpha).add_(la)
+
+    @torch.inference_mode()
     def generate_ids(self, prompts: list[str], sampling) -> list[list[list[int]]]:
         """Token ids (EOS excluded) of n samples per prompt."""
         from transformers import DynamicCache
@@ -110,33 +139,47 @@ class LogitsExtrapolationEngine:
         for start in tqdm(range(0, len(rows), self.batch_size), desc="logits extrapolation", disable=None):
             batch = rows[start:start + self.batch_size]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
-            ids, mask = enc["input_ids"], enc["attention_mask"]
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+            width = ids.shape[1]
+            mask = torch.ones(len(batch), width + max_new, dtype=prompt_mask.dtype, device=self.device)
+            mask[:, :width] = prompt_mask
+            pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+            # position of the token fed at step t (t >= 1) is step_pos[:, t - 1]
+            step_pos = pos[:, -1:] + torch.arange(1, max_new + 1, device=self.device)
             caches = (DynamicCache(), DynamicCache())
-            alive = torch.arange(len(batch), device=self.device)  # batch row -> position in `batch`
-            for _ in range(max_new):
-                la = self._next_logits(self.model_a, caches[0], ids, mask, pos)
-                lb = self._next_logits(self.model_b, caches[1], ids, mask, pos)
-                z = mix_logits(la, lb, self.alpha)
+            owner = list(range(len(batch)))  # cache row -> position in `batch`
+            active = [True] * len(batch)  # cache row still generating
+            n_done = 0
+            cur_ids, cur_mask, cur_pos = ids, prompt_mask, pos
+            for step in range(max_new):
+                la = self._next_logits(self.model_a, caches[0], cur_ids, cur_mask, cur_pos)
+                lb = self._next_logits(self.model_b, caches[1], cur_ids, cur_mask, cur_pos)
+                z = self._mix_(la, lb)
                 if temperature <= 0:
                     tok = z.argmax(-1)
                 else:
                     probs = torch.softmax(process_logits(z, temperature, top_p, top_k), dim=-1)
                     tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-                done = torch.tensor([t in self.eos for t in tok.tolist()], device=self.device)
-                for r, t, d in zip(alive.tolist(), tok.tolist(), done.tolist()):
-                    if not d:
-                        results[start + r].append(t)
-                keep = (~done).nonzero().squeeze(-1)
-                if keep.numel() == 0:
+                for r, t in enumerate(tok.tolist()):  # the step's one host sync
+                    if active[r]:
+                        if t in self.eos:
+                            active[r] = False
+                            n_done += 1
+                        else:
+                            results[start + owner[r]].append(t)
+                if n_done == len(owner) or step == max_new - 1:
                     break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-                pos = pos[:, -1:] + 1
-                ids = tok[:, None]
-                if keep.numel() < len(alive):
+                if n_done and n_done >= self.compact_at * len(owner):
+                    keep = [r for r, a in enumerate(active) if a]
+                    idx = torch.tensor(keep, device=self.device)
                     for c in caches:
-                        _select_rows(c, keep)
-                    alive, mask, pos, ids = alive[keep], mask[keep], pos[keep], ids[keep]
+                        _select_rows(c, idx)
+                    owner = [owner[r] for r in keep]
+                    active, n_done = [True] * len(keep), 0
+                    tok, mask, step_pos = tok[idx], mask[idx], step_pos[idx]
+                cur_ids = tok[:, None]
+                cur_mask = mask[:, :width + step + 1]
+                cur_pos = step_pos[:, step:step + 1]
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def generate(self, prompts: list[str], sampling) -> list[list[str]]:
