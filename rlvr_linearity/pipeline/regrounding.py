@@ -152,8 +152,10 @@ class Regrounding:
         segments = []
         for k in range(c["iterations"]):
             v0, r0 = k * (M + N), k * M
+            # segment 0 is the same whatever the optimizer / data mode: shared by every configuration with its M
+            modes = {"optimizer": c["optimizer"], "data": c["data"]} if k else {}
             seg_cfg = {"train": train_key, "task": section(self.cfg, "task"), "seed": self.cfg.seed,
-                       "segment": {"k": k, "M": M, "optimizer": c["optimizer"], "data": c["data"]}}
+                       "segment": {"k": k, "M": M, **modes}}
 
             def train_fn(d: Path, start=start, k=k, previous=previous) -> dict:
                 traj = train_segment(self.cfg, d, start, k, M, optimizer=c["optimizer"], data=c["data"],
@@ -167,17 +169,14 @@ class Regrounding:
                                        "alpha": c["alpha"], "train_seconds": res.seconds if res else None}
             # evaluations inside the segment (real steps r0 + j, 0 < j < M)
             inner = [j for j in range(1, M) if self.eval_due(r0 + j)]
+            traj = None
             if inner and traj_dir is not None:
                 from rlvr_linearity.trajectory import open_trajectory
 
-                steps = set(open_trajectory(path=traj_dir).steps)
-                inner = [j for j in inner if j in steps]
+                traj = open_trajectory(path=traj_dir)
+                inner = [j for j in inner if j in traj.steps]  # saved (train.save_every)
             for j in inner:
-                path = None
-                if traj_dir is not None:
-                    from rlvr_linearity.trajectory import open_trajectory
-
-                    path = str(open_trajectory(path=traj_dir, steps=[j]).model(j).path)
+                path = str(traj.model(j).path) if traj is not None else None
                 acc = self.evaluate(f"rg_{slug}_seg{k}_step_{j}", path, seg.key)
                 points.append({"real_steps": r0 + j, "virtual_step": v0 + j, "accuracy": acc, "kind": "trained"})
             last = res.result["last"] if res else None
