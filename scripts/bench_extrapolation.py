@@ -6,10 +6,14 @@ target, then 4 windows x 4 targets, each a separate `rlvr extrapolate` process w
     nice -n 10 .venv/bin/python scripts/bench_extrapolation.py /tmp/bench_lin_traj
 
 Reference points: floor = reading the window's tensors once and converting them to float32 (in
-this process, page cache warm); "write 16 outputs" = ModelWriter writing 16 bf16 models.
+this process, page cache warm, one torch thread: the fastest way); "iter_blocks" = the reader
+alone over the same window in RELEX's blocks; "write 16 outputs" = ModelWriter writing 16 bf16
+models. On a loaded machine compare CPU seconds (start-up subtracted): wall clock then mostly
+measures the other processes.
 Targets (issue 4): 1x1 <= 3x floor, peak anonymous RSS < 1.5 GB, 4x4 <= 1.5 x (1x1 + write 16),
-no temporary file larger than the outputs. Peak RSS (ru_maxrss) also counts safetensors pages
-mapped from the page cache; the anonymous part is what the process allocates.
+no temporary file larger than the outputs. Peak RSS (ru_maxrss) counts safetensors pages mapped
+from the page cache (whole tensors read through safe_open; the streaming reader preads instead);
+the anonymous part is what the process allocates.
 """
 
 from __future__ import annotations
@@ -25,24 +29,34 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_linearity import build, child, du, shapes  # noqa: E402  (the shared synthetic trajectory)
+from bench_linearity import best_floor, build, child, cpu_s, du, shapes  # noqa: E402  (shared synthetic trajectory)
 
 HISTORY, TARGET = 15, 60
 WINDOWS, TARGETS = [5, 10, 15, 20], [25, 40, 60, 100]
 
 
-def floor(root: Path, steps) -> float:
-    """Read every tensor of the given steps once, converted to float32."""
-    t = time.perf_counter()
-    acc = 0.0
-    for step in steps:
-        with safe_open(str(root / f"step_{step}" / "model.safetensors"), "pt") as f:
-            for name in f.keys():
-                acc += float(f.get_tensor(name).float()[..., :1].sum())
-    return time.perf_counter() - t
+def floor(root: Path, steps) -> tuple[float, float]:
+    """(wall s, CPU s): read every tensor of the given steps once, converted to float32."""
+    return best_floor(root, steps)
+
+
+def read_window(root: Path, steps, dtype=None) -> tuple[float, float]:
+    """(wall s, CPU s) of `Trajectory.iter_blocks` over every tensor of `steps` in RELEX's blocks
+    (stored dtype, or `dtype`): the reader alone, without the Gram and output arithmetic."""
+    from rlvr_linearity.trajectory import open_trajectory
+
+    traj = open_trajectory(path=str(root))
+    kw = {} if dtype is None else {"dtype": dtype}
+    best = (float("inf"), float("inf"))
+    for _ in range(2):
+        t, c = time.perf_counter(), cpu_s()
+        for name in traj.tensor_names:
+            for _ in traj.iter_blocks(name, steps, 1 << 22, **kw):
+                pass
+        best = (min(best[0], time.perf_counter() - t), min(best[1], cpu_s() - c))
+    return best
 
 
 def write_outputs(root: Path, out: Path, n: int) -> float:
@@ -99,12 +113,19 @@ def main() -> None:
     n_params = sum(int(torch.Size(s).numel()) for s in shapes().values())
     window_steps = list(range(HISTORY + 1))
     floor(a.path, window_steps)  # warm the page cache
-    fl = min(floor(a.path, window_steps) for _ in range(2))
+    fl, fl_cpu = floor(a.path, window_steps)
+    reads = [("iter_blocks: the window's blocks, stored dtype (reader alone)", read_window(a.path, window_steps))]
+    try:
+        reads.append(("iter_blocks: the window's blocks, dtype=float32 (reader alone)",
+                      read_window(a.path, window_steps, torch.float32)))
+    except TypeError:  # a reader without the dtype argument
+        pass
 
     work = Path(tempfile.mkdtemp(prefix="bench_ex_"))
     env = {**os.environ, "RLVR_CACHE_DIR": str(work / "cache"), "WANDB_MODE": "disabled"}
     common = [f"trajectory.path={a.path}", "logger=none", "hydra.job.chdir=false"]
-    start = min(child(["extrapolate", *common, "--cfg", "job"], env)[0] for _ in range(2))
+    starts = [child(["extrapolate", *common, "--cfg", "job"], env) for _ in range(2)]
+    start, start_cpu = min(r[0] for r in starts), min(r[1] for r in starts)
     w16 = write_outputs(a.path, work / "write16", 16)
     out_w16 = du(work / "write16")
 
@@ -113,34 +134,41 @@ def main() -> None:
                                                         f"extrapolate.targets=[{TARGET}]"], 1),
             ("RELEX 4 windows x 4 targets", ["extrapolate.cache=false", f"extrapolate.windows={WINDOWS}",
                                              f"extrapolate.targets={TARGETS}"], 16)]
-    times = {}
+    times, cpus = {}, {}
     for label, extra, n_out in runs:
         out = work / label.split()[1]
         wall, cpu, rss, anon, rc, tmp_peak = measured(
             ["extrapolate", *common, *extra, f"output_dir={out}"], env, [out, work / "cache"])
-        secs = wall - start
+        secs, cpu = wall - start, cpu - start_cpu
         times[n_out] = secs
+        cpus[n_out] = cpu
         outputs = du(out / "extrapolate")
         info = json.loads((out / "extrapolate" / "extrapolation.json").read_text()) if rc == 0 else {}
         rows.append((label, secs, cpu, rss, anon, tmp_peak, outputs, rc, info.get("timings", {})))
-        print(f"  {label}: {secs:.1f}s rc {rc} anon RSS {anon:.0f} MiB", flush=True)
+        print(f"  {label}: {secs:.1f}s, {cpu:.1f} CPU s, rc {rc}, peak RSS {rss:.0f} MiB, anonymous {anon:.0f} MiB",
+              flush=True)
 
     print(f"\nSynthetic Qwen2 trajectory: {n_params / 1e6:.0f}M parameters, base + {a.steps} bf16 checkpoints; "
           f"{os.cpu_count()} CPUs; torch {torch.__version__}.")
-    print(f"Start-up of `rlvr extrapolate --cfg job`: {start:.1f} s (subtracted). Floor (read steps 0..{HISTORY} "
-          f"once, to float32): {fl:.1f} s. Writing 16 bf16 outputs: {w16:.1f} s ({out_w16 / 2**30:.2f} GiB).\n")
-    print("| run | seconds | x floor | CPU s | peak RSS (MiB) | anonymous (MiB) | largest temp file (MiB) | outputs (MiB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| floor: read the window's tensors once, to float32 | {fl:.1f} | 1.00 | – | – | – | – | – |")
-    print(f"| ModelWriter: 16 bf16 outputs | {w16:.1f} | {w16 / fl:.2f} | – | – | – | – | {out_w16 / 2**20:.0f} |")
+    print(f"Start-up of `rlvr extrapolate --cfg job`: {start:.1f} s, {start_cpu:.1f} CPU s (both subtracted). "
+          f"Floor (read steps 0..{HISTORY} once, to float32, 1 torch thread): {fl:.1f} s, {fl_cpu:.1f} CPU s. "
+          f"Writing 16 bf16 outputs: {w16:.1f} s ({out_w16 / 2**30:.2f} GiB). "
+          f"Load average at the end: {os.getloadavg()[0]:.1f}.\n")
+    print("| run | seconds | x floor | CPU s | CPU x floor | peak RSS (MiB) | anonymous (MiB) | largest temp file (MiB) "
+          "| outputs (MiB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| floor: read the window's tensors once, to float32 | {fl:.1f} | 1.00 | {fl_cpu:.1f} | 1.00 | – | – | – | – |")
+    for label, (secs, cpu) in reads:
+        print(f"| {label} | {secs:.1f} | {secs / fl:.2f} | {cpu:.1f} | {cpu / fl_cpu:.2f} | – | – | – | – |")
+    print(f"| ModelWriter: 16 bf16 outputs | {w16:.1f} | {w16 / fl:.2f} | – | – | – | – | – | {out_w16 / 2**20:.0f} |")
     for label, secs, cpu, rss, anon, tmp_peak, outputs, rc, _ in rows:
         flag = "" if rc == 0 else f" (rc {rc})"
-        print(f"| {label}{flag} | {secs:.1f} | {secs / fl:.2f} | {cpu:.1f} | {rss:.0f} | {anon:.0f} | "
+        print(f"| {label}{flag} | {secs:.1f} | {secs / fl:.2f} | {cpu:.1f} | {cpu / fl_cpu:.2f} | {rss:.0f} | {anon:.0f} | "
               f"{tmp_peak / 2**20:.0f} | {outputs / 2**20:.0f} |")
     one, sweep = times.get(1, float("nan")), times.get(16, float("nan"))
-    print(f"\nChecks: 1x1 / floor = {one / fl:.2f} (target <= 3); anonymous RSS 1x1 = {rows[0][4]:.0f} MiB "
-          f"(target < 1536); 4x4 / (1x1 + write 16) = {sweep / (one + w16):.2f} (target <= 1.5); largest temp "
-          f"file <= outputs: {all(r[5] <= r[6] for r in rows)}.")
+    print(f"\nChecks: 1x1 / floor = {one / fl:.2f} wall, {cpus.get(1, float('nan')) / fl_cpu:.2f} CPU (target <= 3); "
+          f"anonymous RSS 1x1 = {rows[0][4]:.0f} MiB (target < 1536); 4x4 / (1x1 + write 16) = {sweep / (one + w16):.2f} "
+          f"(target <= 1.5); largest temp file <= outputs: {all(r[5] <= r[6] for r in rows)}.")
     for label, *_, timings in rows:
         print(f"  {label}: in-process timings {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     shutil.rmtree(work, ignore_errors=True)
