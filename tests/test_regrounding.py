@@ -109,7 +109,7 @@ def test_configurations():
 
 def test_experiment_composes_with_schema():
     cfg = _compose(["experiment=regrounding", "logger=none"])
-    assert (cfg.regrounding.M, cfg.regrounding.N, cfg.regrounding.iterations) == (10, 10, 3)
+    assert (cfg.regrounding.M, cfg.regrounding.N, cfg.regrounding.iterations) == (10, 10, 6)
     assert "regrounding" in cfg.pipeline.stages and cfg.train.steps == 30
     with pytest.raises(Exception, match="regrounding.M"):  # the schema types the keys
         _compose(["experiment=regrounding", "logger=none", "regrounding.M=ten"])
