@@ -203,6 +203,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
 
     from rlvr_linearity.linearity.gram import GramCache, block_deltas, compute_grams, gram_update, read_blocks
     from rlvr_linearity.trajectory import ModelWriter
+    from rlvr_linearity.trajectory.core import torch_threads
 
     t0 = time.perf_counter()
     targets = check_targets(windows, targets, mode, rank, fit, degree)
@@ -226,6 +227,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
     dirs = output_dirs(Path(out_root), windows, targets)
     t_read = 0.0
     with ExitStack() as stack:
+        stack.enter_context(torch_threads(1))  # memory-bound block arithmetic: no OpenMP spinning
         writers = {k: stack.enter_context(ModelWriter(d, template=base, dtype=dtype)) for k, d in dirs.items()}
         for name in tqdm(names, desc="RELEX", unit="tensor", leave=False):
             if name not in floating:

@@ -37,9 +37,15 @@ def bytes_read() -> int:
 
 
 def read_blocks(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS):
-    """`traj.iter_blocks` with the bytes counted (the one reader of RELEX and the Grams)."""
-    for start, stop, block in traj.iter_blocks(name, steps, max_elements):
-        _READ["bytes"] += block.numel() * block.element_size()
+    """`traj.iter_blocks` with the bytes counted (the one reader of RELEX and the Grams); blocks
+    of bf16/fp16/fp32 tensors come as float32 (converted once by the reader, exactly), so
+    `block_deltas` subtracts in place."""
+    steps = list(steps)
+    stored = sum(traj.model(s).dtype(name).itemsize for s in steps)
+    wide = traj.block_dtype(name, steps)
+    dtype = torch.float32 if wide in (torch.bfloat16, torch.float16, torch.float32) else None
+    for start, stop, block in traj.iter_blocks(name, steps, max_elements, dtype=dtype):
+        _READ["bytes"] += stored * block[0].numel()
         yield start, stop, block
 
 
