@@ -24,6 +24,12 @@ CHAT_TEMPLATE = (
 )
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LAYOUTS = ("verl", "global_step", "checkpoint", "step")
+# The tiny-model recipe of the training tests (`train.tiny.*`): SFT gets the answer format and some
+# answers right within seconds, so sampled GRPO rewards vary within groups. Tests set
+# sft_batch_size to their task's train split.
+TINY_RECIPE = {"seed": 0, "vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
+               "intermediate_size": 64, "max_positions": 64, "sft_lr": 1.0e-2, "sft_max_steps": 40,
+               "sft_eval_every": 40, "sft_target_accuracy": 1.1, "sft_dev_size": 0, "sft_max_new_tokens": 8}
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = [
     "task.n_train=12", "task.n_test=8", "task.max_operand=4", "task.seed=3",
-    "train.tiny.vocab_size=300", "train.tiny.hidden_size=32", "train.tiny.num_layers=1", "train.tiny.num_heads=2",
-    "train.tiny.num_kv_heads=1", "train.tiny.intermediate_size=64", "train.tiny.max_positions=64",
-    "train.tiny.sft_lr=1e-2", "train.tiny.sft_batch_size=12", "train.tiny.sft_max_steps=40",
-    "train.tiny.sft_eval_every=40", "train.tiny.sft_target_accuracy=1.1", "train.tiny.sft_dev_size=0",
+    *[f"train.tiny.{k}={v}" for k, v in {**TINY_RECIPE, "sft_batch_size": 12}.items()],
     "train.steps=6", "train.prompts_per_step=2", "train.group_size=4",
     "linearity.windows=[3,all]", "linearity.coefficient_history=3", "linearity.probes.n_problems=2",
     "linearity.probes.n_samples=2",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RECIPE
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -26,10 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # and some answers right within seconds, so sampled rewards vary within groups.
 TASK = {"name": "arithmetic", "seed": 3, "n_train": 24, "n_test": 6, "min_terms": 2, "max_terms": 2,
         "min_operand": 0, "max_operand": 5, "operators": ["+"]}
-RECIPE = {"seed": 0, "vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-          "intermediate_size": 64, "max_positions": 64, "sft_lr": 1.0e-2, "sft_batch_size": 8,
-          "sft_max_steps": 40, "sft_eval_every": 40, "sft_target_accuracy": 1.1, "sft_dev_size": 0,
-          "sft_max_new_tokens": 8}
+RECIPE = {**TINY_RECIPE, "sft_batch_size": 8}
 TRAIN = {"group_size": 4, "prompts_per_step": 2, "max_completion_length": 8, "lr": 0.01, "save_every": 1}
 
 
