@@ -367,15 +367,16 @@ class Forecaster:
             metrics = self.evaluator(str(actual.path), self.root / f"actual_{self.target}")
             out["actual_evaluation"] = metrics
             out["actual_accuracy"] = accuracy_of(metrics)
-        for r in self.records:
-            p = Path(r["path"])
-            row = {"observed_step": r["observed_step"], "accuracy": r.get("accuracy"), "path": str(p)}
-            if p.exists():
-                row.update(_weight_error(ModelFiles(p), actual, self.base, self.settings.chunk_elements))
-                # baseline: stopping at the observed step (its checkpoint as the guess)
-                obs = _weight_error(self.models[r["observed_step"]], actual, self.base, self.settings.chunk_elements)
-                row["rel_error_observed"] = obs["rel_error"]
-            out["forecasts"].append(row)
+        rows = [{"observed_step": r["observed_step"], "accuracy": r.get("accuracy"), "path": r["path"]}
+                for r in self.records]
+        scored = [row for row in rows if Path(row["path"]).exists()]
+        # each kept forecast, and as its baseline the observed checkpoint itself (stopping there)
+        guesses = [ModelFiles(Path(row["path"])) for row in scored] + [self.models[row["observed_step"]] for row in scored]
+        errors = _weight_errors(guesses, actual, self.base, self.settings.chunk_elements)
+        for row, forecast, observed in zip(scored, errors, errors[len(scored):]):
+            row.update(forecast)
+            row["rel_error_observed"] = observed["rel_error"]
+        out["forecasts"] = rows
         _write_json(self.root / "final.json", out)
         m = {}
         if out.get("actual_accuracy") is not None:
@@ -388,10 +389,12 @@ class Forecaster:
         return out
 
 
-def _weight_error(pred, actual, base, chunk_elements: int) -> dict:
-    """‖Ŵ − W‖ / ‖W − W₀‖ over every floating tensor: the forecast's error relative to the
-    distance the weights travelled from the base to the target."""
-    err = moved = 0.0
+def _weight_errors(preds: list, actual, base, chunk_elements: int) -> list[dict]:
+    """‖Ŵ − W‖ / ‖W − W₀‖ over every floating tensor for each guess Ŵ in `preds`: its error
+    relative to the distance the weights travelled from the base to the target. One pass: the
+    base and the target are read once, whatever the number of guesses."""
+    err = [0.0] * len(preds)
+    moved = 0.0
     for name in base.tensor_names:
         if not base.dtype(name).is_floating_point:
             continue
@@ -403,7 +406,7 @@ def _weight_error(pred, actual, base, chunk_elements: int) -> dict:
             b = min(rows, a + per)
             w0 = base.read_rows(name, a, b).to(torch.float64)
             w = actual.read_rows(name, a, b).to(torch.float64)
-            p = pred.read_rows(name, a, b).to(torch.float64)
-            err += float(((p - w) ** 2).sum())
             moved += float(((w - w0) ** 2).sum())
-    return {"rel_error": (err / moved) ** 0.5 if moved > 0 else None, "abs_error": err ** 0.5}
+            for i, pred in enumerate(preds):
+                err[i] += float(((pred.read_rows(name, a, b).to(torch.float64) - w) ** 2).sum())
+    return [{"rel_error": (e / moved) ** 0.5 if moved > 0 else None, "abs_error": e ** 0.5} for e in err]
