@@ -17,12 +17,7 @@ from tqdm import tqdm
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.benchmarks import Problem, benchmark_spec, load_benchmark
 from rlvr_linearity.evaluate.metrics import benchmark_metrics, macro_average
-
-
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+from rlvr_linearity.pipeline.stages import write_json_atomic
 
 
 def resolve_model(cfg) -> str | None:
@@ -216,7 +211,7 @@ def evaluate(cfg, out_dir) -> dict:
     if len(names) > 1:
         metrics["macro_average"] = macro_average(metrics)
     (out_dir / "evaluate").mkdir(parents=True, exist_ok=True)
-    _atomic_json(out_dir / "evaluate" / "metrics.json", metrics)
+    write_json_atomic(out_dir / "evaluate" / "metrics.json", metrics)
     return metrics
 
 
@@ -250,5 +245,5 @@ def run(cfg, tracker):
             sub.evaluate.step = None
         results[label] = evaluate(sub, out / label)
         tracker.log({f"{label}/{b}/accuracy": m["accuracy"] for b, m in results[label].items() if "accuracy" in m})
-    _atomic_json(out / "evaluate_models.json", results)
+    write_json_atomic(out / "evaluate_models.json", results)
     return results

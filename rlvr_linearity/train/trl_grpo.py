@@ -18,18 +18,13 @@ import time
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.pipeline.stages import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 PRUNE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
-
-
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def saved_steps(traj_dir: Path) -> list[int]:
@@ -130,7 +125,7 @@ def _make_callback(out_dir: Path, traj_dir: Path, base: str, config: dict, track
 
 def write_trajectory_json(traj_dir: Path, base: str, config: dict) -> Path:
     path = traj_dir / "trajectory.json"
-    _atomic_json(path, {"base": base, "steps": saved_steps(traj_dir), "trainer": "trl", "config": config})
+    write_json_atomic(path, {"base": base, "steps": saved_steps(traj_dir), "trainer": "trl", "config": config})
     return path
 
 

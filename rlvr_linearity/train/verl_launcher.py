@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.pipeline.stages import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def describe_trajectory(cfg, out_dir: Path) -> dict:
         and (p / "actor" / "huggingface" / "model.safetensors").exists()
     )
     info = {"base": str(cfg.train.model), "steps": steps, "layout": "verl", "trainer": "verl"}
-    _write_json(traj / "trajectory.json", info)
+    write_json_atomic(traj / "trajectory.json", info)
     metrics = out_dir / "verl_metrics.jsonl"
     if metrics.exists():
         lines = []
@@ -326,10 +327,3 @@ def describe_trajectory(cfg, out_dir: Path) -> dict:
         tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
         os.replace(tmp, out_dir / "train_metrics.jsonl")
     return info
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
