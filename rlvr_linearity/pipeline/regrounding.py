@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.pipeline.app import Pipeline, Stage, derive, section
+from rlvr_linearity.pipeline.report import fmt, md_table
 from rlvr_linearity.pipeline.stages import stage_key, write_json_atomic
 from rlvr_linearity.train.regrounding import DATA_MODES, OPTIMIZER_MODES, alpha
 
@@ -261,14 +262,6 @@ def run_regrounding(cfg, out_dir: Path, tracker=None) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------------
-def _fmt(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def accuracy_table(data: dict) -> tuple[list[str], list[list[str]]]:
     """Rows: real RL steps; columns: plain GRPO, then each configuration (its virtual step)."""
     bench = data["benchmark"]
@@ -283,7 +276,7 @@ def accuracy_table(data: dict) -> tuple[list[str], list[list[str]]]:
             if p is None or not p.get("accuracy"):
                 row.append("")
                 continue
-            cell = _fmt(p["accuracy"].get(bench))
+            cell = fmt(p["accuracy"].get(bench))
             if i and p.get("virtual_step") not in (None, s):
                 cell += f" (virtual {p['virtual_step']}{', extrapolated' if p.get('kind') == 'extrapolated' else ''})"
             row.append(cell)
@@ -362,14 +355,14 @@ def write_report(cfg, out_dir: Path, data: dict) -> Path:
               "steps on the same prompt order. Prompts continue across segments (no prompt replayed) unless "
               "`data: replay`.", ""]
     lines += ["## Configurations", ""]
-    lines += _table(["config", "M", "N", "α", "iterations", "real steps", "virtual steps", "optimizer", "data"],
+    lines += md_table(["config", "M", "N", "α", "iterations", "real steps", "virtual steps", "optimizer", "data"],
                     [[m["label"], str(m["M"]), str(m["N"]), f"{m['alpha']:g}", str(m["iterations"]),
                       str(m["M"] * m["iterations"]), str((m["M"] + m["N"]) * m["iterations"]), m["optimizer"], m["data"]]
                      for m in data["methods"]]) + [""]
     lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(data, sp)] + [""]
     lines += ["## Accuracy vs real RL steps", ""]
     header, rows = accuracy_table(data)
-    lines += _table(header, rows) + [""]
+    lines += md_table(header, rows) + [""]
     if "lin_fig6" in made:
         png = next(o for o in made["lin_fig6"]["outputs"] if o.endswith(".png"))
         lines += [f"![LIN Fig. 6: accuracy vs real RL steps and speed-ups](figures/{Path(png).name})", ""]
@@ -378,15 +371,15 @@ def write_report(cfg, out_dir: Path, data: dict) -> Path:
         lines += ["## Speed-up to accuracy thresholds (LIN Fig. 6)", "",
                   "Real RL steps for the first evaluation at or above each threshold; speed-up = plain GRPO's steps / "
                   "re-grounding's.", ""]
-        lines += _table(["threshold", "plain GRPO", *labels],
+        lines += md_table(["threshold", "plain GRPO", *labels],
                         [[f"≥ {r['threshold']:.3f}", "–" if r["std_rl"] is None else str(r["std_rl"]),
                           *[("–" if v["steps"] is None else str(v["steps"])) + (f" ({v['speedup']:.2f}×)" if v["speedup"] else "")
                             for v in r["methods"].values()]] for r in sp]) + [""]
     if budget_rows:
         lines += ["## Fixed real-step budgets (LIN Table 2)", ""]
-        lines += _table(["config", "real steps", "plain GRPO", "re-grounding", "virtual step", "%Imp"],
-                        [[r["method"], str(r["budget"]), _fmt(r["accuracy"][bench][0]) if bench in r["accuracy"] else "–",
-                          _fmt(r["accuracy"][bench][1]) if bench in r["accuracy"] else "–", str(r.get("virtual_step")),
+        lines += md_table(["config", "real steps", "plain GRPO", "re-grounding", "virtual step", "%Imp"],
+                        [[r["method"], str(r["budget"]), fmt(r["accuracy"][bench][0]) if bench in r["accuracy"] else "–",
+                          fmt(r["accuracy"][bench][1]) if bench in r["accuracy"] else "–", str(r.get("virtual_step")),
                           paper.pct(r["imp_mean_of_relative"])] for r in budget_rows]) + [""]
     lines += ["## Segments", "", "Accuracy of each segment's trained end model and of its extrapolation "
               "(the next segment's start).", ""]
@@ -395,14 +388,14 @@ def write_report(cfg, out_dir: Path, data: dict) -> Path:
         for s in m.get("segments") or []:
             seg_rows.append([m["label"], str(s["k"]), f"{s['real_steps'][0]}–{s['real_steps'][1]}",
                              f"{s['virtual_steps'][0]}→{s['virtual_steps'][0] + m['M']}→{s['virtual_steps'][1]}",
-                             _fmt((s.get("trained_accuracy") or {}).get(bench)),
-                             _fmt((s.get("extrapolated_accuracy") or {}).get(bench)),
-                             _fmt(s.get("train_seconds"), 1)])
-    lines += _table(["config", "segment", "real steps", "virtual steps (start→trained→extrapolated)",
+                             fmt((s.get("trained_accuracy") or {}).get(bench)),
+                             fmt((s.get("extrapolated_accuracy") or {}).get(bench)),
+                             fmt(s.get("train_seconds"), 1)])
+    lines += md_table(["config", "segment", "real steps", "virtual steps (start→trained→extrapolated)",
                      "trained", "extrapolated", "train s"], seg_rows) + [""]
     t = data.get("timings") or {}
     lines += ["## Timings (this process; cached stages count 0 s)", ""]
-    lines += _table(["what", "seconds"], [[k, _fmt(v, 1)] for k, v in t.items() if not isinstance(v, dict)]) + [""]
+    lines += md_table(["what", "seconds"], [[k, fmt(v, 1)] for k, v in t.items() if not isinstance(v, dict)]) + [""]
     lines += ["Files: `regrounding.json` (schema `Regrounding` in rlvr_linearity/figures/schemas.py), "
               "`figures/lin_fig6_regrounding.png`, `figures/lin_fig6_speedups.md`, `figures/lin_table2.md`; "
               f"stages under `stages/` (links into `{cfg.pipeline.stage_dir}`).", ""]

@@ -9,7 +9,7 @@ from pathlib import Path
 from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step, plot_training_curve
 
 
-def _fmt(x, digits: int = 3) -> str:
+def fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
@@ -26,7 +26,7 @@ def _trained_accuracy(results: dict) -> dict[int, float]:
     return acc
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -76,21 +76,21 @@ def verdict(results: dict) -> list[str]:
 
 def _linearity_lines(lin: dict) -> list[str]:
     """Per-weight R² by window and the low-rank findings, as tables."""
-    lines = [f"Per-weight R² over every weight of every tensor (base = step 0): median {_fmt(lin.get('median_r2'))}, "
-             f"mean {_fmt(lin.get('mean_r2'))}, fraction with R² > 0.7: {_fmt(lin.get('frac_above_0.7'))} "
+    lines = [f"Per-weight R² over every weight of every tensor (base = step 0): median {fmt(lin.get('median_r2'))}, "
+             f"mean {fmt(lin.get('mean_r2'))}, fraction with R² > 0.7: {fmt(lin.get('frac_above_0.7'))} "
              "(LIN: > 70% of weights above 0.7 at paper scale).", ""]
     d = Path(lin["dir"]) / "linearity" if lin.get("dir") else None
     weights = d / "weights_r2.json" if d else None
     if weights is not None and weights.exists():
         windows = json.loads(weights.read_text()).get("windows") or {}
         if windows:
-            rows = [[w, f"{v['steps'][0]}–{v['steps'][-1]}", _fmt(v.get("median")), _fmt(v.get("mean")),
-                     _fmt((v.get("frac_above") or {}).get("0.7"))] for w, v in windows.items()]
-            lines += _table(["window", "steps", "median R²", "mean R²", "R² > 0.7"], rows) + [""]
+            rows = [[w, f"{v['steps'][0]}–{v['steps'][-1]}", fmt(v.get("median")), fmt(v.get("mean")),
+                     fmt((v.get("frac_above") or {}).get("0.7"))] for w, v in windows.items()]
+            lines += md_table(["window", "steps", "median R²", "mean R²", "R² > 0.7"], rows) + [""]
     logprobs = d / "logprob_r2.json" if d else None
     if logprobs is not None and logprobs.exists():
         lp = json.loads(logprobs.read_text())
-        parts = [f"{what} R² median {_fmt(v.get('median'))}, fraction > 0.7: {_fmt((v.get('frac_above') or {}).get('0.7'))}"
+        parts = [f"{what} R² median {fmt(v.get('median'))}, fraction > 0.7: {fmt((v.get('frac_above') or {}).get('0.7'))}"
                  for what, v in (("log-prob", lp.get("logprob") or {}), ("logit", lp.get("logit") or {})) if v]
         if parts:
             lines += [f"Token linearity over {lp.get('n_tokens_total')} response tokens of {lp.get('n_sequences')} "
@@ -101,17 +101,17 @@ def _linearity_lines(lin: dict) -> list[str]:
         rows = []
         for w, v in (lr.get("windows") or {}).items():
             model = v.get("model") or {}
-            rows.append([w, f"{v['steps'][0]}–{v['steps'][-1]}"] + [_fmt(model.get(str(r))) for r in lr.get("ranks", [])])
+            rows.append([w, f"{v['steps'][0]}–{v['steps'][-1]}"] + [fmt(model.get(str(r))) for r in lr.get("ranks", [])])
         if rows:
             lines += ["Low rank (RELEX finding 1): fraction of the deltas' energy explained by the top singular "
                       "directions, over all tensors.", ""]
-            lines += _table(["window", "steps"] + [f"rank {r}" for r in lr.get("ranks", [])], rows) + [""]
+            lines += md_table(["window", "steps"] + [f"rank {r}" for r in lr.get("ranks", [])], rows) + [""]
         summ = lr.get("summary") or {}
         ins, oos = summ.get("coefficient_r2_in_sample"), summ.get("coefficient_r2_out_of_sample")
         if ins:
             hist = (lr.get("coefficients") or {}).get("history")
             lines += [f"Rank-1 coefficient vs step (RELEX finding 2), fitted on steps ≤ {hist}: median R² "
-                      f"{_fmt(ins.get('median'))} in sample" + (f", {_fmt(oos.get('median'))} on the later steps "
+                      f"{fmt(ins.get('median'))} in sample" + (f", {fmt(oos.get('median'))} on the later steps "
                       "(out of sample; below 0 means the straight line misses where training went)" if oos else "")
                       + ".", ""]
     return lines
@@ -144,7 +144,7 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
 
     lines += ["## Trained checkpoints (RLVR)", ""]
-    lines += _table(["step", "accuracy"], [[str(s), _fmt(a)] for s, a in sorted(acc.items())]) + [""]
+    lines += md_table(["step", "accuracy"], [[str(s), fmt(a)] for s, a in sorted(acc.items())]) + [""]
 
     lin = results.get("linearity")
     if lin:
@@ -158,8 +158,8 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         if not rows:
             continue
         lines += [f"## {title}", ""]
-        body = [[str(r[c]) for c in cols] + [_fmt(r.get("accuracy")), _fmt(acc.get(r["target"]))] for r in rows]
-        lines += _table(cols + ["accuracy", "trained at target"], body) + [""]
+        body = [[str(r[c]) for c in cols] + [fmt(r.get("accuracy")), fmt(acc.get(r["target"]))] for r in rows]
+        lines += md_table(cols + ["accuracy", "trained at target"], body) + [""]
 
     if images:
         lines += ["## Figures", "", "Paper figures are drawn by the same code as `rlvr figures figures.inputs=[DIR]`; "
@@ -168,7 +168,7 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     timings = results.get("timings") or {}
     if timings:
         lines += ["## Timings (seconds; 0 = reused from the stage cache)", ""]
-        lines += _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]) + [""]
+        lines += md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]) + [""]
     path = out_dir / "report.md"
     tmp = path.with_name(".report.md.tmp")
     tmp.write_text("\n".join(lines))
