@@ -204,11 +204,14 @@ class ModelFiles:
         return self._handle(self.info(name).file).get_tensor(name)
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows [start:stop) of dim 0 (elements for 1-D tensors), read via get_slice."""
+        """Rows [start:stop) of dim 0 (elements for 1-D tensors, [1] for 0-D ones) in the stored
+        dtype: one `pread` through `read_rows_into` (the streaming path's reader, no mmap)."""
         ti = self.info(name)
-        if not ti.shape:
-            return self.read(name).reshape(1)[start:stop]
-        return self._handle(ti.file).get_slice(name)[start:stop]
+        rows = ti.shape[0] if ti.shape else 1
+        start, stop = max(0, min(start, rows)), max(0, min(stop, rows))
+        out = torch.empty((max(0, stop - start), *ti.shape[1:]), dtype=ti.dtype)
+        self.read_rows_into(name, start, max(start, stop), out)
+        return out
 
     def read_rows_into(self, name: str, start: int, stop: int, out: torch.Tensor,
                        scratch: torch.Tensor | None = None) -> None:
