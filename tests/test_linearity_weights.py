@@ -1,5 +1,6 @@
 """Streaming per-weight R² driver vs an independent float64 reference over the whole trajectory."""
 
+import functools
 import json
 
 import numpy as np
@@ -40,14 +41,19 @@ class MemTrajectory:
     def model(self, step):
         return MemModel(self.values[step])
 
-    def iter_blocks(self, name, steps, max_elements):
+    def block_dtype(self, name, steps):
+        dtypes = [self.values[s][name].dtype for s in steps]
+        return functools.reduce(torch.promote_types, dtypes)
+
+    def iter_blocks(self, name, steps, max_elements, dtype=None, reuse=0, check_finite=None):
         shape = self.values[0][name].shape
         rows = shape[0]
         per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
         step_rows = max(1, max_elements // (len(steps) * per_row))
         for a in range(0, rows, step_rows):
             b = min(rows, a + step_rows)
-            yield a, b, torch.stack([self.values[s][name][a:b] for s in steps])
+            block = torch.stack([self.values[s][name][a:b] for s in steps])
+            yield a, b, block if dtype is None else block.to(dtype)
 
 
 def make_values(dtype, seed=0):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 try:
     import numba as nb
@@ -23,7 +24,8 @@ try:
 except ImportError:  # pragma: no cover - numba is an optional accelerator
     nb = None
 
-TILE = 512
+TILE = 256
+PARALLEL_TILES = 8  # tiles per hand-out of the dynamic schedule
 
 
 def available() -> bool:
@@ -31,98 +33,140 @@ def available() -> bool:
 
 
 if nb is not None:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _bits_to_float32(typingctx, bits):  # pragma: no cover - compiled
+        """Reinterpret a uint32 as float32 (no conversion instruction: a register bitcast)."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.uint32), codegen
+
+    @nb.njit(inline="always")
+    def _bf16(bits):  # pragma: no cover - compiled
+        """A bfloat16 (its uint16 bits) widened exactly to float32: the bits are float32's top half."""
+        return _bits_to_float32(np.uint32(bits) << np.uint32(16))
+
 
     @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"nsz", "contract"})
-    def r2_accumulate(x, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, sums, cnts,
+    def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, sums, cnts,
                       above, out, bad):  # pragma: no cover - compiled
-        """x [T, C] (base in row 0); ends [W] ascending window lengths; hist [P, W, B] int32 (size
-        0 in the last axis to skip); sums [P, W]; cnts [P, W]; above [P, W, K];
-        out [W, C] float64 (every window's R², NaN undefined; size 0 to skip); bad [P]: count
-        of columns holding NaN/Inf (their sums are not finite), so the caller can name the step.
-        """
-        n_slots = sums.shape[0]
+        """x [T, C] (base in row 0): float32/float64 values, or with `bf16` the raw bfloat16
+        bits as uint16 (widened exactly in here: no conversion pass, half the bytes read);
+        ends [W] ascending window lengths; hist [P, W, B] int32 (size 0 in the last axis to
+        skip); sums [P, W]; cnts [P, W]; above [P, W, K]; out [W, C] float64 (every window's
+        R², NaN undefined; size 0 to skip); bad [P]: count of columns holding NaN/Inf (their
+        sums are not finite), so the caller can name the step. P: numba's thread ids (slot =
+        thread).
+
+        Spans of PARALLEL_TILES tiles are handed to the threads as they come free (dynamic
+        scheduling, chunk size 1): a thread slowed by the prefetching reader does fewer, none
+        waits idle at the end of the block.
+
+        Flat indexing keeps every inner loop unit-stride (LLVM vectorises them; row views of a
+        2-D array compiled to gathers); bf16 is widened inside the loop by a bit shift; the
+        statistics are separate loops so only the histogram scatter stays scalar."""
         n_steps, n_cols = x.shape
+        xf = x.reshape(-1)
         n_win = ends.shape[0]
         n_bins = hist.shape[2]
         use_hist = n_bins > 0
         use_out = out.shape[1] > 0
         use_range = min_abs_change > 0.0
         n_thr = thresholds.shape[0]
-        for p in nb.prange(n_slots):
-            lo = p * n_cols // n_slots
-            hi = (p + 1) * n_cols // n_slots
+        span = TILE * PARALLEL_TILES
+        for c in nb.prange((n_cols + span - 1) // span):  # handed out as threads come free
+            p = nb.get_thread_id()
             s = np.empty(TILE)
             q = np.empty(TILE)
             sx = np.empty(TILE)
             mn = np.empty(TILE)
             mx = np.empty(TILE)
             x0 = np.empty(TILE)
-            ab = np.zeros(n_thr, dtype=np.int64)
             rr = np.empty(TILE)
-            for j0 in range(lo, hi, TILE):
-                m = min(TILE, hi - j0)
-                row0 = x[0]
-                for k in range(m):
-                    s[k] = 0.0
-                    q[k] = 0.0
-                    sx[k] = 0.0
-                    mn[k] = 0.0
-                    mx[k] = 0.0
-                    x0[k] = np.float64(row0[j0 + k])
+            bi = np.empty(TILE, dtype=np.int64)
+            for j0 in range(c * span, min(n_cols, (c + 1) * span), TILE):
+                m = min(TILE, n_cols - j0)
                 w = 0
-                for t in range(1, n_steps):
+                for t in range(n_steps):
+                    at = t * n_cols + j0
+                    if t == 0:
+                        for k in range(m):
+                            x0[k] = np.float64(_bf16(xf[j0 + k])) if bf16 else np.float64(xf[j0 + k])
+                            s[k] = 0.0
+                            q[k] = 0.0
+                            sx[k] = 0.0
+                            mn[k] = 0.0
+                            mx[k] = 0.0
+                        continue
                     xt = steps[t]
-                    row = x[t]
+                    if bf16:
+                        for k in range(m):
+                            d = np.float64(_bf16(xf[at + k])) - x0[k]
+                            s[k] += d
+                            q[k] += d * d
+                            sx[k] += xt * d
+                    else:  # float64 input must not pass through float32
+                        for k in range(m):
+                            d = np.float64(xf[at + k]) - x0[k]
+                            s[k] += d
+                            q[k] += d * d
+                            sx[k] += xt * d
                     if use_range:
                         for k in range(m):
-                            d = np.float64(row[j0 + k]) - x0[k]
-                            s[k] += d
-                            q[k] += d * d
-                            sx[k] += xt * d
+                            d = (np.float64(_bf16(xf[at + k])) if bf16 else np.float64(xf[at + k])) - x0[k]
                             mn[k] = min(mn[k], d)
                             mx[k] = max(mx[k], d)
-                    else:
-                        for k in range(m):
-                            d = np.float64(row[j0 + k]) - x0[k]
-                            s[k] += d
-                            q[k] += d * d
-                            sx[k] += xt * d
                     if t == n_steps - 1:
+                        nbad = 0
                         for k in range(m):
-                            if not np.isfinite(q[k] + sx[k]):
-                                bad[p] += 1
+                            nbad += not np.isfinite(q[k] + sx[k])
+                        bad[p] += nbad
                     while w < n_win and ends[w] == t + 1:
                         n = ends[w]
                         xb = xbar[w]
                         sw = sxx[w]
-                        for k in range(m):  # branch-free, vectorisable: R², or -1 when undefined
+                        for k in range(m):  # branch-free: R², or -1 when undefined
                             syy = q[k] - s[k] * s[k] / n
                             sxy = sx[k] - xb * s[k]
                             r2 = min(max(sxy * sxy / (sw * syy), 0.0), 1.0)
                             ok = q[k] > 0.0 and (mx[k] - mn[k] > min_abs_change or not use_range)
                             rr[k] = r2 if ok else -1.0
-                        hw = hist[p, w]
-                        cnt = 0
-                        tot = 0.0
-                        for i in range(n_thr):
-                            ab[i] = 0
-                        for k in range(m):
-                            r2 = rr[k]
-                            if use_out:
-                                out[w, j0 + k] = r2 if r2 >= 0.0 else np.nan
-                            if r2 < 0.0:
-                                continue
-                            tot += r2
-                            cnt += 1
-                            for i in range(n_thr):
-                                ab[i] += r2 > thresholds[i]
-                            if use_hist:
-                                hw[min(np.int64(r2 * n_bins), n_bins - 1)] += 1
+                            bi[k] = min(np.int64(r2 * n_bins), n_bins - 1) if ok else n_bins
+                        cnt, tot = _count_defined(rr, m, thresholds, above[p, w])
+                        if use_out:
+                            for k in range(m):
+                                out[w, j0 + k] = rr[k] if rr[k] >= 0.0 else np.nan
+                        if use_hist:
+                            hw = hist[p, w]
+                            for k in range(m):
+                                if bi[k] < n_bins:
+                                    hw[bi[k]] += 1
                         sums[p, w] += tot
                         cnts[p, w] += cnt
-                        for i in range(n_thr):
-                            above[p, w, i] += ab[i]
                         w += 1
+
+    @nb.njit(nogil=True, cache=True, fastmath={"nsz", "contract", "reassoc"})
+    def _count_defined(rr, m, thresholds, above):  # pragma: no cover - compiled
+        """(count, sum) of the defined (>= 0) values of rr[:m], and per threshold the count above
+        it added into `above`. Its own function so that only these sums may be reassociated
+        (vectorised reductions), not the kernel's accumulation."""
+        cnt = 0
+        tot = 0.0
+        for k in range(m):
+            ok = rr[k] >= 0.0
+            cnt += ok
+            tot += rr[k] if ok else 0.0
+        for i in range(thresholds.shape[0]):
+            th = thresholds[i]
+            a = 0
+            for k in range(m):
+                a += rr[k] > th
+            above[i] += a
+        return cnt, tot
 
 
     @nb.njit(cache=True, nogil=True)
@@ -166,7 +210,7 @@ class KernelStats:
         self.sxx = np.array([np.sum((x[:n] - x[:n].mean()) ** 2) for n in lengths])
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.min_abs_change = float(min_abs_change or 0.0)
-        self.slots = max(1, nb.get_num_threads())
+        self.slots = max(1, nb.get_num_threads())  # numba's thread ids index the slots
         w, k = len(lengths), len(thresholds)
         self.hist = np.zeros((self.slots, w, n_bins), dtype=np.int32)
         self.glob = np.zeros((w, n_bins), dtype=np.int64)  # tensors on the histogram path
@@ -187,16 +231,25 @@ class KernelStats:
         self.cnts[:] = 0
         self.above[:] = 0
 
-    def add(self, x: np.ndarray, out: np.ndarray | None) -> bool:
-        """Accumulate a block; `out` [W, C] receives every R² (small tensors: exact medians and
-        no histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin).
+    def add(self, block, out: np.ndarray | None) -> bool:
+        """Accumulate a block [T, C] (torch or numpy; bf16 read as stored, fp16 widened to
+        float32 first); `out` [W, C] receives every R² (small tensors: exact medians and no
+        histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin).
         Returns False when the block holds NaN/Inf (the statistics are then unusable)."""
+        x, bf16 = kernel_input(block)
         if out is None:
             self.dirty = True
         self.bad[:] = 0
-        r2_accumulate(x, self.steps, self.ends, self.xbar, self.sxx, self.thresholds, self.min_abs_change,
-                      self.no_hist if out is not None else self.hist, self.sums, self.cnts, self.above,
-                      self.no_out if out is None else out, self.bad)
+        threads = nb.get_num_threads()
+        if threads > self.slots:  # thread ids index the slots
+            nb.set_num_threads(self.slots)
+        try:
+            with nb.parallel_chunksize(1):
+                r2_accumulate(x, bf16, self.steps, self.ends, self.xbar, self.sxx, self.thresholds,
+                              self.min_abs_change, self.no_hist if out is not None else self.hist, self.sums,
+                              self.cnts, self.above, self.no_out if out is None else out, self.bad)
+        finally:
+            nb.set_num_threads(threads)
         return not self.bad.any()
 
     def tensor_counts(self):
@@ -230,10 +283,26 @@ class KernelStats:
             self.dirty = False
 
 
+def kernel_input(block) -> tuple[np.ndarray, bool]:
+    """(2-D C-contiguous array, is-bf16-bits) for `r2_accumulate`: float32/float64 as they are,
+    bfloat16 as its uint16 bits (no copy), anything else widened to float32."""
+    if isinstance(block, torch.Tensor):
+        block = block.reshape(block.shape[0], -1)
+        if block.dtype == torch.bfloat16:
+            return block.contiguous().view(torch.int16).numpy().view(np.uint16), True
+        if block.dtype not in (torch.float32, torch.float64):
+            block = block.float()
+        return block.contiguous().numpy(), False
+    return np.ascontiguousarray(block), False
+
+
 def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the kernels for float32 blocks."""
-    ks = KernelStats([0, 1, 2], [3], (0.5,), 0.0, 8)
-    ks.start_tensor()
-    ks.add(np.arange(6, dtype=np.float32).reshape(3, 2), None)
-    ks.finish_tensor()
-    ks.finish()
+    """Compile (or load from numba's on-disk cache) the kernels for the block types the
+    streaming pass feeds them (bf16 bits, float32, float64)."""
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        ks = KernelStats([0, 1, 2], [3], (0.5,), 0.0, 8)
+        ks.start_tensor()
+        ks.add(torch.arange(6, dtype=dtype).reshape(3, 2), None)
+        ks.add(torch.arange(6, dtype=dtype).reshape(3, 2), np.empty((1, 2)))
+        ks.finish_tensor()
+        ks.finish()

@@ -5,7 +5,9 @@ type, layer and overall (contract: `linearity/weights_r2.json`).
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import os
 import struct
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
 from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
@@ -108,13 +111,6 @@ KERNEL_MIN_WORK = 1 << 27  # element reads (weights x steps) from which engine=a
 SMALL_TENSOR = 1 << 16  # up to this many weights a tensor's statistics are exact (values kept)
 
 
-def _as_numpy(block: torch.Tensor) -> np.ndarray:
-    """float32/float64 kept as stored; bf16/fp16 widened exactly to float32 for the kernel."""
-    if block.dtype not in (torch.float32, torch.float64):
-        block = block.float()
-    return block.contiguous().numpy()
-
-
 def _raise_not_finite(traj, steps, name, block, start, stop):
     from rlvr_linearity.errors import TrajectoryError, where
 
@@ -157,8 +153,6 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     use_kernel = possible and (engine == "kernel" or (engine == "auto" and work >= KERNEL_MIN_WORK))
     # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
     own_check = use_kernel and sample_fraction is None and bool(getattr(traj, "check_finite", False))
-    if own_check:
-        traj.check_finite = False
     # block copies and small torch ops are memory-bound: one torch thread, no OpenMP spin-waiting
     # (measured 30x faster reads on a shared 2-core machine); the kernel has its own threads
     threads = torch.get_num_threads()
@@ -175,8 +169,16 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
     rng = np.random.default_rng(sample_seed)
     example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
+    def read(name):  # the kernel widens bf16 bits itself; fp16 is widened by the reader
+        wide = traj.block_dtype(name, steps)
+        as_f32 = ks is not None and wide == torch.float16
+        return traj.iter_blocks(name, steps, chunk_elements, dtype=torch.float32 if as_f32 else None,
+                                reuse=PREFETCH_RING, check_finite=False if own_check else None)
+
+    blocks = prefetch(tensor_stream(names, read))
     try:
-        for name in tqdm(names, desc="weight R²", unit="tensor", disable=not progress):
+        for name, group in tqdm(itertools.groupby(blocks, key=operator.itemgetter(0)), total=len(names),
+                                desc="weight R²", unit="tensor", disable=not progress):
             shape = tuple(base.shape(name))
             numel = int(np.prod(shape, dtype=np.int64))
             row_size = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
@@ -188,8 +190,9 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             exact = k <= SMALL_TENSOR or writer is not None  # kernel: keep values instead of histograms
             if ks is not None:
                 ks.start_tensor()
-            rows_per_block = max(1, chunk_elements // (len(steps) * row_size))
-            for start, stop, block in traj.iter_blocks(name, steps, rows_per_block * row_size * len(steps)):
+            for _, start, stop, block in group:
+                if block is None:  # the tensor's end
+                    continue
                 block = block.reshape(len(steps), -1)
                 lo = start * row_size
                 if idx_t is not None:
@@ -202,7 +205,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                     block = block[:, cols]
                 if ks is not None:
                     out = np.empty((len(wins), block.shape[1])) if exact else None
-                    if not ks.add(_as_numpy(block), out) and own_check:
+                    if not ks.add(block, out) and own_check:
                         _raise_not_finite(traj, steps, name, block, start, stop)
                     last = None
                     if out is not None:
@@ -220,7 +223,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
                     writer.write(full)
                 if name in example_tensors and block.shape[1]:
                     col = int(rng.integers(block.shape[1]))
-                    one = block[:, col: col + 1].cpu()
+                    one = block[:, col: col + 1].clone().cpu()
                     r2 = block_r2(block_deltas(one), cpu_design)[-1, 0]
                     if not torch.isnan(r2):
                         example_tensors.discard(name)
@@ -245,9 +248,8 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             writer.abort()
         raise
     finally:
+        blocks.close()
         torch.set_num_threads(threads)
-        if own_check:
-            traj.check_finite = True
     if writer is not None:
         writer.close()
     if ks is not None:
