@@ -228,6 +228,50 @@ def test_error_nan_inf_while_streaming(tmp_path, bad):
     assert sum(1 for _ in nocheck.iter_blocks(name, nocheck.steps, 50)) > 1
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_gram_passes_name_the_step_of_a_nan_inf_weight(tmp_path, bad):
+    """The Gram and RELEX passes skip the reader's scan and detect NaN/Inf from the Gram's
+    diagonal: the same error, naming the step and tensor, before any output is complete."""
+    from rlvr_linearity.extrapolate.relex import run_relex, select_windows
+    from rlvr_linearity.linearity.gram import compute_grams
+
+    t = make_trajectory(tmp_path / "t", "checkpoint", [1, 2, 3])
+    name = "model.layers.0.self_attn.v_proj.weight"
+
+    def poison(sd):
+        sd[name][5, 3] = bad
+        return sd
+
+    _rewrite(t.step_dirs[2], poison)
+    traj = open_trajectory(path=t.path, base=t.base)
+    for run in (lambda: compute_grams(traj, traj.steps),
+                lambda: run_relex(traj, select_windows(traj.steps, history=3), [6], tmp_path / "out")):
+        with pytest.raises(TrajectoryError, match="NaN/Inf") as e:
+            run()
+        assert "step 2" in str(e.value) and f"tensor {name}" in str(e.value)
+    assert not (tmp_path / "out" / "step_6").exists()
+    unchecked = open_trajectory(path=t.path, base=t.base, check_finite=False)
+    compute_grams(unchecked, unchecked.steps)  # asked not to check: no error
+
+
+def test_gram_of_huge_finite_weights_passes(tmp_path):
+    """Squares that overflow make the Gram's diagonal infinite without any bad weight: the
+    checked re-read finds none and the pass goes on."""
+    from rlvr_linearity.linearity.gram import compute_grams
+
+    t = make_trajectory(tmp_path, "checkpoint", [1, 2])
+    name = "model.layers.0.self_attn.v_proj.weight"
+
+    def huge(sd):
+        sd[name][:4] = 3e38
+        return sd
+
+    _rewrite(t.step_dirs[2], huge)
+    traj = open_trajectory(path=t.path, base=t.base)
+    grams = compute_grams(traj, traj.steps)
+    assert not torch.isfinite(torch.from_numpy(grams[name])).all()
+
+
 def test_huge_finite_weights_are_not_flagged(tmp_path):
     t = make_trajectory(tmp_path, "checkpoint", [1, 2])
     name = "model.layers.0.self_attn.v_proj.weight"

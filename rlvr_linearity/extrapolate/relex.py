@@ -18,9 +18,11 @@ the outputs (or once, when the Gram cache already holds them). Outputs go throug
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +204,8 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
     so the jobs of a sweep share one Gram pass."""
     from tqdm import tqdm
 
-    from rlvr_linearity.linearity.gram import GramCache, block_deltas, compute_grams, gram_update, read_blocks
+    from rlvr_linearity.linearity.gram import (GramCache, block_deltas, check_finite_gram, compute_grams, gram_update,
+                                               read_blocks)
     from rlvr_linearity.trajectory import ModelWriter
     from rlvr_linearity.trajectory.core import torch_threads
 
@@ -229,26 +233,42 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
     with ExitStack() as stack:
         stack.enter_context(torch_threads(1))  # memory-bound block arithmetic: no OpenMP spinning
         writers = {k: stack.enter_context(ModelWriter(d, template=base, dtype=dtype)) for k, d in dirs.items()}
-        for name in tqdm(names, desc="RELEX", unit="tensor", leave=False):
+        for name in names:  # not streamed: copied from the base
             if name not in floating:
                 value = base.read(name)
                 for wr in writers.values():
                     wr.write(name, value)
-                continue
+
+        def keep(name: str) -> bool:
+            return cached is None and (len(union) + 1) * base.numel(name) * 4 <= memory_budget
+
+        # the Gram pass reads ahead in a background thread; a tensor read twice (too big to keep, or
+        # its Gram cached) is read once here, after its weights are known
+        first = [] if cached is not None else floating
+        def read(name):  # NaN/Inf: found in the Gram (check_finite_gram), or when the cached one was made
+            reuse = 0 if keep(name) else PREFETCH_RING
+            return read_blocks(traj, name, [0, *union], max_elements, reuse=reuse, check_finite=False)
+
+        blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
+        groups = itertools.groupby(blocks, key=operator.itemgetter(0))
+        for name in tqdm(floating, desc="RELEX", unit="tensor", leave=False):
             numel = base.numel(name)
-            keep = (len(union) + 1) * numel * 4 <= memory_budget
             kept = []
             if cached is not None:
                 g = cached[name]
             else:
                 g = np.zeros((len(union), len(union)))
                 ts = time.perf_counter()
-                for start, stop, block in read_blocks(traj, name, [0, *union], max_elements):
+                _, group = next(groups)
+                for _, start, stop, block in group:
+                    if block is None:
+                        continue
                     d = block_deltas(block)
                     gram_update(g, d)
-                    if keep:
-                        kept.append((start, stop, block[0].reshape(-1).to(torch.float32), d))
+                    if keep(name):
+                        kept.append((start, stop, block[0].reshape(-1), d))
                 t_read += time.perf_counter() - ts
+                check_finite_gram(traj, name, [0, *union], g)
             grams[name] = g
             # weights of every (window, target) over the union's deltas: [K, U]
             keys, wmat = [], []
@@ -265,9 +285,8 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
             row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
             outs = [torch.empty(numel, dtype=writers[k].dtype or base.dtype(name)) for k in keys]
             if not kept:
-                ts = time.perf_counter()
-                kept = ((start, stop, block[0].reshape(-1).to(torch.float32), block_deltas(block))
-                        for start, stop, block in read_blocks(traj, name, [0, *union], max_elements))
+                kept = ((start, stop, block[0].reshape(-1), block_deltas(block)) for _, start, stop, block
+                        in prefetch(tensor_stream([name], read)) if block is not None)
             for start, stop, b0, d in kept:
                 pred = torch.mm(wt, d).add_(b0)  # [K, n] = W_0 + w Δ (float32: ~1e-7 of Δ̂)
                 for o, p in zip(outs, pred):
