@@ -195,6 +195,14 @@ def output_dirs(root: Path, windows: list[Window], targets: list[int]) -> dict[t
     return {(w.label, t): root / w.label / f"step_{t}" for w in windows for t in targets}
 
 
+def _block_count(shape, steps: int, max_elements: int) -> int:
+    """How many blocks `iter_blocks` cuts a tensor of `shape` into for `steps` steps."""
+    rows = shape[0] if shape else 1
+    row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    per = max(1, int(max_elements) // max(1, steps * row))
+    return -(-rows // per)
+
+
 def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *, rank: int = 1,
               fit: str = "linear", degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None,
               memory_budget: int = 1 << 28, max_elements: int = 1 << 22, gram_steps=None) -> dict:
@@ -245,11 +253,16 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
         # the Gram pass reads ahead in a background thread; a tensor read twice (too big to keep, or
         # its Gram cached) is read once here, after its weights are known
         first = [] if cached is not None else floating
+        # every block lands in the reader's ring of reused buffers (no page faults on fresh memory),
+        # large enough that a kept tensor's blocks survive while the next two blocks are read ahead
+        ring = PREFETCH_RING + max([_block_count(base.shape(n), len(union) + 1, max_elements)
+                                    for n in floating if keep(n)], default=0)
+
         def read(name):  # NaN/Inf: found in the Gram (check_finite_gram), or when the cached one was made
-            reuse = 0 if keep(name) else PREFETCH_RING
-            return read_blocks(traj, name, [0, *union], max_elements, reuse=reuse, check_finite=False)
+            return read_blocks(traj, name, [0, *union], max_elements, reuse=ring, check_finite=False)
 
         blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
+        predicted = torch.empty(len(windows) * len(targets) * int(max_elements), dtype=torch.float32)
         groups = itertools.groupby(blocks, key=operator.itemgetter(0))
         for name in tqdm(floating, desc="RELEX", unit="tensor", leave=False):
             numel = base.numel(name)
@@ -263,8 +276,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 for _, start, stop, block in group:
                     if block is None:
                         continue
-                    d = block_deltas(block)
-                    gram_update(g, d)
+                    d = gram_update(g, block)
                     if keep(name):
                         kept.append((start, stop, block[0].reshape(-1), d))
                 t_read += time.perf_counter() - ts
@@ -288,7 +300,10 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 kept = ((start, stop, block[0].reshape(-1), block_deltas(block)) for _, start, stop, block
                         in prefetch(tensor_stream([name], read)) if block is not None)
             for start, stop, b0, d in kept:
-                pred = torch.mm(wt, d).add_(b0)  # [K, n] = W_0 + w Δ (float32: ~1e-7 of Δ̂)
+                if predicted.numel() < len(keys) * d.shape[1]:
+                    predicted = torch.empty(len(keys) * d.shape[1], dtype=torch.float32)
+                pred = torch.addmm(b0.expand(len(keys), -1), wt, d, out=predicted[: len(keys) * d.shape[1]]
+                                   .view(len(keys), -1))  # W_0 + w Δ (float32: ~1e-7 of Δ̂), in a reused buffer
                 for o, p in zip(outs, pred):
                     o[start * row: stop * row] = p
             for k, o in zip(keys, outs):
