@@ -262,7 +262,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
             return read_blocks(traj, name, [0, *union], max_elements, reuse=ring, check_finite=False)
 
         blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
-        predicted = torch.empty(len(windows) * len(targets) * int(max_elements), dtype=torch.float32)
+        predicted = torch.empty(0, dtype=torch.float32)  # grown to the largest block's predictions
         groups = itertools.groupby(blocks, key=operator.itemgetter(0))
         for name in tqdm(floating, desc="RELEX", unit="tensor", leave=False):
             numel = base.numel(name)
