@@ -77,6 +77,29 @@ def test_missing_tensor_and_bad_shape(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
+def test_write_rows_streams_a_tensor_in_blocks(tmp_path):
+    mf = ModelFiles(make_tiny_model_dir(tmp_path / "src"))
+    with ModelWriter(tmp_path / "out", template=mf, dtype="float32") as w:
+        for n in w.tensor_names:
+            x = mf.read(n).float() + 1
+            rows = x.shape[0] if x.dim() else 1
+            for a in reversed(range(0, rows, 3)):  # any order
+                w.write_rows(n, a, x[a: a + 3] if x.dim() else x.reshape(1))
+    got = ModelFiles(tmp_path / "out")
+    for n in mf.tensor_names:
+        assert torch.equal(got.read(n), mf.read(n).float() + 1), n
+    name = mf.tensor_names[0]
+    with pytest.raises(RlvrError, match="never written"):  # half a tensor is not a tensor
+        with ModelWriter(tmp_path / "half", template=mf) as w:
+            for n in w.tensor_names:
+                x = mf.read(n)
+                w.write_rows(n, 0, x[: max(1, x.shape[0] // 2)] if n == name else x)
+    with pytest.raises(RlvrError, match="do not fit"):
+        with ModelWriter(tmp_path / "bad", template=mf) as w:
+            w.write_rows(name, mf.shape(name)[0], mf.read(name)[:1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+
 def test_overwrites_existing_output_atomically(tmp_path):
     mf = ModelFiles(make_tiny_model_dir(tmp_path / "src"))
     out = write_all(tmp_path / "out", mf)

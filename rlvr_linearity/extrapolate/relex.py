@@ -293,9 +293,9 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 keys += [(w.label, t) for t in targets]
                 wmat.append(full)
             wt = torch.from_numpy(np.concatenate(wmat)).to(torch.float32)
-            shape = tuple(base.shape(name))
-            row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            outs = [torch.empty(numel, dtype=writers[k].dtype or base.dtype(name)) for k in keys]
+            if numel == 0:  # no rows, no blocks
+                for k in keys:
+                    writers[k].write(name, base.read(name))
             if not kept:
                 kept = ((start, stop, block[0].reshape(-1), block_deltas(block)) for _, start, stop, block
                         in prefetch(tensor_stream([name], read)) if block is not None)
@@ -304,11 +304,9 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                     predicted = torch.empty(len(keys) * d.shape[1], dtype=torch.float32)
                 pred = torch.addmm(b0.expand(len(keys), -1), wt, d, out=predicted[: len(keys) * d.shape[1]]
                                    .view(len(keys), -1))  # W_0 + w Δ (float32: ~1e-7 of Δ̂), in a reused buffer
-                for o, p in zip(outs, pred):
-                    o[start * row: stop * row] = p
-            for k, o in zip(keys, outs):
-                writers[k].write(name, o.reshape(shape))
-            del outs, kept
+                for k, p in zip(keys, pred):  # block by block: no output tensor is ever whole in memory
+                    writers[k].write_rows(name, start, p)
+            del kept
         t_write = time.perf_counter()
     if cache is not None and cached is None:
         cache.store(union, grams)

@@ -74,6 +74,7 @@ class ModelWriter:
         self._files: dict[str, object] = {}
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file name, abs offset, nbytes)
         self._written: set[str] = set()
+        self._rows_written: dict[str, int] = {}  # elements written so far by write_rows
 
     def _plan(self, shard_bytes: int) -> list[list[str]]:
         shards, cur, size = [], [], 0
@@ -148,6 +149,31 @@ class ModelWriter:
         f.seek(off)
         f.write(memoryview(data))
         self._written.add(name)
+
+    def write_rows(self, name: str, start: int, values: torch.Tensor) -> None:
+        """Write rows [start, start + len) of dim 0 of `name` (elements of a 1-D tensor; values
+        cast to the target dtype): a tensor streamed block by block, never whole in memory. It
+        counts as written once as many elements as it holds have been (each row once)."""
+        if self._tmp is None:
+            raise RuntimeError("ModelWriter.write_rows outside its `with` block")
+        if name not in self._entries:
+            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
+        dt, shape, nb = self._entries[name]
+        row = 1
+        for d in shape[1:]:
+            row *= d
+        data = torch.as_tensor(values).detach().to(device="cpu", dtype=dt).contiguous().reshape(-1)
+        rows = shape[0] if shape else 1
+        if data.numel() % row or not 0 <= start <= start + data.numel() // row <= rows:
+            raise RlvrError(f"tensor {name}: rows {start}:{start + data.numel() // row} of {data.numel()} values "
+                            f"do not fit its shape {list(shape)}")
+        fname, off, _ = self._where[name]
+        f = self._files[fname]
+        f.seek(off + start * row * dt.itemsize)
+        f.write(memoryview(data.view(torch.uint8).numpy()))
+        self._rows_written[name] = self._rows_written.get(name, 0) + data.numel()
+        if self._rows_written[name] >= nb // dt.itemsize:
+            self._written.add(name)
 
     def _finish(self) -> None:
         missing = [n for n in self.tensor_names if n not in self._written]
