@@ -212,8 +212,8 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
     so the jobs of a sweep share one Gram pass."""
     from tqdm import tqdm
 
-    from rlvr_linearity.linearity.gram import (GramCache, block_deltas, check_finite_gram, compute_grams, gram_update,
-                                               read_blocks)
+    from rlvr_linearity.linearity.gram import (GramCache, check_finite_gram, compute_grams, gram_update,
+                                               predict_update, read_blocks)
     from rlvr_linearity.trajectory import ModelWriter
     from rlvr_linearity.trajectory.core import torch_threads
 
@@ -247,8 +247,9 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 for wr in writers.values():
                     wr.write(name, value)
 
-        def keep(name: str) -> bool:
-            return cached is None and (len(union) + 1) * base.numel(name) * 4 <= memory_budget
+        def keep(name: str) -> bool:  # its blocks, as stored, fit the budget
+            item = traj.block_dtype(name, [0, *union]).itemsize
+            return cached is None and (len(union) + 1) * base.numel(name) * item <= memory_budget
 
         # the Gram pass reads ahead in a background thread; a tensor read twice (too big to keep, or
         # its Gram cached) is read once here, after its weights are known
@@ -276,9 +277,9 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 for _, start, stop, block in group:
                     if block is None:
                         continue
-                    d = gram_update(g, block)
+                    gram_update(g, block)
                     if keep(name):
-                        kept.append((start, stop, block[0].reshape(-1), d))
+                        kept.append((start, block))
                 t_read += time.perf_counter() - ts
                 check_finite_gram(traj, name, [0, *union], g)
             grams[name] = g
@@ -297,13 +298,13 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 for k in keys:
                     writers[k].write(name, base.read(name))
             if not kept:
-                kept = ((start, stop, block[0].reshape(-1), block_deltas(block)) for _, start, stop, block
-                        in prefetch(tensor_stream([name], read)) if block is not None)
-            for start, stop, b0, d in kept:
-                if predicted.numel() < len(keys) * d.shape[1]:
-                    predicted = torch.empty(len(keys) * d.shape[1], dtype=torch.float32)
-                pred = torch.addmm(b0.expand(len(keys), -1), wt, d, out=predicted[: len(keys) * d.shape[1]]
-                                   .view(len(keys), -1))  # W_0 + w Δ (float32: ~1e-7 of Δ̂), in a reused buffer
+                kept = ((start, block) for _, start, _, block in prefetch(tensor_stream([name], read))
+                        if block is not None)
+            for start, block in kept:
+                columns = block[0].numel()
+                if predicted.numel() < len(keys) * columns:
+                    predicted = torch.empty(len(keys) * columns, dtype=torch.float32)
+                pred = predict_update(block, wt, predicted)
                 for k, p in zip(keys, pred):  # block by block: no output tensor is ever whole in memory
                     writers[k].write_rows(name, start, p)
             del kept

@@ -72,17 +72,14 @@ def run_weight(traj, base_step: int, second_step: int, targets, out_root: Path, 
                     w.write(name, value)
                 copied.append(name)
                 continue
-            shape = tuple(base.shape(name))
-            numel = base.numel(name)
-            row = numel // shape[0] if shape else 1
-            outs = [torch.empty(numel, dtype=w.dtype or base.dtype(name)) for w in writers]
-            for start, stop, block in read_blocks(traj, name, [a_step, b_step], max_elements):
+            if base.numel(name) == 0:  # no rows, no blocks
+                for w in writers:
+                    w.write(name, base.read(name))
+            for start, _, block in read_blocks(traj, name, [a_step, b_step], max_elements):
                 b = block.reshape(2, -1).to(torch.float64)
                 pred = b[0] + al * (b[1] - b[0])
-                for o, p in zip(outs, pred):
-                    o[start * row: stop * row] = p
-            for w, o in zip(writers, outs):
-                w.write(name, o.reshape(shape))
+                for w, p in zip(writers, pred):  # block by block: no output whole in memory
+                    w.write_rows(name, start, p)
             extrapolated.append(name)
     return {"base_step": a_step, "second_step": b_step,
             "targets": [{"target": t, "alpha": a, "path": str(Path(out_root) / f"step_{t}")}

@@ -20,6 +20,7 @@ import json
 import logging
 import operator
 import os
+import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -43,16 +44,13 @@ def bytes_read() -> int:
 
 def read_blocks(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS, reuse: int = 0,
                 check_finite: bool | None = None):
-    """`traj.iter_blocks` with the bytes counted (the one reader of RELEX and the Grams); blocks
-    of bf16/fp16/fp32 tensors come as float32 (converted once by the reader, exactly), so
-    `block_deltas` subtracts in place. `reuse`, `check_finite`: see `iter_blocks` (Gram
-    passes skip the reader's scan: `check_finite_gram` on the result tells for free)."""
+    """`traj.iter_blocks` (blocks as stored: the reader only copies bytes, the consumers widen
+    in their own threads) with the bytes counted: the one reader of RELEX, the Grams and weight
+    extrapolation. `reuse`, `check_finite`: see `iter_blocks` (Gram passes skip the reader's
+    scan: `check_finite_gram` tells for free)."""
     steps = list(steps)
     stored = sum(traj.model(s).dtype(name).itemsize for s in steps)
-    wide = traj.block_dtype(name, steps)
-    dtype = torch.float32 if wide in (torch.bfloat16, torch.float16, torch.float32) else None
-    for start, stop, block in traj.iter_blocks(name, steps, max_elements, dtype=dtype, reuse=reuse,
-                                               check_finite=check_finite):
+    for start, stop, block in traj.iter_blocks(name, steps, max_elements, reuse=reuse, check_finite=check_finite):
         _READ["bytes"] += stored * block[0].numel()
         yield start, stop, block
 
@@ -69,19 +67,14 @@ def check_finite_gram(traj, name: str, steps, g: np.ndarray) -> None:
         pass
 
 
-def block_deltas(block: torch.Tensor) -> torch.Tensor:
-    """[1 + T, ...] block whose row 0 is the base -> float32 deltas [T, n]."""
-    b = block.reshape(block.shape[0], -1)
-    return b[1:].to(torch.float32).sub_(b[0])
-
-
-GRAM_SPLIT_COLUMNS = 1 << 15  # blocks at least twice this wide are split over the Gram threads
+GRAM_SPLIT_COLUMNS = 1 << 15  # blocks at least twice this wide are split over the pool's threads
 _POOL: list = []
+_SCRATCH = threading.local()
 
 
-def _gram_pool():
-    """One thread per core (up to 8) for the Gram products. torch's matmul releases the GIL and
-    runs concurrently from Python threads (numpy's BLAS serialises them: measured no gain)."""
+def _pool():
+    """One thread per core (up to 8) for the block arithmetic. torch's kernels release the GIL
+    and run concurrently from Python threads (numpy's BLAS serialises them: measured no gain)."""
     if not _POOL:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -90,30 +83,59 @@ def _gram_pool():
     return _POOL[0]
 
 
-def gram_update(g: np.ndarray, block: torch.Tensor) -> torch.Tensor:
-    """g += D Dᵀ for the deltas D [T, n] of a block [1 + T, ...] whose row 0 is the base, and
-    return D (float32; a float32 block's own rows, differenced in place). Each Gram thread (one
-    torch thread each: no OpenMP spinning) differences and multiplies one column range; the
-    float32 products are added to the float64 `g` in a fixed order (deterministic for a given
-    core count). Measured on 2 cores: RELEX's Gram pass 3.9 s -> 3.4 s against numpy's
-    single-threaded BLAS product on deltas formed beforehand."""
+def _deltas(b: torch.Tensor, a: int, c: int) -> torch.Tensor:
+    """float32 deltas [T, c - a] of columns a:c of the block b [1 + T, n] (row 0 the base), in
+    this thread's reused scratch: bf16/fp16 widened first (the difference is then exact in
+    float32 for neighbouring values), fp32/fp64 differenced as stored, then rounded."""
+    rows, n = b.shape[0] - 1, c - a
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < (rows + 1) * n:
+        buf = _SCRATCH.buf = torch.empty((rows + 1) * n, dtype=torch.float32)
+    d = buf[: rows * n].view(rows, n)
+    if b.dtype in (torch.float32, torch.float64):
+        if b.dtype == torch.float32:
+            torch.sub(b[1:, a:c], b[0, a:c], out=d)
+        else:
+            d.copy_(b[1:, a:c] - b[0, a:c])
+        return d
+    base = buf[rows * n: (rows + 1) * n]
+    base.copy_(b[0, a:c])
+    return d.copy_(b[1:, a:c]).sub_(base)
+
+
+def _by_columns(block: torch.Tensor, work) -> list:
+    """[work(block2d, deltas, a, c)] for column ranges a:c of the block, one per pool thread
+    (one torch thread each: no OpenMP spinning), in column order."""
     b = block.reshape(block.shape[0], -1)
-    in_place = b.dtype == torch.float32
-    d = b[1:] if in_place else block_deltas(block)
-    pool = _gram_pool()
-    parts = max(1, min(pool._max_workers, d.shape[1] // GRAM_SPLIT_COLUMNS))
-    cuts = np.linspace(0, d.shape[1], parts + 1).astype(np.int64)
-
-    def product(a: int, c: int) -> torch.Tensor:
-        x = d[:, a:c]
-        if in_place:
-            x.sub_(b[0, a:c])
-        return torch.mm(x, x.T)
-
+    pool = _pool()
+    parts = max(1, min(pool._max_workers, b.shape[1] // GRAM_SPLIT_COLUMNS))
+    cuts = np.linspace(0, b.shape[1], parts + 1).astype(np.int64)
     with torch_threads(1):
-        for part in pool.map(product, cuts[:-1], cuts[1:]):
-            g += part.numpy()
-    return d
+        return list(pool.map(lambda a, c: work(b, _deltas(b, a, c), a, c), cuts[:-1], cuts[1:]))
+
+
+def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
+    """g += D Dᵀ for the deltas D of a block [1 + T, ...] (row 0 the base, any float dtype as
+    stored): each pool thread widens, differences and multiplies one column range; the float32
+    products are added to the float64 `g` in column order (deterministic for a given core
+    count). The reader then only copies bytes: on 2 cores RELEX's Gram pass went 3.9 s -> 2.4 s
+    against a float32-converting reader and numpy's single-threaded product."""
+    for part in _by_columns(block, lambda b, d, a, c: torch.mm(d, d.T).numpy()):
+        g += part
+
+
+def predict_update(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[:, cols] = W_0 + weights @ D for a block [1 + T, ...]: the predictions [K, n] (float32,
+    ~1e-7 of the predicted delta) of every target at once, computed like `gram_update`; `out`
+    is a reused buffer of at least K * n elements."""
+    b2 = block.reshape(block.shape[0], -1)
+    pred = out[: weights.shape[0] * b2.shape[1]].view(weights.shape[0], b2.shape[1])
+
+    def work(b, d, a, c):
+        torch.mm(weights, d, out=pred[:, a:c]).add_(b[0, a:c])
+
+    _by_columns(block, work)
+    return pred
 
 
 def _steps_key(steps) -> str:
