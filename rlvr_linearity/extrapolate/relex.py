@@ -9,11 +9,14 @@ on the window's steps predicts ĉ at a target, and Δ̂ = ĉᵀ V_rᵀ with V_r 
 deltas, and V is never formed. The fit is linear in the coefficients (ĉ = C ᵀh for a "hat"
 vector h of the fit), so w = U_r diag(1/σ) diag(σ) U_rᵀ h = U_r U_rᵀ h.
 
-Driver (`run_relex`): the union of all windows' steps is streamed once per tensor. When a
-tensor's deltas fit in `memory_budget` bytes (float32) they are kept from that read, so its
-Gram, weights and every output come from one read; bigger tensors are read a second time for
-the outputs (or once, when the Gram cache already holds them). Outputs go through ModelWriter
-(all targets of all windows open at once, one tensor at a time in memory per output).
+Driver (`run_relex`): the union of all windows' steps is streamed once, read ahead in a
+background thread into a ring of reused buffers, as stored; the Gram products and the
+predictions run on every core, column range by column range (`gram.gram_update`,
+`gram.predict_update`). When a tensor's blocks fit in `memory_budget` bytes they stay in the
+ring from that read, so its Gram, weights and every output come from one read; bigger tensors
+are read a second time for the outputs (or once, when the Gram cache already holds them).
+Outputs go through ModelWriter, block by block (all targets of all windows open at once; no
+output tensor is ever whole in memory).
 """
 
 from __future__ import annotations
@@ -297,16 +300,14 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
             if numel == 0:  # no rows, no blocks
                 for k in keys:
                     writers[k].write(name, base.read(name))
-            if not kept:
-                kept = ((start, block) for _, start, _, block in prefetch(tensor_stream([name], read))
-                        if block is not None)
-            for start, block in kept:
-                columns = block[0].numel()
-                if predicted.numel() < len(keys) * columns:
-                    predicted = torch.empty(len(keys) * columns, dtype=torch.float32)
-                pred = predict_update(block, wt, predicted)
-                for k, p in zip(keys, pred):  # block by block: no output tensor is ever whole in memory
-                    writers[k].write_rows(name, start, p)
+            with closing(prefetch(tensor_stream([] if kept else [name], read))) as again:
+                for start, block in kept or ((start, b) for _, start, _, b in again if b is not None):
+                    columns = block[0].numel()
+                    if predicted.numel() < len(keys) * columns:
+                        predicted = torch.empty(len(keys) * columns, dtype=torch.float32)
+                    pred = predict_update(block, wt, predicted)
+                    for k, p in zip(keys, pred):  # block by block: no output tensor is ever whole in memory
+                        writers[k].write_rows(name, start, p)
             del kept
         t_write = time.perf_counter()
     if cache is not None and cached is None:
