@@ -1,7 +1,7 @@
 """Fused CPU kernel for per-weight R² (numba): one pass over a block of stored values computes,
 per column, cumulative float64 sums of the deltas against the base, snapshots them at every
 prefix-window end, and adds the window's R² straight into the statistics (count, sum, counts
-above thresholds, 2**20-bin histogram). Windows therefore cost almost nothing extra and nothing
+above thresholds, 2**19-bin histogram). Windows therefore cost little extra and nothing
 of size [windows, columns] is materialised. The torch path (`r2.py`) is the reference and the
 CUDA path; both are tested against numpy.
 
@@ -231,10 +231,10 @@ class KernelStats:
         self.cnts[:] = 0
         self.above[:] = 0
 
-    def add(self, block, out: np.ndarray | None) -> bool:
-        """Accumulate a block [T, C] (torch or numpy; bf16 read as stored, fp16 widened to
-        float32 first); `out` [W, C] receives every R² (small tensors: exact medians and no
-        histogram), else the per-tensor histograms count them (at most 2**31 - 1 per bin).
+    def add(self, block: torch.Tensor, out: np.ndarray | None) -> bool:
+        """Accumulate a block [T, C] (bf16 read as stored, fp16 widened to float32 first); `out`
+        [W, C] receives every R² (small tensors: exact medians and no histogram), else the
+        per-tensor histograms count them (at most 2**31 - 1 per bin).
         Returns False when the block holds NaN/Inf (the statistics are then unusable)."""
         x, bf16 = kernel_input(block)
         if out is None:
@@ -283,17 +283,15 @@ class KernelStats:
             self.dirty = False
 
 
-def kernel_input(block) -> tuple[np.ndarray, bool]:
+def kernel_input(block: torch.Tensor) -> tuple[np.ndarray, bool]:
     """(2-D C-contiguous array, is-bf16-bits) for `r2_accumulate`: float32/float64 as they are,
     bfloat16 as its uint16 bits (no copy), anything else widened to float32."""
-    if isinstance(block, torch.Tensor):
-        block = block.reshape(block.shape[0], -1)
-        if block.dtype == torch.bfloat16:
-            return block.contiguous().view(torch.int16).numpy().view(np.uint16), True
-        if block.dtype not in (torch.float32, torch.float64):
-            block = block.float()
-        return block.contiguous().numpy(), False
-    return np.ascontiguousarray(block), False
+    block = block.reshape(block.shape[0], -1)
+    if block.dtype == torch.bfloat16:
+        return block.contiguous().view(torch.int16).numpy().view(np.uint16), True
+    if block.dtype not in (torch.float32, torch.float64):
+        block = block.float()
+    return block.contiguous().numpy(), False
 
 
 def warm_up() -> None:
