@@ -141,6 +141,11 @@ def _problem_texts(cfg, benchmark: str) -> list[str]:
     return [text(r) for r in rows]
 
 
+def _remote_code(cfg) -> bool:
+    """trajectory.trust_remote_code: models with custom code load for the log-prob pass too."""
+    return bool((cfg.get("trajectory") or {}).get("trust_remote_code", False))
+
+
 def _probes(cfg, traj, out: Path) -> list[dict]:
     from rlvr_linearity.linearity.logprob import generate_probes, load_probes
 
@@ -153,7 +158,7 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
                             max_new_tokens=int(cfg.sampling.max_tokens), temperature=float(pc.get("temperature", 1.0)),
                             seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
-                            device=_device(cfg.linearity))
+                            device=_device(cfg.linearity), trust_remote_code=_remote_code(cfg))
     _write(out / "probes.json", items)
     return [{"problem": it["problem"], "response_id": g["response_id"], "response": g["text"]}
             for it in items for g in it["generated_texts"]]
@@ -166,7 +171,7 @@ def _logprobs(cfg, traj, steps, out: Path) -> dict:
     probes = _probes(cfg, traj, out)
     lp, lg, tokens = teacher_forced_matrix(traj, steps, probes, instruction=pc.get("instruction"),
                                            batch_size=int(pc.batch_size), chunk=int(pc.get("chunk_positions", 256)),
-                                           device=_device(cfg.linearity))
+                                           device=_device(cfg.linearity), trust_remote_code=_remote_code(cfg))
     res = token_linearity(lp.astype(np.float64), lg.astype(np.float64), steps, min_change=float(pc.min_change or 0.0),
                           max_tokens=pc.get("max_tokens_sampled"), seed=int(cfg.linearity.sample_seed),
                           tokens=tokens)

@@ -176,16 +176,16 @@ def load_model(path, device="cpu", trust_remote_code: bool = False):
 
 def generate_probes(model_path, problems: list[str], *, n_samples: int = 1, max_new_tokens: int = 256,
                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 42, batch_size: int = 8,
-                    instruction: str | None = None, device="cpu") -> list[dict]:
+                    instruction: str | None = None, device="cpu", trust_remote_code: bool = False) -> list[dict]:
     """Probe responses sampled from the base model (minimal HF `generate`, left-padded batches),
     in LIN's probe format `[{index, problem, gt, generated_texts: [{response_id, text}]}]`."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_path))
+    tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model = load_model(model_path, device)
+    model = load_model(model_path, device, trust_remote_code)
     torch.manual_seed(seed)
     prompts = [prompt_text(tok, p, instruction) for p in problems]
     items = [{"index": i, "problem": p, "gt": None, "generated_texts": []} for i, p in enumerate(problems)]
@@ -203,13 +203,13 @@ def generate_probes(model_path, problems: list[str], *, n_samples: int = 1, max_
 
 
 def teacher_forced_matrix(traj, steps, probes: list[dict], *, instruction: str | None = None, batch_size: int = 8,
-                          chunk: int = 256, device="cpu", progress: bool = True):
+                          chunk: int = 256, device="cpu", progress: bool = True, trust_remote_code: bool = False):
     """Log-probs and raw logits [N_tokens, T] (float32) of every response token at every step,
     plus [(sequence, position, token_id, token_str)] per row. One checkpoint in memory at a time."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(traj.model(0).path))
+    tok = AutoTokenizer.from_pretrained(str(traj.model(0).path), trust_remote_code=trust_remote_code)
     if not getattr(tok, "is_fast", False):
         raise ConfigError(f"file {traj.model(0).path}: log-prob linearity needs a fast tokenizer (offsets)")
     encoded = [encode(tok, prompt_text(tok, p["problem"], instruction), p["response"]) for p in probes]
@@ -225,7 +225,7 @@ def teacher_forced_matrix(traj, steps, probes: list[dict], *, instruction: str |
     lg = np.zeros((n, len(steps)), dtype=np.float32)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for j, step in enumerate(tqdm(steps, desc="teacher forcing", unit="ckpt", disable=not progress)):
-        model = load_model(traj.model(step).path, device)
+        model = load_model(traj.model(step).path, device, trust_remote_code)
         for a in range(0, len(order), batch_size):
             idx = order[a: a + batch_size]
             scores = score_batch(model, [encoded[i][0] for i in idx], [encoded[i][1] for i in idx], pad, chunk, device)
