@@ -11,7 +11,6 @@ import importlib
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 
 COMMANDS = {
@@ -22,12 +21,6 @@ COMMANDS = {
     "pipeline": ("rlvr_linearity.pipeline.app", "an experiment chaining the commands (experiment=demo, paper runs)"),
     "figures": ("rlvr_linearity.figures.app", "regenerate the paper figures and tables from results directories"),
 }
-
-# the figure modules a command draws with at its end: imported in the background while the
-# command reads checkpoints (GIL released), so matplotlib's ~0.4 s import costs no wall time
-WARM_IMPORTS = {"linearity": "rlvr_linearity.figures.linearity",
-                "extrapolate": "rlvr_linearity.figures.extrapolation",
-                "pipeline": "rlvr_linearity.figures.regenerate"}
 
 log = logging.getLogger("rlvr")
 
@@ -51,20 +44,9 @@ def run_command(command: str, cfg) -> object:
     from rlvr_linearity.paths import resolve_output_dir
 
     module = importlib.import_module(COMMANDS[command][0])
-    if command in WARM_IMPORTS:
-        threading.Thread(target=_import_quietly, args=(WARM_IMPORTS[command],), name="rlvr-warm-imports",
-                         daemon=True).start()
     out = resolve_output_dir(cfg)
     with start_tracking(cfg, command, out) as tracker:
         return module.run(cfg, tracker)
-
-
-def _import_quietly(module: str) -> None:
-    """Import `module`, ignoring failures: the command's own import reports them."""
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - re-raised by the command's import
-        pass
 
 
 def _guarded(command: str, cfg):
