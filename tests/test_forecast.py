@@ -280,6 +280,16 @@ def test_watch_follows_a_directory_as_steps_appear(tmp_path):
     assert logged == sorted(logged) and logged[-1] == 9
     hist = wandb_history(out)
     assert {r["_step"] for r in hist if "forecast/relex_ev_mean" in r} == set(obs)
+    # watching the finished directory again into the same output: one line per step, not two
+    res = subprocess.run(
+        [sys.executable, "-m", "rlvr_linearity", "linearity", f"trajectory.path={live}", f"trajectory.base={tt.base}",
+         "watch=true", "forecast.start_step=3", "forecast.target=9", "forecast.poll_s=0.2", "forecast.timeout_s=1",
+         f"output_dir={out}", "logger=none"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    again = [r["observed_step"] for r in _jsonl(root / "forecasts.jsonl")]
+    assert sorted(again) == sorted(set(again)) and set(obs) <= set(again)
+    r2_steps = [r["observed_step"] for r in _jsonl(root / "r2.jsonl")]
+    assert sorted(r2_steps) == sorted(set(r2_steps)) == tt.steps
 
 
 # ---------------------------------------------------------------------------- TRL run

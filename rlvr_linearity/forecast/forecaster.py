@@ -134,13 +134,28 @@ def accuracy_of(metrics: dict | None) -> float | None:
     return first.get("accuracy") if isinstance(first, dict) else None
 
 
-def _append_jsonl(path: Path, rec: dict) -> None:
+def _upsert_jsonl(path: Path, rec: dict, key: str = "observed_step") -> None:
+    """Add `rec` as a line of `path`, replacing a line with the same `key` (one line per observed
+    step: a rerun of watch mode over the same directory rewrites its lines instead of doubling
+    them; a resumed run adds its new steps). Written to a temp name, then renamed."""
     from rlvr_linearity.tracking import _jsonable
 
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_jsonable(rec)) + "\n")
+    lines = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get(key) == rec.get(key):
+                    continue
+            except (json.JSONDecodeError, AttributeError):
+                pass  # a torn or foreign line is kept as it is
+            lines.append(line)
+    lines.append(json.dumps(_jsonable(rec)))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data) -> None:
@@ -282,7 +297,7 @@ class Forecaster:
         _write_json(self.root / "weights_r2.json", summ)
         short = {k: summ[k] for k in ("observed_step", "steps", "n_weights", "n_defined", "mean", "median",
                                       "frac_above", "update_seconds")}
-        _append_jsonl(self.root / "r2.jsonl", {"time": time.time(), **short})
+        _upsert_jsonl(self.root / "r2.jsonl", {"time": time.time(), **short})
         self.last_r2 = short
         return short
 
@@ -339,7 +354,7 @@ class Forecaster:
         if s.evaluate_observed:
             m["forecast/observed_accuracy"] = rec["observed_accuracy"]
         _write_json(odir / "forecast.json", rec)
-        _append_jsonl(self.root / "forecasts.jsonl", rec)
+        _upsert_jsonl(self.root / "forecasts.jsonl", rec)
         rec["metrics"] = m
         self.records.append(rec)
         self._prune()
