@@ -135,6 +135,22 @@ class TinyTrajectory:
     config: object = field(repr=False)
 
 
+def greedy_generate(path, prompts, max_new: int, eos: int, device: str = "cpu") -> list[list[int]]:
+    """Each prompt's greedy continuation by the model's own `generate` (batch of one, float32),
+    cut at `eos`: the reference the logits-extrapolation engine must reproduce at alpha 0 / 1."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    out = []
+    for p in prompts:
+        enc = tok([p], return_tensors="pt").to(device)
+        seq = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
+                             pad_token_id=eos)[0, enc["input_ids"].shape[1]:].tolist()
+        out.append(seq[:seq.index(eos)] if eos in seq else seq)
+    return out
+
+
 def make_trajectory(root, layout: str = "checkpoint", steps=(1, 2, 3, 4), *, tied: bool = False,
                     dtype=torch.float32, base_dtype=None, drift: str = "linear", noise: float = 0.0,
                     scale: float = 1e-2, seed: int = 0, write_json: bool = False, config_dtype=None,

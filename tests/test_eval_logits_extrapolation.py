@@ -4,6 +4,7 @@ mixed distribution == a direct float64 computation; row dropping == a cache-free
 import numpy as np
 import pytest
 import torch
+from conftest import greedy_generate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr_linearity.extrapolate.logits import LogitsExtrapolationEngine
@@ -17,24 +18,12 @@ def pair(tiny_model_dir):
     return str(tiny_model_dir(seed=1)), str(tiny_model_dir(seed=2))
 
 
-def _reference_generate(path, prompts, max_new, eos):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    out = []
-    for p in prompts:
-        enc = tok([p], return_tensors="pt")
-        seq = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos)[0, enc["input_ids"].shape[1]:].tolist()
-        out.append(seq[:seq.index(eos)] if eos in seq else seq)
-    return out
-
-
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
 def test_alpha_endpoints_reproduce_models(pair, alpha, which):
     eng = LogitsExtrapolationEngine(*pair, alpha, CPU)
     got = [s[0] for s in eng.generate_ids(PROMPTS, {"n": 1, "temperature": 0.0, "max_tokens": 8})]
     eos = next(iter(eng.eos))
-    assert got == _reference_generate(pair[which], PROMPTS, 8, eos)
+    assert got == greedy_generate(pair[which], PROMPTS, 8, eos)
 
 
 def _reference_mixed_greedy(pair, alpha, prompt, max_new, eos):

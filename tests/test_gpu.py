@@ -4,9 +4,8 @@ engine on `device=cuda` reproducing each model's own greedy `generate` at α = 0
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import greedy_generate, make_trajectory
 
-from conftest import make_trajectory
 from rlvr_linearity.extrapolate.logits import LogitsExtrapolationEngine
 from rlvr_linearity.linearity.weights import weight_linearity
 from rlvr_linearity.trajectory import open_trajectory
@@ -27,21 +26,9 @@ def test_weight_r2_on_cuda_equals_cpu(tmp_path):
         assert abs(a["mean"] - b["mean"]) < 1e-9 and abs(a["median"] - b["median"]) < 1e-9
 
 
-def _greedy_on_cuda(path, prompts, max_new, eos):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to("cuda").eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    out = []
-    for p in prompts:
-        enc = tok([p], return_tensors="pt").to("cuda")
-        seq = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                             pad_token_id=eos)[0, enc["input_ids"].shape[1]:].tolist()
-        out.append(seq[:seq.index(eos)] if eos in seq else seq)
-    return out
-
-
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
 def test_logits_extrapolation_on_cuda_reproduces_models(tiny_model_dir, alpha, which):
     pair = str(tiny_model_dir(seed=1)), str(tiny_model_dir(seed=2))
     eng = LogitsExtrapolationEngine(*pair, alpha, {"device": "cuda", "batch_size": 4})
     got = [s[0] for s in eng.generate_ids(PROMPTS, {"n": 1, "temperature": 0.0, "max_tokens": 8})]
-    assert got == _greedy_on_cuda(pair[which], PROMPTS, 8, next(iter(eng.eos)))
+    assert got == greedy_generate(pair[which], PROMPTS, 8, next(iter(eng.eos)), device="cuda")
