@@ -118,39 +118,25 @@ class Pipeline:
         return None if res is None else {"dir": str(res.path), **(res.result or {})}
 
     def relex(self, traj: str | None, ident: str) -> list[dict]:
-        """Predicted checkpoints for every (window, target) with the target beyond the window:
-        [{history, target, path}]. Windows that share their targets share a stage; with several
-        stages their Grams come from one shared pass (extrapolate.gram_steps=all)."""
+        """Predicted checkpoints for every (window, target): [{history, target, path}]."""
         from rlvr_linearity.extrapolate.app import extrapolate
 
         pcfg = self.cfg.pipeline.relex
-        windows, targets = [int(w) for w in pcfg.windows], [int(t) for t in pcfg.targets]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for w in windows:
-            beyond = tuple(t for t in targets if t > w)
-            if beyond:
-                groups.setdefault(beyond, []).append(w)
-        inside = [(w, t) for w in windows for t in targets if t <= w]
-        if inside:
-            log.warning("pipeline.relex: skipping %d (window, target) pair(s) whose target is not beyond the "
-                        "window: %s", len(inside), inside)
-        rows = []
-        for beyond, ws in groups.items():
-            over = {"extrapolate.method": "relex", "extrapolate.windows": ws, "extrapolate.targets": list(beyond),
-                    "extrapolate.history": None, "extrapolate.window": None, "extrapolate.last": None}
-            if len(groups) > 1:
-                over["extrapolate.gram_steps"] = "all"
-            ecfg = derive(self.cfg, **over)
-            config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-            label = "relex" if len(groups) == 1 else "relex_h" + "-".join(map(str, ws))
-            stage = Stage("relex", config, [ident], lambda d, ecfg=ecfg: extrapolate(self._on(traj, d, ecfg), d),
-                          label=label)
-            res = self.run_stage(stage)
-            method = {"rank": int(ecfg.extrapolate.rank), "fit": str(ecfg.extrapolate.fit)}
-            rows += [{"history": w, "target": t, **method,
-                      "path": None if res is None else str(_prediction_dir(res.path, t, w if len(ws) > 1 else None))}
-                     for w in ws for t in beyond]
-        return sorted(rows, key=lambda r: (windows.index(r["history"]), targets.index(r["target"])))
+        windows, targets = list(pcfg.windows), list(pcfg.targets)
+        if not windows or not targets:
+            return []
+        over = {"extrapolate.method": "relex", "extrapolate.windows": windows, "extrapolate.targets": targets,
+                "extrapolate.history": None, "extrapolate.window": None, "extrapolate.last": None}
+        ecfg = derive(self.cfg, **over)
+        config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
+        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, ecfg), d), label="relex")
+        res = self.run_stage(stage)
+        method = {"rank": int(ecfg.extrapolate.rank), "fit": str(ecfg.extrapolate.fit)}
+        return [
+            {"history": w, "target": t, **method,
+             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+            for w in windows for t in targets
+        ]
 
     def weight(self, traj: str | None, ident: str) -> list[dict]:
         from rlvr_linearity.extrapolate.app import extrapolate
