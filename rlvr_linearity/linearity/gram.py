@@ -118,7 +118,7 @@ def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
     """g += D Dᵀ for the deltas D of a block [1 + T, ...] (row 0 the base, any float dtype as
     stored): each pool thread widens, differences and multiplies one column range; the float32
     products are added to the float64 `g` in column order (deterministic for a given core
-    count). The reader then only copies bytes: on 2 cores RELEX's Gram pass went 3.9 s -> 2.4 s
+    count). The reader then only copies bytes: on 2 cores RELEX's Gram pass went 3.9 s -> 3.0 s
     against a float32-converting reader and numpy's single-threaded product."""
     for part in _by_columns(block, lambda b, d, a, c: torch.mm(d, d.T).numpy()):
         g += part

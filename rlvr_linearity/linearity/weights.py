@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
 from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
+from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
 
 
 class PerWeightWriter:
@@ -169,6 +169,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
     rng = np.random.default_rng(sample_seed)
     example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
+
     def read(name):  # the kernel widens bf16 bits itself; fp16 is widened by the reader
         wide = traj.block_dtype(name, steps)
         as_f32 = ks is not None and wide == torch.float16

@@ -134,38 +134,26 @@ class ModelWriter:
     # -- writing
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor (any float dtype, cast to the target dtype; shape must match)."""
-        if self._tmp is None:
-            raise RuntimeError("ModelWriter.write outside its `with` block")
-        if name not in self._entries:
-            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
-        dt, shape, nb = self._entries[name]
+        self._entry(name, "write")
         t = torch.as_tensor(tensor).detach()
-        if tuple(t.shape) != shape:
-            raise RlvrError(f"tensor {name}: shape {list(t.shape)} does not match the template's {list(shape)}")
-        data = t.to(device="cpu", dtype=dt).contiguous().reshape(-1).view(torch.uint8).numpy()
-        fname, off, n = self._where[name]
-        assert data.nbytes == n
-        f = self._files[fname]
-        f.seek(off)
-        f.write(memoryview(data))
-        self._written.add(name)
+        if tuple(t.shape) != self._entries[name][1]:
+            raise RlvrError(f"tensor {name}: shape {list(t.shape)} does not match the template's "
+                            f"{list(self._entries[name][1])}")
+        self.write_rows(name, 0, t)
 
     def write_rows(self, name: str, start: int, values: torch.Tensor) -> None:
         """Write rows [start, start + len) of dim 0 of `name` (elements of a 1-D tensor; values
         cast to the target dtype): a tensor streamed block by block, never whole in memory. It
         counts as written once as many elements as it holds have been (each row once)."""
-        if self._tmp is None:
-            raise RuntimeError("ModelWriter.write_rows outside its `with` block")
-        if name not in self._entries:
-            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
-        dt, shape, nb = self._entries[name]
+        dt, shape, nb = self._entry(name, "write_rows")
         row = 1
         for d in shape[1:]:
             row *= d
         data = torch.as_tensor(values).detach().to(device="cpu", dtype=dt).contiguous().reshape(-1)
         rows = shape[0] if shape else 1
-        if data.numel() % row or not 0 <= start <= start + data.numel() // row <= rows:
-            raise RlvrError(f"tensor {name}: rows {start}:{start + data.numel() // row} of {data.numel()} values "
+        count = data.numel() // row if row else rows
+        if (row and data.numel() % row) or not 0 <= start <= start + count <= rows:
+            raise RlvrError(f"tensor {name}: rows {start}:{start + count} of {data.numel()} values "
                             f"do not fit its shape {list(shape)}")
         fname, off, _ = self._where[name]
         f = self._files[fname]
@@ -174,6 +162,14 @@ class ModelWriter:
         self._rows_written[name] = self._rows_written.get(name, 0) + data.numel()
         if self._rows_written[name] >= nb // dt.itemsize:
             self._written.add(name)
+
+    def _entry(self, name: str, method: str) -> tuple:
+        """(dtype, shape, nbytes) of a template tensor, inside the `with` block."""
+        if self._tmp is None:
+            raise RuntimeError(f"ModelWriter.{method} outside its `with` block")
+        if name not in self._entries:
+            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
+        return self._entries[name]
 
     def _finish(self) -> None:
         missing = [n for n in self.tensor_names if n not in self._written]
