@@ -92,10 +92,12 @@ if nb is not None:
                 m = min(TILE, n_cols - j0)
                 w = 0
                 for t in range(n_steps):
-                    at = t * n_cols + j0
+                    # unsigned: numba skips its negative-index wraparound, which had made every
+                    # load below a scalar insert (3-4x slower); the indices are never negative
+                    at = np.uint64(t * n_cols + j0)
                     if t == 0:
                         for k in range(m):
-                            x0[k] = np.float64(_bf16(xf[j0 + k])) if bf16 else np.float64(xf[j0 + k])
+                            x0[k] = np.float64(_bf16(xf[at + np.uint64(k)])) if bf16 else np.float64(xf[at + np.uint64(k)])
                             s[k] = 0.0
                             q[k] = 0.0
                             sx[k] = 0.0
@@ -105,19 +107,19 @@ if nb is not None:
                     xt = steps[t]
                     if bf16:
                         for k in range(m):
-                            d = np.float64(_bf16(xf[at + k])) - x0[k]
+                            d = np.float64(_bf16(xf[at + np.uint64(k)])) - x0[k]
                             s[k] += d
                             q[k] += d * d
                             sx[k] += xt * d
                     else:  # float64 input must not pass through float32
                         for k in range(m):
-                            d = np.float64(xf[at + k]) - x0[k]
+                            d = np.float64(xf[at + np.uint64(k)]) - x0[k]
                             s[k] += d
                             q[k] += d * d
                             sx[k] += xt * d
                     if use_range:
                         for k in range(m):
-                            d = (np.float64(_bf16(xf[at + k])) if bf16 else np.float64(xf[at + k])) - x0[k]
+                            d = (np.float64(_bf16(xf[at + np.uint64(k)])) if bf16 else np.float64(xf[at + np.uint64(k)])) - x0[k]
                             mn[k] = min(mn[k], d)
                             mx[k] = max(mx[k], d)
                     if t == n_steps - 1:
