@@ -1,4 +1,4 @@
-from rlvr_linearity.cli import main
+from rlvr_linearity.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -74,3 +74,24 @@ def test_everything_a_run_writes_is_under_output_dir(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "out" / ".hydra" / "config.yaml").exists() and (tmp_path / "out" / "figures").is_dir()
     assert not (tmp_path / "logs").exists()
+
+
+def test_fast_exit_does_what_a_normal_exit_does(tmp_path):
+    """`entry` skips the interpreter's teardown: threads are still joined, atexit handlers run
+    and buffered output reaches a pipe; the exit code is main's."""
+    script = f"""
+import atexit, sys, threading, time
+from rlvr_linearity import cli
+atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))
+def late():
+    time.sleep(0.5)
+    open({str(tmp_path / 'thread')!r}, 'w').write('done')
+threading.Thread(target=late).start()
+print('x' * 100000)
+sys.argv = ['rlvr', 'lineraity']
+cli.entry()
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown command" in res.stderr
+    assert res.stdout.count("x") == 100000
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
