@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_trajectory
 
-from rlvr_linearity.linearity import gram
+from rlvr_linearity.linearity import gram, kernel
 from rlvr_linearity.trajectory import open_trajectory
 
 STEPS = (1, 2, 4, 7, 8, 12)
@@ -59,3 +59,27 @@ def test_cache_keyed_by_content(tmp_path):
     n = a.names[0]
     assert not np.allclose(ga[n], gb[n])
     assert np.allclose(gb[n], ref_gram(b, n, [1, 2, 3]), rtol=1e-5)
+
+
+@pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernels)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 6, 13])
+def test_fused_gram_and_prediction_match_float64(dtype, rows):
+    """The fused kernels over several spans, a partial last chunk and step counts that are not
+    multiples of the 4 x 4 tiles, against float64 on the stored values; other dtypes decline."""
+    n = 2 * kernel.GRAM_CHUNK * kernel.GRAM_SPAN + 37
+    gen = torch.Generator().manual_seed(rows)
+    trend = torch.randn(n, generator=gen) * 1e-3
+    block = (torch.randn(n, generator=gen) + torch.arange(rows + 1.0)[:, None] * trend
+             + torch.randn(rows + 1, n, generator=gen) * 1e-4).to(dtype)
+    x = block.double().numpy()
+    d = x[1:] - x[0]
+    ref = d @ d.T
+    g = kernel.gram_block(block)
+    assert np.array_equal(g, g.T)
+    assert np.abs(g - ref).max() <= 1e-6 * np.abs(ref).max()
+    w = torch.randn(3, rows, generator=gen)
+    pred = gram.predict_update(block, w, torch.empty(3 * n))
+    ref_pred = x[0] + w.double().numpy() @ d
+    assert np.abs(pred.numpy() - ref_pred).max() <= 1e-6 * np.abs(ref_pred).max()
+    assert kernel.gram_block(block.half()) is None and not kernel.predict_block(block.half(), w, torch.empty(3, n))
