@@ -119,7 +119,7 @@ def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
     stored). bf16 and float32 blocks go to the fused numba kernel (`kernel.gram_block`: widened,
     differenced and multiplied from L1 on every core, the upper triangle only, float32 sums over
     at most 512 columns, then float64): 3.8x faster than torch's product of the deltas and about
-    100x more precise. Otherwise (or without numba) each pool thread widens, differences and
+    15x more precise (relative error 4e-8 against 7e-7, measured on bf16 blocks). Otherwise (or without numba) each pool thread widens, differences and
     multiplies one column range with torch; the float32 products are added to the float64 `g`
     in column order. Either way the sum does not depend on the thread schedule."""
     from rlvr_linearity.linearity import kernel
