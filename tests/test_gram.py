@@ -17,7 +17,7 @@ def ref_gram(tt, name, steps):
     return d @ d.T
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # fp16: the torch path
 def test_grams_match_float64_reference(tmp_path, dtype):
     tt = make_trajectory(tmp_path, "checkpoint", STEPS, dtype=dtype, drift="random", tied=True)
     traj = open_trajectory(path=tt.path, base=tt.base)
@@ -82,4 +82,9 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     pred = gram.predict_update(block, w, torch.empty(3 * n))
     ref_pred = x[0] + w.double().numpy() @ d
     assert np.abs(pred.numpy() - ref_pred).max() <= 1e-6 * np.abs(ref_pred).max()
-    assert kernel.gram_block(block.half()) is None and not kernel.predict_block(block.half(), w, torch.empty(3, n))
+    half = block.half()  # declined by the kernels: torch's path gives the same predictions
+    assert kernel.gram_block(half) is None and not kernel.predict_block(half, w, torch.empty(3, n))
+    xh = half.double().numpy()
+    ref_half = xh[0] + w.double().numpy() @ (xh[1:] - xh[0])
+    assert np.abs(gram.predict_update(half, w, torch.empty(3 * n)).numpy() - ref_half).max() \
+        <= 1e-6 * np.abs(ref_half).max()

@@ -389,7 +389,6 @@ if nb is not None:
                 _fill_deltas(xf, bf16, n, j0, m, t_rows, base, d)
                 _gram_chunk(d, padded, m, acc)
 
-
     @nb.njit(parallel=True, cache=True, nogil=True, fastmath={"nsz", "contract"})
     def predict_accumulate(x, bf16, weights, out):  # pragma: no cover - compiled
         """out[k] = x[0] + Σ_t weights[k, t] (x[1 + t] − x[0]) in float32 for x [1 + T, n] (bf16
@@ -418,16 +417,26 @@ if nb is not None:
                     for k in range(m):
                         of[o + np.uint64(k)] = acc[k] + base[k]
 
-def gram_block(block: torch.Tensor) -> np.ndarray | None:
-    """D Dᵀ [T, T] float64 of a block [1 + T, ...] (row 0 the base) stored as bf16 or float32,
-    by `gram_accumulate`; None without numba or for other dtypes (the caller's torch path)."""
+
+def _fused_input(block: torch.Tensor):
+    """(x, is-bf16, T, T rounded up to the 4 x 4 tiles) of a block [1 + T, ...] for the fused
+    Gram and prediction kernels, or None without numba or for dtypes they do not take."""
     b = block.reshape(block.shape[0], -1)
     if nb is None or b.dtype not in (torch.bfloat16, torch.float32):
         return None
     x, bf16 = kernel_input(b)
     t = b.shape[0] - 1
-    padded = -(-t // 4) * 4
-    parts = np.empty((-(-b.shape[1] // (GRAM_CHUNK * GRAM_SPAN)), padded, padded))
+    return x, bf16, t, -(-t // 4) * 4
+
+
+def gram_block(block: torch.Tensor) -> np.ndarray | None:
+    """D Dᵀ [T, T] float64 of a block [1 + T, ...] (row 0 the base) stored as bf16 or float32,
+    by `gram_accumulate`; None without numba or for other dtypes (the caller's torch path)."""
+    fused = _fused_input(block)
+    if fused is None:
+        return None
+    x, bf16, t, padded = fused
+    parts = np.empty((-(-x.shape[1] // (GRAM_CHUNK * GRAM_SPAN)), padded, padded))
     gram_accumulate(x, bf16, parts)
     g = parts.sum(0)[:t, :t]
     return np.triu(g) + np.triu(g, 1).T
@@ -436,14 +445,13 @@ def gram_block(block: torch.Tensor) -> np.ndarray | None:
 def predict_block(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> bool:
     """out [K, n] = W_0 + weights [K, T] @ D for a block [1 + T, ...] stored as bf16 or float32,
     by `predict_accumulate`; False (nothing done) without numba or for other dtypes."""
-    b = block.reshape(block.shape[0], -1)
-    if nb is None or b.dtype not in (torch.bfloat16, torch.float32):
+    fused = _fused_input(block)
+    if fused is None:
         return False
-    x, bf16 = kernel_input(b)
-    t = b.shape[0] - 1
-    padded = np.zeros((weights.shape[0], -(-t // 4) * 4), dtype=np.float32)
-    padded[:, :t] = weights.numpy()
-    predict_accumulate(x, bf16, padded, out.numpy())
+    x, bf16, t, padded = fused
+    w = np.zeros((weights.shape[0], padded), dtype=np.float32)
+    w[:, :t] = weights.numpy()
+    predict_accumulate(x, bf16, w, out.numpy())
     return True
 
 
