@@ -17,7 +17,7 @@ def ref_gram(tt, name, steps):
     return d @ d.T
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])  # fp16: the torch path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_grams_match_float64_reference(tmp_path, dtype):
     tt = make_trajectory(tmp_path, "checkpoint", STEPS, dtype=dtype, drift="random", tied=True)
     traj = open_trajectory(path=tt.path, base=tt.base)
@@ -62,11 +62,12 @@ def test_cache_keyed_by_content(tmp_path):
 
 
 @pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernels)")
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 6, 13])
 def test_fused_gram_and_prediction_match_float64(dtype, rows):
     """The fused kernels over several spans, a partial last chunk and step counts that are not
-    multiples of the 4 x 4 tiles, against float64 on the stored values; other dtypes decline."""
+    multiples of the 4 x 4 tiles, against float64 on the stored values; float64 blocks go to
+    torch's path, which matches as well."""
     n = 2 * kernel.GRAM_CHUNK * kernel.GRAM_SPAN + 37
     gen = torch.Generator().manual_seed(rows)
     trend = torch.randn(n, generator=gen) * 1e-3
@@ -82,9 +83,13 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     pred = gram.predict_update(block, w, torch.empty(3 * n))
     ref_pred = x[0] + w.double().numpy() @ d
     assert np.abs(pred.numpy() - ref_pred).max() <= 1e-6 * np.abs(ref_pred).max()
-    half = block.half()  # declined by the kernels: torch's path gives the same predictions
-    assert kernel.gram_block(half) is None and not kernel.predict_block(half, w, torch.empty(3, n))
-    xh = half.double().numpy()
-    ref_half = xh[0] + w.double().numpy() @ (xh[1:] - xh[0])
-    assert np.abs(gram.predict_update(half, w, torch.empty(3 * n)).numpy() - ref_half).max() \
-        <= 1e-6 * np.abs(ref_half).max()
+    wide = block.double() + 1e-9  # float64: declined by the kernels, torch's path matches too
+    assert kernel.gram_block(wide) is None and not kernel.predict_block(wide, w, torch.empty(3, n))
+    xw = wide.numpy()
+    dw = xw[1:] - xw[0]
+    gw = np.zeros((rows, rows))
+    gram.gram_update(gw, wide)
+    assert np.abs(gw - dw @ dw.T).max() <= 1e-5 * np.abs(dw @ dw.T).max()
+    ref_wide = xw[0] + w.double().numpy() @ dw
+    assert np.abs(gram.predict_update(wide, w, torch.empty(3 * n)).numpy() - ref_wide).max() \
+        <= 1e-6 * np.abs(ref_wide).max()

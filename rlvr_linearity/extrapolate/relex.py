@@ -11,9 +11,10 @@ vector h of the fit), so w = U_r diag(1/σ) diag(σ) U_rᵀ h = U_r U_rᵀ h.
 
 Driver (`run_relex`): the union of all windows' steps is streamed once, read ahead in a
 background thread into a ring of reused buffers, as stored; the Gram products and the
-predictions run on every core in fused kernels (`gram.gram_update`, `gram.predict_update`). When a tensor's blocks fit in `memory_budget` bytes they stay in the
-ring from that read, so its Gram, weights and every output come from one read; bigger tensors
-are read a second time for the outputs (or once, when the Gram cache already holds them).
+predictions run on every core in fused kernels (`gram.gram_update`, `gram.predict_update`).
+When a tensor's blocks fit in `memory_budget` bytes they stay in the ring from that read, so
+its Gram, weights and every output come from one read; bigger tensors are read a second time
+for the outputs (or once, when the Gram cache already holds them).
 Outputs go through ModelWriter, block by block (all targets of all windows open at once; no
 output tensor is ever whole in memory).
 """

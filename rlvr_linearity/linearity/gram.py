@@ -20,15 +20,12 @@ import json
 import logging
 import operator
 import os
-import threading
 import uuid
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from rlvr_linearity.trajectory.core import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -67,87 +64,44 @@ def check_finite_gram(traj, name: str, steps, g: np.ndarray) -> None:
         pass
 
 
-GRAM_SPLIT_COLUMNS = 1 << 15  # blocks at least twice this wide are split over the pool's threads
-_POOL: list = []
-_SCRATCH = threading.local()
-
-
-def _pool():
-    """One thread per core (up to 8) for the block arithmetic. torch's kernels release the GIL
-    and run concurrently from Python threads (numpy's BLAS serialises them: measured no gain)."""
-    if not _POOL:
-        from concurrent.futures import ThreadPoolExecutor
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(8, cores)), thread_name_prefix="rlvr-gram"))
-    return _POOL[0]
-
-
-def _deltas(b: torch.Tensor, a: int, c: int) -> torch.Tensor:
-    """float32 deltas [T, c - a] of columns a:c of the block b [1 + T, n] (row 0 the base), in
-    this thread's reused scratch: bf16/fp16 widened first (the difference is then exact in
-    float32 for neighbouring values), fp32/fp64 differenced as stored, then rounded."""
-    rows, n = b.shape[0] - 1, c - a
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.numel() < (rows + 1) * n:
-        buf = _SCRATCH.buf = torch.empty((rows + 1) * n, dtype=torch.float32)
-    d = buf[: rows * n].view(rows, n)
-    if b.dtype in (torch.float32, torch.float64):
-        if b.dtype == torch.float32:
-            torch.sub(b[1:, a:c], b[0, a:c], out=d)
-        else:
-            d.copy_(b[1:, a:c] - b[0, a:c])
-        return d
-    base = buf[rows * n: (rows + 1) * n]
-    base.copy_(b[0, a:c])
-    return d.copy_(b[1:, a:c]).sub_(base)
-
-
-def _by_columns(block: torch.Tensor, work) -> list:
-    """[work(block2d, deltas, a, c)] for column ranges a:c of the block, one per pool thread
-    (one torch thread each: no OpenMP spinning), in column order."""
+def _deltas(block: torch.Tensor) -> torch.Tensor:
+    """float32 deltas [T, n] of a block [1 + T, ...] (row 0 the base) for the torch path:
+    float64 differenced as stored, then rounded (its deltas may be finer than float32 can
+    hold next to the weights)."""
     b = block.reshape(block.shape[0], -1)
-    pool = _pool()
-    parts = max(1, min(pool._max_workers, b.shape[1] // GRAM_SPLIT_COLUMNS))
-    cuts = np.linspace(0, b.shape[1], parts + 1).astype(np.int64)
-    with torch_threads(1):
-        return list(pool.map(lambda a, c: work(b, _deltas(b, a, c), a, c), cuts[:-1], cuts[1:]))
+    if b.dtype == torch.float64:
+        return (b[1:] - b[0]).float()
+    return b[1:].float() - b[0].float()
 
 
 def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
     """g += D Dᵀ for the deltas D of a block [1 + T, ...] (row 0 the base, any float dtype as
-    stored). bf16 and float32 blocks go to the fused numba kernel (`kernel.gram_block`: widened,
-    differenced and multiplied from L1 on every core, the upper triangle only, float32 sums over
-    at most 512 columns, then float64): 3.8x faster than torch's product of the deltas and about
-    15x more precise (relative error 4e-8 against 7e-7, measured on bf16 blocks). Otherwise (or without numba) each pool thread widens, differences and
-    multiplies one column range with torch; the float32 products are added to the float64 `g`
-    in column order. Either way the sum does not depend on the thread schedule."""
+    stored). bf16, fp16 and float32 blocks go to the fused numba kernel (`kernel.gram_block`:
+    widened, differenced and multiplied from L1 on every core, the upper triangle only,
+    float32 sums over at most 512 columns, then float64, independent of the thread schedule):
+    3.8x faster than torch's product of the deltas and about 15x more precise (relative error
+    4e-8 against 7e-7, measured on bf16 blocks). float64 blocks (or no numba): one torch
+    product of the float32 deltas."""
     from rlvr_linearity.linearity import kernel
 
     fused = kernel.gram_block(block)
-    if fused is not None:
-        g += fused
-        return
-    for part in _by_columns(block, lambda b, d, a, c: torch.mm(d, d.T).numpy()):
-        g += part
+    if fused is None:
+        d = _deltas(block)
+        fused = torch.mm(d, d.T).numpy()
+    g += fused
 
 
 def predict_update(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[:, cols] = W_0 + weights @ D for a block [1 + T, ...]: the predictions [K, n] (float32,
     ~1e-7 of the predicted delta) of every target at once, by the fused kernel
-    (`kernel.predict_block`) or, as in `gram_update`, by torch on column ranges; `out` is a
-    reused buffer of at least K * n elements."""
+    (`kernel.predict_block`) or, where `gram_update` uses torch, by one torch product; `out` is
+    a reused buffer of at least K * n elements."""
     from rlvr_linearity.linearity import kernel
 
     b2 = block.reshape(block.shape[0], -1)
     pred = out[: weights.shape[0] * b2.shape[1]].view(weights.shape[0], b2.shape[1])
-    if kernel.predict_block(b2, weights, pred):
-        return pred
-
-    def work(b, d, a, c):
-        torch.mm(weights, d, out=pred[:, a:c]).add_(b[0, a:c])
-
-    _by_columns(block, work)
+    if not kernel.predict_block(b2, weights, pred):
+        torch.mm(weights, _deltas(b2), out=pred).add_(b2[0])
     return pred
 
 

@@ -420,9 +420,10 @@ if nb is not None:
 
 def _fused_input(block: torch.Tensor):
     """(x, is-bf16, T, T rounded up to the 4 x 4 tiles) of a block [1 + T, ...] for the fused
-    Gram and prediction kernels, or None without numba or for dtypes they do not take."""
+    Gram and prediction kernels (bf16 bits as stored, fp16 widened exactly to float32), or None
+    without numba or for float64 (its deltas are differenced before rounding, in torch)."""
     b = block.reshape(block.shape[0], -1)
-    if nb is None or b.dtype not in (torch.bfloat16, torch.float32):
+    if nb is None or b.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return None
     x, bf16 = kernel_input(b)
     t = b.shape[0] - 1
@@ -430,8 +431,8 @@ def _fused_input(block: torch.Tensor):
 
 
 def gram_block(block: torch.Tensor) -> np.ndarray | None:
-    """D Dᵀ [T, T] float64 of a block [1 + T, ...] (row 0 the base) stored as bf16 or float32,
-    by `gram_accumulate`; None without numba or for other dtypes (the caller's torch path)."""
+    """D Dᵀ [T, T] float64 of a block [1 + T, ...] (row 0 the base) stored as bf16, fp16 or
+    float32, by `gram_accumulate`; None without numba or for float64 (the caller's torch path)."""
     fused = _fused_input(block)
     if fused is None:
         return None
@@ -443,8 +444,8 @@ def gram_block(block: torch.Tensor) -> np.ndarray | None:
 
 
 def predict_block(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> bool:
-    """out [K, n] = W_0 + weights [K, T] @ D for a block [1 + T, ...] stored as bf16 or float32,
-    by `predict_accumulate`; False (nothing done) without numba or for other dtypes."""
+    """out [K, n] = W_0 + weights [K, T] @ D for a block [1 + T, ...] stored as bf16, fp16 or
+    float32, by `predict_accumulate`; False (nothing done) without numba or for float64."""
     fused = _fused_input(block)
     if fused is None:
         return False
