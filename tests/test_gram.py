@@ -79,17 +79,17 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     g = kernel.gram_block(block)
     assert np.array_equal(g, g.T)
     assert np.abs(g - ref).max() <= 1e-6 * np.abs(ref).max()
-    w = torch.randn(3, rows, generator=gen)
-    pred = gram.predict_update(block, w, torch.empty(3 * n))
+    w = torch.randn(6, rows, generator=gen)  # a tile of four targets and two more
+    pred = gram.predict_update(block, w, torch.empty(6 * n))
     ref_pred = x[0] + w.double().numpy() @ d
     assert np.abs(pred.numpy() - ref_pred).max() <= 1e-6 * np.abs(ref_pred).max()
     wide = block.double() + 1e-9  # float64: declined by the kernels, torch's path matches too
-    assert kernel.gram_block(wide) is None and not kernel.predict_block(wide, w, torch.empty(3, n))
+    assert kernel.gram_block(wide) is None and not kernel.predict_block(wide, w, torch.empty(6, n))
     xw = wide.numpy()
     dw = xw[1:] - xw[0]
     gw = np.zeros((rows, rows))
     gram.gram_update(gw, wide)
     assert np.abs(gw - dw @ dw.T).max() <= 1e-5 * np.abs(dw @ dw.T).max()
     ref_wide = xw[0] + w.double().numpy() @ dw
-    assert np.abs(gram.predict_update(wide, w, torch.empty(3 * n)).numpy() - ref_wide).max() \
+    assert np.abs(gram.predict_update(wide, w, torch.empty(6 * n)).numpy() - ref_wide).max() \
         <= 1e-6 * np.abs(ref_wide).max()
