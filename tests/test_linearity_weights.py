@@ -189,3 +189,38 @@ def test_histogram_path_and_abs_change_filter(monkeypatch, engine):
                 else:
                     assert row["median"] is None
                 assert abs(row["mean"] - per[row["name"]].mean()) < 1e-9
+
+
+@NEEDS_NUMBA
+def test_kernel_histogram_counts_past_its_uint8_counters(monkeypatch):
+    """Hundreds of weights with the same trajectory land in one histogram bin: the kernel's uint8
+    counters wrap into their spill counters (every 256 counts) and no count is lost."""
+    from rlvr_linearity.linearity import weights as wmod
+
+    monkeypatch.setattr(wmod, "SMALL_TENSOR", 10)
+    g = torch.Generator().manual_seed(11)
+    patterns = torch.randn(len(STEPS), 3, generator=g) + torch.tensor(STEPS, dtype=torch.float32)[:, None] * 0.3
+    pick = torch.randint(0, 3, (700, 4), generator=g)
+    pick[:300] = 0  # a bin holding well over 2 x 256 weights of one tensor
+    noise = torch.randn(len(STEPS), 700, 4, generator=g)
+    names = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"]
+    values = {s: {n: (patterns[i][pick] + (noise[i] if n == names[1] else 0)).to(torch.bfloat16) for n in names}
+              for i, s in enumerate(STEPS)}
+    traj = MemTrajectory(values)
+    traj.tensor_names = names
+    res = weight_linearity(traj, windows=[5, "all"], chunk_elements=7 * 4 * 50, progress=False, engine="kernel")
+    for label, steps in (("5", STEPS[:4]), ("all", STEPS)):
+        x = np.asarray(steps, float)
+        per = {}
+        for n in names:
+            y = np.stack([values[s][n].double().numpy().ravel() for s in steps])
+            per[n] = np.array([np.corrcoef(x, y[:, j])[0, 1] ** 2 for j in range(y.shape[1]) if np.ptp(y[:, j]) > 0])
+        allv = np.concatenate(list(per.values()))
+        w = res["windows"][label]
+        assert w["n_defined"] == allv.size == 2 * 2800
+        assert abs(w["median"] - np.median(allv)) < 1e-6
+        assert sum(w["histogram"]) == allv.size
+        assert w["histogram"] == np.bincount(np.minimum((allv * 100).astype(int), 99), minlength=100).tolist()
+        if label == "all":
+            for row in w["per_tensor"]:
+                assert abs(row["median"] - np.median(per[row["name"]])) < 1e-6

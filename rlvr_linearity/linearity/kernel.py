@@ -1,8 +1,11 @@
 """Fused CPU kernel for per-weight R² (numba): one pass over a block of stored values computes,
 per column, cumulative float64 sums of the deltas against the base, snapshots them at every
 prefix-window end, and adds the window's R² straight into the statistics (count, sum, counts
-above thresholds, 2**19-bin histogram). Windows therefore cost little extra and nothing
-of size [windows, columns] is materialised. The torch path (`r2.py`) is the reference and the
+above thresholds, 2**19-bin histogram). The histogram bins are queued per thread and counted
+in batches, one window at a time, into uint8 counters that spill into int32 ones every 256
+counts: one 512 KiB array hot at a time, which stays in a core's L2, where interleaving the
+windows' scattered increments missed it. Windows therefore cost little extra and nothing of
+size [windows, columns] is materialised. The torch path (`r2.py`) is the reference and the
 CUDA path; both are tested against numpy.
 
 Optional: without numba the torch path runs.
@@ -25,6 +28,8 @@ except ImportError:  # pragma: no cover - numba is an optional accelerator
     nb = None
 
 TILE = 256
+QUEUE = 1 << 15  # histogram bins queued per thread and window before they are counted
+SPILL_LIMIT = 1 << 38  # counts a window's slots may hold unfolded: 256 * int32 spill counters hold 2**39
 PARALLEL_TILES = 8  # tiles per hand-out of the dynamic schedule
 
 
@@ -52,12 +57,16 @@ if nb is not None:
 
 
     @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"nsz", "contract"})
-    def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, sums, cnts,
-                      above, out, bad):  # pragma: no cover - compiled
+    def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, spill, queue, queued,
+                      sums, cnts, above, out, bad):  # pragma: no cover - compiled
         """x [T, C] (base in row 0): float32/float64 values, or with `bf16` the raw bfloat16
         bits as uint16 (widened exactly in here: no conversion pass, half the bytes read);
-        ends [W] ascending window lengths; hist [P, W, B] int32 (size 0 in the last axis to
-        skip); sums [P, W]; cnts [P, W]; above [P, W, K]; out [W, C] float64 (every window's
+        ends [W] ascending window lengths; hist [P, W, B] uint8 (size 0 in the last axis to
+        skip) and spill [P, W, B] int32: a bin's count is hist + 256 * spill (each uint8 counter
+        wraps to 0 on its 256th increment and its spill counter takes it), once the bins waiting
+        in queue [P, W, Q] uint32 (queued [P] per slot; bin B = undefined) are counted
+        (`count_queued`: here when a queue is full, by the caller before reading the
+        histograms); sums [P, W]; cnts [P, W]; above [P, W, K]; out [W, C] float64 (every window's
         R², NaN undefined; size 0 to skip); bad [P]: count of columns holding NaN/Inf (their
         sums are not finite), so the caller can name the step. P: numba's thread ids (slot =
         thread).
@@ -87,7 +96,7 @@ if nb is not None:
             mx = np.empty(TILE)
             x0 = np.empty(TILE)
             rr = np.empty(TILE)
-            bi = np.empty(TILE, dtype=np.int64)
+            no_queue = np.empty(TILE, dtype=np.uint32)  # the bins' destination without histograms
             for j0 in range(c * span, min(n_cols, (c + 1) * span), TILE):
                 m = min(TILE, n_cols - j0)
                 w = 0
@@ -128,28 +137,53 @@ if nb is not None:
                             nbad += not np.isfinite(q[k] + sx[k])
                         bad[p] += nbad
                     while w < n_win and ends[w] == t + 1:
-                        n = ends[w]
+                        inv_n = 1.0 / ends[w]  # a product in the loop: vector divisions are slow
                         xb = xbar[w]
-                        sw = sxx[w]
+                        sxx_w = sxx[w]
+                        # the bins go straight to this window's queue (n_bins: undefined)
+                        bins = queue[p, w] if use_hist else no_queue
+                        at0 = np.uint64(queued[p]) if use_hist else np.uint64(0)
                         for k in range(m):  # branch-free: R², or -1 when undefined
-                            syy = q[k] - s[k] * s[k] / n
+                            syy = q[k] - s[k] * s[k] * inv_n
                             sxy = sx[k] - xb * s[k]
-                            r2 = min(max(sxy * sxy / (sw * syy), 0.0), 1.0)
+                            r2 = min(max(sxy * sxy / (sxx_w * syy), 0.0), 1.0)
                             ok = q[k] > 0.0 and (mx[k] - mn[k] > min_abs_change or not use_range)
                             rr[k] = r2 if ok else -1.0
-                            bi[k] = min(np.int64(r2 * n_bins), n_bins - 1) if ok else n_bins
+                            bins[at0 + np.uint64(k)] = np.uint32(min(np.int64(r2 * n_bins), n_bins - 1) if ok else n_bins)
                         cnt, tot = _count_defined(rr, m, thresholds, above[p, w])
                         if use_out:
                             for k in range(m):
                                 out[w, j0 + k] = rr[k] if rr[k] >= 0.0 else np.nan
-                        if use_hist:
-                            hw = hist[p, w]
-                            for k in range(m):
-                                if bi[k] < n_bins:
-                                    hw[bi[k]] += 1
                         sums[p, w] += tot
                         cnts[p, w] += cnt
                         w += 1
+                if use_hist:
+                    queued[p] += m
+                    if queued[p] + TILE > queue.shape[2]:
+                        count_queued(hist, spill, queue, queued, p)
+
+    @nb.njit(nogil=True, cache=True)
+    def count_queued(hist, spill, queue, queued, p):  # pragma: no cover - compiled
+        """Count slot p's queued bins into its histograms, window after window, and empty its queue."""
+        n_bins = hist.shape[2]
+        for w in range(queue.shape[1]):
+            hw = hist[p, w]
+            sw = spill[p, w]
+            qw = queue[p, w]
+            for i in range(queued[p]):
+                b = qw[i]
+                if b < n_bins:
+                    v = np.uint8(hw[b] + np.uint8(1))
+                    hw[b] = v
+                    if v == 0:  # wrapped: 256 counts move to the spill counter
+                        sw[b] += 1
+        queued[p] = 0
+
+    @nb.njit(parallel=True, cache=True, nogil=True)
+    def count_all_queued(hist, spill, queue, queued):  # pragma: no cover - compiled
+        """`count_queued` for every slot, in parallel (each slot's arrays are its own)."""
+        for p in nb.prange(queued.shape[0]):
+            count_queued(hist, spill, queue, queued, p)
 
     @nb.njit(nogil=True, cache=True, fastmath={"nsz", "contract", "reassoc"})
     def _count_defined(rr, m, thresholds, above):  # pragma: no cover - compiled
@@ -172,10 +206,10 @@ if nb is not None:
 
 
     @nb.njit(cache=True, nogil=True)
-    def fold_tensor(hist, glob, n_defined, median_bins, w_from):  # pragma: no cover - compiled
-        """Per window: add the slots of the tensor's int32 histograms [P, W, B] into the global
-        int64 ones [W, B], zero them, and find the bins of the tensor's two middle order
-        statistics (median_bins [W, 2]) in the same single sweep. Windows before w_from are left."""
+    def fold_tensor(hist, spill, glob, n_defined, median_bins, w_from):  # pragma: no cover - compiled
+        """Per window: add the slots of the tensor's histograms (uint8 [P, W, B] + 256 * int32
+        spill [P, W, B]) into the global int64 ones [W, B], zero them, and find the bins of the
+        tensor's two middle order statistics (median_bins [W, 2]) in the same single sweep. Windows before w_from are left."""
         n_slots, n_win, n_bins = hist.shape
         for w in range(w_from, n_win):
             n = n_defined[w]
@@ -187,8 +221,9 @@ if nb is not None:
             for b in range(n_bins):
                 v = 0
                 for p in range(n_slots):
-                    v += hist[p, w, b]
+                    v += np.int64(hist[p, w, b]) + 256 * np.int64(spill[p, w, b])
                     hist[p, w, b] = 0
+                    spill[p, w, b] = 0
                 if v == 0:
                     continue
                 glob[w, b] += v
@@ -200,9 +235,10 @@ if nb is not None:
 
 
 class KernelStats:
-    """State of the fused kernel for one trajectory pass: per-slot (thread) per-window int32
-    histograms of the current tensor (cache-sized: 2**19 bins = 2 MiB), folded into int64
-    global histograms at the end of every tensor; exact sums and counts."""
+    """State of the fused kernel for one trajectory pass: per-slot (thread) per-window histograms
+    of the current tensor (2**19 uint8 counters = 512 KiB plus int32 spill counters in units of
+    256, touched once per 256 counts of a bin), folded into int64 global histograms at the end
+    of every tensor; exact sums and counts."""
 
     def __init__(self, steps, lengths, thresholds, min_abs_change: float, n_bins: int):
         x = np.asarray(steps, dtype=np.float64)
@@ -214,14 +250,18 @@ class KernelStats:
         self.min_abs_change = float(min_abs_change or 0.0)
         self.slots = max(1, nb.get_num_threads())  # numba's thread ids index the slots
         w, k = len(lengths), len(thresholds)
-        self.hist = np.zeros((self.slots, w, n_bins), dtype=np.int32)
+        self.hist = np.zeros((self.slots, w, n_bins), dtype=np.uint8)
+        self.spill = np.zeros((self.slots, w, n_bins), dtype=np.int32)
+        self.queue = np.empty((self.slots, w, QUEUE if n_bins else 0), dtype=np.uint32)
+        self.queued = np.zeros(self.slots, dtype=np.int64)
         self.glob = np.zeros((w, n_bins), dtype=np.int64)  # tensors on the histogram path
         self.glob_n = np.zeros(w, dtype=np.int64)
         self.glob_sum = np.zeros(w)
         self.glob_above = np.zeros((w, k), dtype=np.int64)
-        self.pending = np.zeros(w, dtype=np.int64)  # counts in the int32 slots not yet folded
+        self.pending = np.zeros(w, dtype=np.int64)  # counts in the slots not yet folded
         self.dirty = False
-        self.no_hist = np.zeros((self.slots, w, 0), dtype=np.int32)
+        self.no_hist = np.zeros((self.slots, w, 0), dtype=np.uint8)
+        self.no_spill = np.zeros((self.slots, w, 0), dtype=np.int32)
         self.no_out = np.zeros((w, 0))
         self.sums = np.zeros((self.slots, w))
         self.cnts = np.zeros((self.slots, w), dtype=np.int64)
@@ -236,7 +276,7 @@ class KernelStats:
     def add(self, block: torch.Tensor, out: np.ndarray | None) -> bool:
         """Accumulate a block [T, C] (bf16 read as stored, fp16 widened to float32 first); `out`
         [W, C] receives every R² (small tensors: exact medians and no histogram), else the
-        per-tensor histograms count them (at most 2**31 - 1 per bin).
+        per-tensor histograms count them (at most 256 * (2**31 - 1) per bin).
         Returns False when the block holds NaN/Inf (the statistics are then unusable)."""
         x, bf16 = kernel_input(block)
         if out is None:
@@ -248,11 +288,17 @@ class KernelStats:
         try:
             with nb.parallel_chunksize(1):
                 r2_accumulate(x, bf16, self.steps, self.ends, self.xbar, self.sxx, self.thresholds,
-                              self.min_abs_change, self.no_hist if out is not None else self.hist, self.sums,
-                              self.cnts, self.above, self.no_out if out is None else out, self.bad)
+                              self.min_abs_change, self.no_hist if out is not None else self.hist,
+                              self.no_spill if out is not None else self.spill, self.queue, self.queued,
+                              self.sums, self.cnts, self.above, self.no_out if out is None else out, self.bad)
         finally:
             nb.set_num_threads(threads)
         return not self.bad.any()
+
+    def _count_queued(self) -> None:
+        if self.queued.any():
+            with nb.parallel_chunksize(1):
+                count_all_queued(self.hist, self.spill, self.queue, self.queued)
 
     def tensor_counts(self):
         """(n [W], sum [W], above [W, K]) of the current tensor."""
@@ -261,7 +307,7 @@ class KernelStats:
     def finish_tensor(self) -> float:
         """Fold the current (histogram-path) tensor into the global statistics; returns its
         median R² over the largest window (bin midpoint: error <= half a bin). The smaller
-        windows' histograms are folded only when their int32 counts could overflow (and at
+        windows' histograms are folded only when their spill counters could overflow (and at
         `finish`): per-tensor medians are reported for the largest window only."""
         n, tot, above = self.tensor_counts()
         self.glob_n += n
@@ -270,8 +316,9 @@ class KernelStats:
         self.pending += n
         bins = np.full((len(n), 2), -1, dtype=np.int64)
         if self.dirty:
-            w_from = 0 if self.pending[:-1].max(initial=0) > (1 << 30) else len(n) - 1
-            fold_tensor(self.hist, self.glob, n, bins, w_from)
+            self._count_queued()
+            w_from = 0 if self.pending[:-1].max(initial=0) > SPILL_LIMIT else len(n) - 1
+            fold_tensor(self.hist, self.spill, self.glob, n, bins, w_from)
             self.pending[w_from:] = 0
             self.dirty = bool(self.pending.any())
         return float((bins[-1].astype(np.float64) + 0.5).mean() / self.hist.shape[2]) if n[-1] else float("nan")
@@ -279,7 +326,8 @@ class KernelStats:
     def finish(self) -> None:
         """Fold whatever the smaller windows still hold (end of the pass)."""
         if self.dirty:
-            fold_tensor(self.hist, self.glob, np.zeros(len(self.ends), dtype=np.int64),
+            self._count_queued()
+            fold_tensor(self.hist, self.spill, self.glob, np.zeros(len(self.ends), dtype=np.int64),
                         np.zeros((len(self.ends), 2), dtype=np.int64), 0)
             self.pending[:] = 0
             self.dirty = False
