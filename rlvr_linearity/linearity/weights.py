@@ -120,7 +120,7 @@ def _raise_not_finite(traj, steps, name, block, start, stop):
 
 
 def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), thresholds=(0.5, 0.7, 0.9),
-                     device: str = "cpu", chunk_elements: int = 1 << 21, sample_fraction: float | None = None,
+                     device: str = "cpu", chunk_elements: int = 1 << 24, sample_fraction: float | None = None,
                      min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
                      sample_seed: int = 42, sub_chunk: int = 8192, engine: str = "auto",
                      names: list[str] | None = None, per_weight_path: Path | None = None,
