@@ -183,6 +183,35 @@ def test_workers_zero_grades_in_process_with_timeouts_in_the_main_thread():
     assert signal.getsignal(signal.SIGALRM) == before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_item_timeout_that_lands_in_a_finalizer_is_raised_again(monkeypatch):
+    """Python drops an exception raised in `__del__` (the collector's finalizers run inside any
+    item): the timeout must come again until the item stops, not let it run on untimed."""
+    import signal
+
+    from rlvr_linearity.evaluate import grading
+
+    class Slow:
+        def __del__(self):  # busy through the first alarm, which is dropped here
+            until = time.monotonic() + 0.3
+            while time.monotonic() < until:
+                pass
+
+    def item(extracted, gold):
+        Slow()  # finalised at once, inside the item
+        until = time.monotonic() + 3.0
+        while time.monotonic() < until:
+            pass
+        return True
+
+    monkeypatch.setattr(grading, "_verify", item)
+    before = signal.getsignal(signal.SIGALRM)
+    start = time.monotonic()
+    assert grading._grade_items([("1", "1"), ("2", "2")], timeout=0.2) == ["timeout", "timeout"]
+    assert time.monotonic() - start < 2.0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
+
+
 def test_workers_zero_from_a_thread():
     """verl calls rewards from threads: no signal there, grading still works (untimed)."""
     from concurrent.futures import ThreadPoolExecutor

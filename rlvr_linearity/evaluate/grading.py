@@ -187,8 +187,18 @@ class _ItemTimeout(BaseException):
     """Raised by SIGALRM inside an item; a BaseException so math-verify's handlers let it through."""
 
 
+_ITEM = {"timed": False}  # whether a timed item is running (SIGALRM: main thread only)
+_REPEAT_S = 0.05  # an item's timeout is raised again this often until the item stops
+
+
 def _on_alarm(signum, frame):
-    raise _ItemTimeout()
+    """Raise _ItemTimeout in the running item, and again every _REPEAT_S until it stops: the
+    signal may land in a finalizer (`__del__` run by the collector), where Python prints the
+    exception and drops it, and the item would then run on untimed. A late alarm (the item has
+    ended) does nothing."""
+    if _ITEM["timed"]:
+        signal.setitimer(signal.ITIMER_REAL, _REPEAT_S)
+        raise _ItemTimeout()
 
 
 def _grade_items(pairs, timeout: float, window: float | None = None) -> list:
@@ -208,19 +218,24 @@ def _grade_items(pairs, timeout: float, window: float | None = None) -> list:
                 break
             try:
                 if timed:
+                    _ITEM["timed"] = True
                     signal.setitimer(signal.ITIMER_REAL, timeout)
                 try:
                     verdict = _verify(extracted, gold)
                 finally:
+                    _ITEM["timed"] = False  # first: from here on an alarm does nothing
                     if timed:
                         signal.setitimer(signal.ITIMER_REAL, 0)
-            except _ItemTimeout:
+            except _ItemTimeout:  # (also from a repeated alarm that cut the finally short)
+                _ITEM["timed"] = False
                 verdict = "timeout"
             except Exception:  # MemoryError under the worker's address-space cap, parser bugs
                 verdict = "error"
             out.append(verdict)
     finally:
         if timed:
+            _ITEM["timed"] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
     return out
 
