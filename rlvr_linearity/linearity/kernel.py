@@ -57,15 +57,16 @@ if nb is not None:
 
 
     @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"nsz", "contract"})
-    def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, spill, queue, queued,
-                      sums, cnts, above, out, bad):  # pragma: no cover - compiled
+    def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, spill, spilled, queue,
+                      queued, sums, cnts, above, out, bad):  # pragma: no cover - compiled
         """x [T, C] (base in row 0): float32/float64 values, or with `bf16` the raw bfloat16
         bits as uint16 (widened exactly in here: no conversion pass, half the bytes read);
         ends [W] ascending window lengths; hist [P, W, B] uint8 (size 0 in the last axis to
         skip) and spill [P, W, B] int32: a bin's count is hist + 256 * spill (each uint8 counter
-        wraps to 0 on its 256th increment and its spill counter takes it), once the bins waiting
-        in queue [P, W, Q] uint32 (queued [P] per slot; bin B = undefined) are counted
-        (`count_queued`: here when a queue is full, by the caller before reading the
+        wraps to 0 on its 256th increment and its spill counter takes it; spilled [P, W] counts
+        the spills, so that folding reads a slot's spill counters only when it has some), once
+        the bins waiting in queue [P, W, Q] uint32 (queued [P] per slot; bin B = undefined) are
+        counted (`count_queued`: here when a queue is full, by the caller before reading the
         histograms); sums [P, W]; cnts [P, W]; above [P, W, K]; out [W, C] float64 (every window's
         R², NaN undefined; size 0 to skip); bad [P]: count of columns holding NaN/Inf (their
         sums are not finite), so the caller can name the step. P: numba's thread ids (slot =
@@ -149,7 +150,8 @@ if nb is not None:
                             r2 = min(max(sxy * sxy / (sxx_w * syy), 0.0), 1.0)
                             ok = q[k] > 0.0 and (mx[k] - mn[k] > min_abs_change or not use_range)
                             rr[k] = r2 if ok else -1.0
-                            bins[at0 + np.uint64(k)] = np.uint32(min(np.int64(r2 * n_bins), n_bins - 1) if ok else n_bins)
+                            bin_k = min(np.int64(r2 * n_bins), n_bins - 1) if ok else n_bins
+                            bins[at0 + np.uint64(k)] = np.uint32(bin_k)
                         cnt, tot = _count_defined(rr, m, thresholds, above[p, w])
                         if use_out:
                             for k in range(m):
@@ -160,16 +162,17 @@ if nb is not None:
                 if use_hist:
                     queued[p] += m
                     if queued[p] + TILE > queue.shape[2]:
-                        count_queued(hist, spill, queue, queued, p)
+                        count_queued(hist, spill, spilled, queue, queued, p)
 
     @nb.njit(nogil=True, cache=True)
-    def count_queued(hist, spill, queue, queued, p):  # pragma: no cover - compiled
+    def count_queued(hist, spill, spilled, queue, queued, p):  # pragma: no cover - compiled
         """Count slot p's queued bins into its histograms, window after window, and empty its queue."""
         n_bins = hist.shape[2]
         for w in range(queue.shape[1]):
             hw = hist[p, w]
             sw = spill[p, w]
             qw = queue[p, w]
+            wraps = 0
             for i in range(queued[p]):
                 b = qw[i]
                 if b < n_bins:
@@ -177,13 +180,15 @@ if nb is not None:
                     hw[b] = v
                     if v == 0:  # wrapped: 256 counts move to the spill counter
                         sw[b] += 1
+                        wraps += 1
+            spilled[p, w] += wraps
         queued[p] = 0
 
     @nb.njit(parallel=True, cache=True, nogil=True)
-    def count_all_queued(hist, spill, queue, queued):  # pragma: no cover - compiled
+    def count_all_queued(hist, spill, spilled, queue, queued):  # pragma: no cover - compiled
         """`count_queued` for every slot, in parallel (each slot's arrays are its own)."""
         for p in nb.prange(queued.shape[0]):
-            count_queued(hist, spill, queue, queued, p)
+            count_queued(hist, spill, spilled, queue, queued, p)
 
     @nb.njit(nogil=True, cache=True, fastmath={"nsz", "contract", "reassoc"})
     def _count_defined(rr, m, thresholds, above):  # pragma: no cover - compiled
@@ -206,32 +211,44 @@ if nb is not None:
 
 
     @nb.njit(cache=True, nogil=True)
-    def fold_tensor(hist, spill, glob, n_defined, median_bins, w_from):  # pragma: no cover - compiled
-        """Per window: add the slots of the tensor's histograms (uint8 [P, W, B] + 256 * int32
-        spill [P, W, B]) into the global int64 ones [W, B], zero them, and find the bins of the
-        tensor's two middle order statistics (median_bins [W, 2]) in the same single sweep. Windows before w_from are left."""
+    def fold_tensor(hist, spill, spilled, glob, counts, n_defined, median_bins,
+                    w_from):  # pragma: no cover - compiled
+        """Per window from w_from: the tensor's count per bin (into `counts` [B] int64) = the
+        slots' uint8 counters [P, W, B] + 256 * their int32 spill counters [P, W, B] (read only
+        for slots that spilled), added into the global int64 histograms [W, B]; the slots are
+        zeroed; the bins of the tensor's two middle order statistics go to median_bins [W, 2]
+        (-1 when there are none). Unit-stride loops over the bins, so they vectorise."""
         n_slots, n_win, n_bins = hist.shape
         for w in range(w_from, n_win):
+            counts[:] = 0
+            for p in range(n_slots):
+                hp = hist[p, w]
+                for b in range(n_bins):
+                    counts[b] += hp[b]
+                hp[:] = 0
+                if spilled[p, w]:  # zeroed only where set: untouched pages stay unmapped
+                    sp = spill[p, w]
+                    for b in range(n_bins):
+                        if sp[b]:
+                            counts[b] += 256 * np.int64(sp[b])
+                            sp[b] = 0
+                    spilled[p, w] = 0
+            gw = glob[w]
+            for b in range(n_bins):
+                gw[b] += counts[b]
             n = n_defined[w]
             k1 = (n - 1) // 2
             k2 = n // 2
-            seen = 0
             median_bins[w, 0] = -1
             median_bins[w, 1] = -1
+            seen = 0
             for b in range(n_bins):
-                v = 0
-                for p in range(n_slots):
-                    v += np.int64(hist[p, w, b]) + 256 * np.int64(spill[p, w, b])
-                    hist[p, w, b] = 0
-                    spill[p, w, b] = 0
-                if v == 0:
-                    continue
-                glob[w, b] += v
-                if median_bins[w, 0] < 0 and seen + v > k1:
+                seen += counts[b]
+                if median_bins[w, 0] < 0 and seen > k1:
                     median_bins[w, 0] = b
-                if median_bins[w, 1] < 0 and seen + v > k2:
+                if seen > k2:
                     median_bins[w, 1] = b
-                seen += v
+                    break
 
 
 class KernelStats:
@@ -252,6 +269,8 @@ class KernelStats:
         w, k = len(lengths), len(thresholds)
         self.hist = np.zeros((self.slots, w, n_bins), dtype=np.uint8)
         self.spill = np.zeros((self.slots, w, n_bins), dtype=np.int32)
+        self.spilled = np.zeros((self.slots, w), dtype=np.int64)
+        self.counts = np.empty(n_bins, dtype=np.int64)  # scratch of `fold_tensor`
         self.queue = np.empty((self.slots, w, QUEUE if n_bins else 0), dtype=np.uint32)
         self.queued = np.zeros(self.slots, dtype=np.int64)
         self.glob = np.zeros((w, n_bins), dtype=np.int64)  # tensors on the histogram path
@@ -289,7 +308,7 @@ class KernelStats:
             with nb.parallel_chunksize(1):
                 r2_accumulate(x, bf16, self.steps, self.ends, self.xbar, self.sxx, self.thresholds,
                               self.min_abs_change, self.no_hist if out is not None else self.hist,
-                              self.no_spill if out is not None else self.spill, self.queue, self.queued,
+                              self.no_spill if out is not None else self.spill, self.spilled, self.queue, self.queued,
                               self.sums, self.cnts, self.above, self.no_out if out is None else out, self.bad)
         finally:
             nb.set_num_threads(threads)
@@ -298,7 +317,7 @@ class KernelStats:
     def _count_queued(self) -> None:
         if self.queued.any():
             with nb.parallel_chunksize(1):
-                count_all_queued(self.hist, self.spill, self.queue, self.queued)
+                count_all_queued(self.hist, self.spill, self.spilled, self.queue, self.queued)
 
     def tensor_counts(self):
         """(n [W], sum [W], above [W, K]) of the current tensor."""
@@ -318,7 +337,7 @@ class KernelStats:
         if self.dirty:
             self._count_queued()
             w_from = 0 if self.pending[:-1].max(initial=0) > SPILL_LIMIT else len(n) - 1
-            fold_tensor(self.hist, self.spill, self.glob, n, bins, w_from)
+            fold_tensor(self.hist, self.spill, self.spilled, self.glob, self.counts, n, bins, w_from)
             self.pending[w_from:] = 0
             self.dirty = bool(self.pending.any())
         return float((bins[-1].astype(np.float64) + 0.5).mean() / self.hist.shape[2]) if n[-1] else float("nan")
@@ -327,8 +346,8 @@ class KernelStats:
         """Fold whatever the smaller windows still hold (end of the pass)."""
         if self.dirty:
             self._count_queued()
-            fold_tensor(self.hist, self.spill, self.glob, np.zeros(len(self.ends), dtype=np.int64),
-                        np.zeros((len(self.ends), 2), dtype=np.int64), 0)
+            fold_tensor(self.hist, self.spill, self.spilled, self.glob, self.counts,
+                        np.zeros(len(self.ends), dtype=np.int64), np.zeros((len(self.ends), 2), dtype=np.int64), 0)
             self.pending[:] = 0
             self.dirty = False
 
