@@ -210,11 +210,7 @@ def test_kernel_histogram_counts_past_its_uint8_counters(monkeypatch):
     traj.tensor_names = names
     res = weight_linearity(traj, windows=[5, "all"], chunk_elements=7 * 4 * 50, progress=False, engine="kernel")
     for label, steps in (("5", STEPS[:4]), ("all", STEPS)):
-        x = np.asarray(steps, float)
-        per = {}
-        for n in names:
-            y = np.stack([values[s][n].double().numpy().ravel() for s in steps])
-            per[n] = np.array([np.corrcoef(x, y[:, j])[0, 1] ** 2 for j in range(y.shape[1]) if np.ptp(y[:, j]) > 0])
+        per = {n: r[~np.isnan(r)] for n, r in reference(values, steps, names).items()}
         allv = np.concatenate(list(per.values()))
         w = res["windows"][label]
         assert w["n_defined"] == allv.size == 2 * 2800
