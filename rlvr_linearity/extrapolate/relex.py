@@ -21,9 +21,7 @@ output tensor is ever whole in memory).
 
 from __future__ import annotations
 
-import itertools
 import logging
-import operator
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
+from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, rows_per_block, tensor_stream
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +199,7 @@ def output_dirs(root: Path, windows: list[Window], targets: list[int]) -> dict[t
 def _block_count(shape, steps: int, max_elements: int) -> int:
     """How many blocks `iter_blocks` cuts a tensor of `shape` into for `steps` steps."""
     rows = shape[0] if shape else 1
-    row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    per = max(1, int(max_elements) // max(1, steps * row))
-    return -(-rows // per)
+    return -(-rows // rows_per_block(shape, steps, max_elements))
 
 
 def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *, rank: int = 1,
@@ -267,7 +263,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
 
         blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
         predicted = torch.empty(0, dtype=torch.float32)  # grown to the largest block's predictions
-        groups = itertools.groupby(blocks, key=operator.itemgetter(0))
+        groups = by_tensor(blocks)
         for name in tqdm(floating, desc="RELEX", unit="tensor", leave=False):
             numel = base.numel(name)
             kept = []
@@ -277,9 +273,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 g = np.zeros((len(union), len(union)))
                 ts = time.perf_counter()
                 _, group = next(groups)
-                for _, start, stop, block in group:
-                    if block is None:
-                        continue
+                for start, _, block in group:
                     gram_update(g, block)
                     if keep(name):
                         kept.append((start, block))
@@ -301,7 +295,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                 for k in keys:
                     writers[k].write(name, base.read(name))
             with closing(prefetch(tensor_stream([] if kept else [name], read))) as again:
-                for start, block in kept or ((start, b) for _, start, _, b in again if b is not None):
+                for start, block in kept or ((start, b) for _, grp in by_tensor(again) for start, _, b in grp):
                     columns = block[0].numel()
                     if predicted.numel() < len(keys) * columns:
                         predicted = torch.empty(len(keys) * columns, dtype=torch.float32)

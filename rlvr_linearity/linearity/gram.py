@@ -15,10 +15,8 @@ cached entry's is answered from it without reading any tensor.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import operator
 import os
 import uuid
 from contextlib import closing
@@ -157,19 +155,18 @@ def _stream_grams(traj, names, steps, max_elements: int = CHUNK_ELEMENTS, progre
     streaming read, prefetched in the background, NaN/Inf detected from the Grams."""
     from tqdm import tqdm
 
-    from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
+    from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, tensor_stream
 
     steps = [int(s) for s in steps]
     read = lambda name: read_blocks(traj, name, [0, *steps], max_elements, reuse=PREFETCH_RING,  # noqa: E731
                                     check_finite=False)
     grams = {}
     with closing(prefetch(tensor_stream(names, read))) as blocks:
-        for name, group in tqdm(itertools.groupby(blocks, key=operator.itemgetter(0)), total=len(names),
-                                desc="Gram matrices", unit="tensor", leave=False, disable=not progress):
+        for name, group in tqdm(by_tensor(blocks), total=len(names), desc="Gram matrices", unit="tensor",
+                                leave=False, disable=not progress):
             g = np.zeros((len(steps), len(steps)))
-            for _, _, _, block in group:
-                if block is not None:
-                    gram_update(g, block)
+            for _, _, block in group:
+                gram_update(g, block)
             check_finite_gram(traj, name, [0, *steps], g)
             grams[name] = g
     return grams

@@ -5,9 +5,7 @@ type, layer and overall (contract: `linearity/weights_r2.json`).
 
 from __future__ import annotations
 
-import itertools
 import json
-import operator
 import os
 import struct
 from pathlib import Path
@@ -20,7 +18,7 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
 from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
-from rlvr_linearity.trajectory.core import PREFETCH_RING, prefetch, tensor_stream
+from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, tensor_stream
 
 
 class PerWeightWriter:
@@ -178,8 +176,8 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
 
     blocks = prefetch(tensor_stream(names, read))
     try:
-        for name, group in tqdm(itertools.groupby(blocks, key=operator.itemgetter(0)), total=len(names),
-                                desc="weight R²", unit="tensor", disable=not progress):
+        for name, group in tqdm(by_tensor(blocks), total=len(names), desc="weight R²", unit="tensor",
+                                disable=not progress):
             shape = tuple(base.shape(name))
             numel = int(np.prod(shape, dtype=np.int64))
             row_size = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
@@ -191,9 +189,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
             exact = k <= SMALL_TENSOR or writer is not None  # kernel: keep values instead of histograms
             if ks is not None:
                 ks.start_tensor()
-            for _, start, stop, block in group:
-                if block is None:  # the tensor's end
-                    continue
+            for start, stop, block in group:
                 block = block.reshape(len(steps), -1)
                 lo = start * row_size
                 if idx_t is not None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -146,7 +148,7 @@ class Trajectory:
             dtype = wide
         elif torch.promote_types(wide, dtype) != dtype:
             raise ValueError(f"iter_blocks({name!r}, dtype={dtype}): cannot hold the stored {wide} exactly")
-        per = max(1, int(max_elements) // max(1, len(steps) * row_size))
+        per = rows_per_block(shape, len(steps), max_elements)
         release_free_heap()
         # bytes of the conversion buffer: the largest stored item that is not read straight into the block
         convert = [m.dtype(name).itemsize for m in models if hasattr(m, "read_rows_into") and m.dtype(name) != dtype]
@@ -211,14 +213,29 @@ def release_free_heap(threshold: int = 1 << 29) -> bool:
 PREFETCH_RING = 3  # `iter_blocks(reuse=...)` ring behind `prefetch(depth=1)`: held + queued + being filled
 
 
+def rows_per_block(shape, steps: int, max_elements: int) -> int:
+    """Rows of dim 0 in each `iter_blocks` block of a tensor of `shape` read over `steps` steps."""
+    row = 1
+    for d in tuple(shape)[1:]:
+        row *= int(d)
+    return max(1, int(max_elements) // max(1, steps * row))
+
+
 def tensor_stream(names, read) -> Iterator[tuple]:
     """(name, start, stop, block) for every block `read(name)` yields, tensor after tensor, then
     (name, None, None, None) at each tensor's end (so a tensor without rows still appears):
-    one flat stream for `prefetch`, regrouped by the consumer with itertools.groupby on the name."""
+    one flat stream for `prefetch`, regrouped by the consumer with `by_tensor`."""
     for name in names:
         for start, stop, block in read(name):
             yield name, start, stop, block
         yield name, None, None, None
+
+
+def by_tensor(stream) -> Iterator[tuple[str, Iterator[tuple[int, int, torch.Tensor]]]]:
+    """A `tensor_stream` (behind `prefetch`) regrouped per tensor: (name, its (start, stop, block)
+    in order), end markers dropped. A tensor's blocks are to be consumed before the next tensor."""
+    for name, group in itertools.groupby(stream, key=operator.itemgetter(0)):
+        yield name, ((start, stop, block) for _, start, stop, block in group if block is not None)
 
 
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:
