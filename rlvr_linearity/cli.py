@@ -14,24 +14,11 @@ import logging
 import os
 import sys
 import threading
-from pathlib import Path
 
-COMMANDS = {
-    "train": ("rlvr_linearity.train.app", "RL training (GRPO) that writes a trajectory of checkpoints"),
-    "linearity": ("rlvr_linearity.linearity.app", "weight, log-prob and low-rank linearity of a trajectory"),
-    "extrapolate": ("rlvr_linearity.extrapolate.app", "predicted checkpoints (relex, weight)"),
-    "evaluate": ("rlvr_linearity.evaluate.app", "benchmark evaluation of a model, model pair or responses file"),
-    "pipeline": ("rlvr_linearity.pipeline.app", "an experiment chaining the commands (experiment=demo, paper runs)"),
-    "figures": ("rlvr_linearity.figures.app", "regenerate the paper figures and tables from results directories"),
-}
+from rlvr_linearity.commands import COMMANDS
+
 
 log = logging.getLogger("rlvr")
-
-
-def conf_dir() -> Path:
-    """The `conf/` tree: $RLVR_CONF_DIR, else the repository's (editable install)."""
-    env = os.environ.get("RLVR_CONF_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
 
 
 def _usage() -> str:
@@ -79,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from omegaconf import DictConfig
 
+    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.schemas import register_configs
 
     register_configs()

@@ -27,3 +27,9 @@ def cache_dir(cfg=None) -> Path:
     path = Path(d).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def conf_dir() -> Path:
+    """The `conf/` tree: $RLVR_CONF_DIR, else the repository's (editable install)."""
+    env = os.environ.get("RLVR_CONF_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "conf"

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from rlvr_linearity.extrapolate.logits import LogitsExtrapolationEngine
+from rlvr_linearity.evaluate.engines.logits import LogitsExtrapolationEngine
 
 
 def _tiny_pair(root: str, vocab: int, hidden: int, layers: int) -> tuple[str, str]:

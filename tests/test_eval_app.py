@@ -7,7 +7,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.app import evaluate
 from rlvr_linearity.evaluate.benchmarks import load_benchmark
@@ -85,7 +85,7 @@ def test_cli_error_is_one_line(tmp_path, rlvr_cache):
 
 
 def test_models_dir_and_step(tmp_path, tiny_trajectory, rlvr_cache):
-    from rlvr_linearity.evaluate.app import run
+    from rlvr_linearity.commands.evaluate import run
 
     tt = tiny_trajectory(steps=(1, 2))
 

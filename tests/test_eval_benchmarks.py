@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.app import evaluate
 from rlvr_linearity.evaluate.benchmarks import available, load_benchmark

@@ -7,7 +7,7 @@ import torch
 from conftest import greedy_generate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlvr_linearity.extrapolate.logits import LogitsExtrapolationEngine
+from rlvr_linearity.evaluate.engines.logits import LogitsExtrapolationEngine
 
 PROMPTS = ["Compute 1 + 2.", "Compute 13 - 4 and box it.", "7 * 3 ="]
 CPU = {"device": "cpu", "batch_size": 4}
@@ -72,7 +72,7 @@ def _direct_distribution(pair, alpha, prompt, temperature, top_p):
 
 
 def test_next_token_distribution_matches_direct(pair):
-    from rlvr_linearity.extrapolate.logits import process_logits
+    from rlvr_linearity.evaluate.engines.logits import process_logits
 
     eng = LogitsExtrapolationEngine(*pair, 2.5, CPU)
     z = eng.first_step_logits(PROMPTS)
@@ -93,7 +93,7 @@ def test_sampling_shapes_and_seed(pair):
 def test_evaluate_with_logits_engine(pair, tmp_path, rlvr_cache):
     from hydra import compose, initialize_config_dir
 
-    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.evaluate.app import evaluate
     from rlvr_linearity.schemas import register_configs
 

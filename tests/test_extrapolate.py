@@ -16,7 +16,7 @@ from conftest import make_trajectory
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import ConfigError, RlvrError
 from rlvr_linearity.extrapolate import relex
 from rlvr_linearity.extrapolate.app import extrapolate

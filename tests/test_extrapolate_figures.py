@@ -3,7 +3,7 @@
 from conftest import make_trajectory
 from hydra import compose, initialize_config_dir
 
-from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.extrapolate.app import extrapolate
 from rlvr_linearity.figures import extrapolation as fx
 from rlvr_linearity.schemas import register_configs

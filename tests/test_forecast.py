@@ -189,7 +189,7 @@ def test_verl_config_names_the_callback_when_enabled(enabled, tmp_path, monkeypa
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.forecast.hooks import trl_callbacks
     from rlvr_linearity.schemas import register_configs
     from rlvr_linearity.train.verl_launcher import write_verl_config

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import greedy_generate, make_trajectory
 
-from rlvr_linearity.extrapolate.logits import LogitsExtrapolationEngine
+from rlvr_linearity.evaluate.engines.logits import LogitsExtrapolationEngine
 from rlvr_linearity.linearity.weights import weight_linearity
 from rlvr_linearity.trajectory import open_trajectory
 

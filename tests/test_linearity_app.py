@@ -13,7 +13,7 @@ import torch
 from conftest import make_trajectory
 from hydra import compose, initialize_config_dir
 
-from rlvr_linearity.cli import conf_dir
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.schemas import register_configs
 from rlvr_linearity.linearity import kernel

@@ -1,7 +1,8 @@
 import json
 import threading
 
-from rlvr_linearity.pipeline.stages import MARKER, StageCache, stage_key
+from rlvr_linearity.io import stage_key
+from rlvr_linearity.pipeline.stages import MARKER, StageCache
 
 
 def test_stage_runs_once_and_is_reused(tmp_path):

@@ -273,7 +273,7 @@ def test_launcher_presets_resolve():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.schemas import register_configs
 
     register_configs()

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from rlvr_linearity.cli import conf_dir  # noqa: E402
+from rlvr_linearity.paths import conf_dir  # noqa: E402
 from rlvr_linearity.errors import ConfigError  # noqa: E402
 from rlvr_linearity.schemas import register_configs  # noqa: E402
 from rlvr_linearity.train import verl_launcher as vl  # noqa: E402

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.benchmarks import Problem, benchmark_spec, load_benchmark
 from rlvr_linearity.evaluate.metrics import benchmark_metrics, macro_average
-from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.io import write_json_atomic
 
 
 def resolve_model(cfg) -> str | None:
@@ -215,7 +215,7 @@ def evaluate(cfg, out_dir) -> dict:
     return metrics
 
 
-def _models_in(root: Path) -> list[tuple[str, str]]:
+def models_in(root: Path) -> list[tuple[str, str]]:
     """(label, path) of every model directory under a trajectory or sweep output directory."""
     root = Path(root)
     if not root.is_dir():
@@ -224,26 +224,3 @@ def _models_in(root: Path) -> list[tuple[str, str]]:
     if not found:
         raise EvaluationError(f"models directory {root} holds no model (config.json + *.safetensors)")
     return [(str(d.relative_to(root)).replace(os.sep, "__") or "model", str(d)) for d in found]
-
-
-def run(cfg, tracker):
-    from omegaconf import open_dict
-
-    from rlvr_linearity.paths import resolve_output_dir
-
-    out = resolve_output_dir(cfg)
-    models_dir = cfg.evaluate.get("models_dir")
-    if not models_dir:
-        metrics = evaluate(cfg, out)
-        tracker.summary({f"{b}/{k}": v for b, m in metrics.items() for k, v in m.items() if not isinstance(v, (dict, list))})
-        return metrics
-    results = {}
-    for label, path in _models_in(Path(models_dir)):
-        sub = cfg.copy()
-        with open_dict(sub):
-            sub.evaluate.model = path
-            sub.evaluate.step = None
-        results[label] = evaluate(sub, out / label)
-        tracker.log({f"{label}/{b}/accuracy": m["accuracy"] for b, m in results[label].items() if "accuracy" in m})
-    write_json_atomic(out / "evaluate_models.json", results)
-    return results

@@ -37,7 +37,7 @@ class Problem:
 
 
 def _registry_dir() -> Path:
-    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.paths import conf_dir
 
     return conf_dir() / "evaluate" / "benchmark"
 

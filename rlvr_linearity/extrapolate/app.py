@@ -42,8 +42,8 @@ def extrapolate(cfg, out_dir) -> dict:
     """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content."""
     from rlvr_linearity.linearity import gram
     from rlvr_linearity.paths import cache_dir
-    from rlvr_linearity.pipeline.stages import stage_key, write_json_atomic
-    from rlvr_linearity.tracking import _jsonable
+    from rlvr_linearity.io import stage_key, write_json_atomic
+    from rlvr_linearity.io import jsonable
 
     t0, read0 = time.perf_counter(), gram.bytes_read()
     ex = cfg.extrapolate
@@ -88,7 +88,7 @@ def extrapolate(cfg, out_dir) -> dict:
     out["timings"] = {**res.get("timings", {}), "run_s": time.perf_counter() - t0}
     out["bytes_read"] = gram.bytes_read() - read0
     out["config_key"] = config_key
-    write_json_atomic(root / "extrapolation.json", _jsonable(out))  # last: marks the outputs complete
+    write_json_atomic(root / "extrapolation.json", jsonable(out))  # last: marks the outputs complete
     return out
 
 
@@ -130,20 +130,3 @@ def result_rows(res: dict) -> list[dict]:
                          "last_observed": w["steps"][-1], "target": t["target"],
                          "mean_explained_variance": s.get("mean"), "path": t["path"]})
     return rows
-
-
-def run(cfg, tracker):
-    from rlvr_linearity.paths import resolve_output_dir
-
-    from rlvr_linearity.figures.extrapolation import extrapolation_figures
-
-    out = resolve_output_dir(cfg)
-    res = extrapolate(cfg, out)
-    for name, path in extrapolation_figures(out / "figures", res).items():
-        tracker.figure(name, path)
-    rows = result_rows(res)
-    tracker.table("extrapolation", rows)
-    tracker.summary({"method": res["method"], "n_outputs": len(rows), "time_s": res["timings"]["run_s"]})
-    for r in rows:
-        log.info("wrote %s", r["path"])
-    return res

@@ -18,7 +18,7 @@ import numpy as np
 from rlvr_linearity.figures import paper_numbers as pn
 from rlvr_linearity.figures.extrapolation import plot_accuracy_vs_target
 from rlvr_linearity.figures.style import PALETTE, also_pdf, figure, save
-from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.io import write_json_atomic
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from rlvr_linearity.figures import linearity as lin
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures.schemas import FILE_KINDS
 from rlvr_linearity.figures.style import also_pdf
-from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ def _upsert_jsonl(path: Path, rec: dict, key: str = "observed_step") -> None:
     """Add `rec` as a line of `path`, replacing a line with the same `key` (one line per observed
     step: a rerun of watch mode over the same directory rewrites its lines instead of doubling
     them; a resumed run adds its new steps). Written to a temp name, then renamed."""
-    from rlvr_linearity.tracking import _jsonable
+    from rlvr_linearity.io import jsonable
 
     lines = []
     if path.exists():
@@ -149,7 +149,7 @@ def _upsert_jsonl(path: Path, rec: dict, key: str = "observed_step") -> None:
             except (json.JSONDecodeError, AttributeError):
                 pass  # a torn or foreign line is kept as it is
             lines.append(line)
-    lines.append(json.dumps(_jsonable(rec)))
+    lines.append(json.dumps(jsonable(rec)))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -159,10 +159,10 @@ def _upsert_jsonl(path: Path, rec: dict, key: str = "observed_step") -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    from rlvr_linearity.pipeline.stages import write_json_atomic
-    from rlvr_linearity.tracking import _jsonable
+    from rlvr_linearity.io import write_json_atomic
+    from rlvr_linearity.io import jsonable
 
-    write_json_atomic(path, _jsonable(data))
+    write_json_atomic(path, jsonable(data))
 
 
 def _remove_tree(path: Path) -> None:

@@ -127,10 +127,10 @@ class _JsonlTracker:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _write(self, rec: dict) -> None:
-        from rlvr_linearity.tracking import _jsonable
+        from rlvr_linearity.io import jsonable
 
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_jsonable({"time": time.time(), **rec})) + "\n")
+            f.write(json.dumps(jsonable({"time": time.time(), **rec})) + "\n")
 
     @staticmethod
     def _wandb():
@@ -142,23 +142,23 @@ class _JsonlTracker:
             return None
 
     def log(self, metrics: dict, step=None) -> None:
-        from rlvr_linearity.tracking import _jsonable
+        from rlvr_linearity.io import jsonable
 
         self._write({"event": "metrics", "step": step, "metrics": metrics})
         run = self._wandb()
         if run is not None:
             try:
-                run.log(_jsonable(metrics), step=step)
+                run.log(jsonable(metrics), step=step)
             except Exception as err:
                 log.warning("W&B logging of forecasts failed: %s", err)
 
     def summary(self, values: dict) -> None:
-        from rlvr_linearity.tracking import _jsonable
+        from rlvr_linearity.io import jsonable
 
         self._write({"event": "summary", "values": values})
         run = self._wandb()
         if run is not None:
-            for k, v in _jsonable(values).items():
+            for k, v in jsonable(values).items():
                 run.summary[k] = v
 
     def table(self, name: str, rows: list[dict]) -> None:

@@ -34,8 +34,8 @@ import torch
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.r2 import window_lengths
-from rlvr_linearity.pipeline.stages import write_json_atomic
-from rlvr_linearity.tracking import _jsonable
+from rlvr_linearity.io import write_json_atomic
+from rlvr_linearity.io import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _device(lin) -> str:
 
 
 def _write(path: Path, data) -> None:
-    write_json_atomic(path, _jsonable(data))
+    write_json_atomic(path, jsonable(data))
 
 
 def _weights(cfg, traj, steps, out: Path) -> dict:
@@ -209,25 +209,4 @@ def analyse(cfg, out_dir) -> dict:
         summary["logprob"] = {k: logprobs["logprob"].get(k) for k in ("median", "mean", "frac_above", "n_tokens")}
     figs = linearity_figures(out_dir / "figures", weights=weights, lowrank=lowrank, logprobs=logprobs)
     summary["figures"] = {k: str(v) for k, v in figs.items()}
-    return summary
-
-
-def run(cfg, tracker):
-    from rlvr_linearity.paths import resolve_output_dir
-
-    if cfg.get("watch"):  # follow a run's checkpoint directory: live R² and forecasts
-        from rlvr_linearity.forecast.watch import watch
-
-        return watch(cfg, resolve_output_dir(cfg), tracker)
-    summary = analyse(cfg, resolve_output_dir(cfg))
-    flat = {"median_r2": summary.get("median"), "mean_r2": summary.get("mean"), "n_weights": summary.get("n_weights"),
-            "n_defined": summary.get("n_defined")}
-    flat.update({f"frac_above_{k}": v for k, v in (summary.get("frac_above") or {}).items()})
-    if summary.get("lowrank") and summary["lowrank"].get("rank1_ev"):
-        flat["rank1_ev_median"] = summary["lowrank"]["rank1_ev"].get("median")
-    if summary.get("logprob"):
-        flat["logprob_median_r2"] = summary["logprob"].get("median")
-    tracker.summary({k: v for k, v in flat.items() if v is not None})
-    for name, path in summary["figures"].items():
-        tracker.figure(name, path)
     return summary

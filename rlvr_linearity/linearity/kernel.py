@@ -86,7 +86,6 @@ if nb is not None:
         use_hist = n_bins > 0
         use_out = out.shape[1] > 0
         use_range = min_abs_change > 0.0
-        n_thr = thresholds.shape[0]
         span = TILE * PARALLEL_TILES
         for c in nb.prange((n_cols + span - 1) // span):  # handed out as threads come free
             p = nb.get_thread_id()

@@ -29,9 +29,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.pipeline.app import Pipeline, Stage, derive, section
+from rlvr_linearity.config import derive, section
+from rlvr_linearity.pipeline.chain import Pipeline, Stage
 from rlvr_linearity.pipeline.report import fmt, md_table
-from rlvr_linearity.pipeline.stages import stage_key, write_json_atomic
+from rlvr_linearity.io import stage_key, write_json_atomic
 from rlvr_linearity.train.regrounding import DATA_MODES, OPTIMIZER_MODES, alpha
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ class Regrounding:
 
 
 def run_regrounding(cfg, out_dir: Path, tracker=None) -> dict:
-    """Entry point from `run_pipeline` when the experiment has a `regrounding` section."""
+    """Entry point of `rlvr pipeline` when the experiment has a `regrounding` section."""
     if OmegaConf.select(cfg, "regrounding") is None:
         raise ConfigError("pipeline: no `regrounding` section (use experiment=regrounding)")
     return Regrounding(cfg, Path(out_dir), tracker).run()
@@ -345,7 +346,6 @@ def write_report(cfg, out_dir: Path, data: dict) -> Path:
     budget_rows = paper.budget_table(data, budgets) if data.get("std_rl") else []
     data["speedups"], data["table2"] = sp, budget_rows
 
-    rg = cfg.regrounding
     lines = [f"# Periodic re-grounding (LIN RL-Extra): {cfg.get('experiment_name') or 'regrounding'}", ""]
     lines += [f"Benchmark `{bench}` (held-out split; sampling n={cfg.sampling.n}, temperature={cfg.sampling.temperature}), "
               f"backend `{data['settings']['backend']}`, {data['settings']['prompts_per_step']} prompts × "

@@ -9,10 +9,8 @@ the others find it complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +18,11 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from rlvr_linearity.io import stage_key, write_json_atomic
+
 log = logging.getLogger(__name__)
 
 MARKER = "_stage.json"
-
-
-def stage_key(name: str, config: Any, inputs: list[str] | tuple[str, ...] = ()) -> str:
-    """A short content hash of a stage's name, resolved config and input identities."""
-    blob = json.dumps({"stage": name, "config": config, "inputs": list(inputs)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp name, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
+
+from rlvr_linearity.io import jsonable
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def resolved_config(cfg) -> dict:
@@ -116,7 +103,7 @@ class Tracker:
             tags=list(logger_cfg.get("tags") or []),
             dir=str(wandb_dir),
             mode=mode,
-            config=_jsonable(self._config),
+            config=jsonable(self._config),
             reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off"),
         )
@@ -129,7 +116,7 @@ class Tracker:
 
     def _write(self, record: dict) -> None:
         record = {"time": time.time(), **record}
-        self._file.write(json.dumps(_jsonable(record)) + "\n")
+        self._file.write(json.dumps(jsonable(record)) + "\n")
         self._file.flush()
 
     def _to_wandb(self, send) -> None:
@@ -147,14 +134,14 @@ class Tracker:
     def log(self, metrics: dict, step: int | None = None) -> None:
         """Scalar metrics, optionally at a step (training step, target step...)."""
         self._write({"event": "metrics", "step": step, "metrics": metrics})
-        self._to_wandb(lambda run: run.log(_jsonable(metrics), step=step))
+        self._to_wandb(lambda run: run.log(jsonable(metrics), step=step))
 
     def summary(self, values: dict) -> None:
         """Final values of the run (accuracies, R² statistics, timings)."""
         self._write({"event": "summary", "values": values})
 
         def send(run):
-            for key, value in _jsonable(values).items():
+            for key, value in jsonable(values).items():
                 run.summary[key] = value
 
         self._to_wandb(send)
@@ -169,7 +156,7 @@ class Tracker:
             import wandb
 
             columns = sorted({k for row in rows for k in row})
-            data = [[_jsonable(row.get(c)) for c in columns] for row in rows]
+            data = [[jsonable(row.get(c)) for c in columns] for row in rows]
             run.log({name: wandb.Table(columns=columns, data=data)})
 
         self._to_wandb(send)

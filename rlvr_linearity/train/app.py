@@ -20,10 +20,3 @@ def train(cfg, out_dir, tracker=None) -> Path:
 
         return launch_verl(cfg, Path(out_dir), tracker)
     raise ConfigError(f"train.backend: unknown backend {backend!r} (use trl or verl)")
-
-
-def run(cfg, tracker):
-    from rlvr_linearity.paths import resolve_output_dir
-
-    traj = train(cfg, resolve_output_dir(cfg), tracker)
-    return {"trajectory": str(traj)}

@@ -151,7 +151,7 @@ def train_segment(cfg, out_dir: Path, start_model: str, k: int, M: int, *, optim
     """Train segment k: M real steps from `start_model` on its slice of the prompt order; returns
     the segment's trajectory dir (step 0 = start_model, steps 1..M). `previous`: the last
     checkpoint of segment k-1 (for `optimizer=keep`)."""
-    from rlvr_linearity.pipeline.app import derive
+    from rlvr_linearity.config import derive
 
     if optimizer not in OPTIMIZER_MODES:
         raise ConfigError(f"regrounding.optimizer={optimizer!r}: use one of {list(OPTIMIZER_MODES)}")
@@ -180,7 +180,7 @@ def _train_segment_verl(scfg, out_dir: Path, k: int, M: int, *, optimizer: str, 
     weights, so only `optimizer=reset` (LIN's loop) is offered."""
     import pyarrow.parquet as pq
 
-    from rlvr_linearity.pipeline.app import derive
+    from rlvr_linearity.config import derive
     from rlvr_linearity.train.verl_data import build_verl_data, write_parquet
     from rlvr_linearity.train.verl_launcher import launch_verl
 

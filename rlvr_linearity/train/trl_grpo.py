@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

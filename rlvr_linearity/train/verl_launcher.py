@@ -16,13 +16,12 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.pipeline.stages import write_json_atomic
+from rlvr_linearity.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

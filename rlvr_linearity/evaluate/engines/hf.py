@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from rlvr_linearity.errors import EvaluationError
-from rlvr_linearity.evaluate.engines import sampling_get
+from rlvr_linearity.evaluate.engines.base import Engine, sampling_get
 
 
 def resolve_device(device: str | None) -> str:
@@ -37,7 +37,11 @@ def load_model(path: str, device: str, dtype: str | None = "auto", trust_remote_
     return model.to(device).eval(), tok
 
 
-class HFEngine:
+class HFEngine(Engine):
+    @classmethod
+    def from_config(cls, cfg, model: str | None) -> "HFEngine":
+        return cls(model, cfg.engine)
+
     def __init__(self, model: str, engine_cfg):
         if not model:
             raise EvaluationError("no model given: set evaluate.model=PATH (or evaluate.step with trajectory.path)")

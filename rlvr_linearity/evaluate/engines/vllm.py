@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from rlvr_linearity.errors import EvaluationError
-from rlvr_linearity.evaluate.engines import sampling_get
+from rlvr_linearity.evaluate.engines.base import Engine, sampling_get
 
 
 def sampling_params(sampling):
@@ -23,7 +23,11 @@ def sampling_params(sampling):
     )
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
+    @classmethod
+    def from_config(cls, cfg, model: str | None) -> "VLLMEngine":
+        return cls(model, cfg.engine)
+
     def __init__(self, model: str, engine_cfg):
         try:
             from vllm import LLM

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from rlvr_linearity.errors import ConfigError, EvaluationError
-from rlvr_linearity.evaluate.engines import sampling_get
+from rlvr_linearity.evaluate.engines.base import Engine, sampling_get
 from rlvr_linearity.evaluate.engines.hf import load_model, resolve_device
 
 
@@ -51,7 +51,7 @@ def _select_rows(cache, idx: torch.Tensor) -> None:
             layer.values = layer.values.index_select(0, idx)
 
 
-class LogitsExtrapolationEngine:
+class LogitsExtrapolationEngine(Engine):
     def __init__(self, model_a: str, model_b: str, alpha: float, engine_cfg=None):
         engine_cfg = engine_cfg or {}
         self.alpha = float(alpha)
@@ -73,8 +73,9 @@ class LogitsExtrapolationEngine:
             0.25 if str(self.device).startswith("cuda") else 0.0)
 
     @classmethod
-    def from_config(cls, cfg) -> "LogitsExtrapolationEngine":
-        """`engine.models=[A, B]` + `engine.alpha`, or base/second/target steps of `trajectory.path`."""
+    def from_config(cls, cfg, model: str | None = None) -> "LogitsExtrapolationEngine":
+        """`engine.models=[A, B]` + `engine.alpha`, or base/second/target steps of `trajectory.path`
+        (`model` is unused: the pair comes from the config)."""
         e = cfg.engine
         if e.get("models"):
             if len(e.models) != 2 or e.get("alpha") is None:

@@ -1,15 +1,14 @@
-"""`rlvr figures figures.inputs=[DIR,...] output_dir=OUT`: regenerate the paper figures and
-tables that the results under the directories allow (`figures.regenerate`)."""
+"""`rlvr figures`: regenerate the paper figures and tables from results directories."""
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from rlvr_linearity.figures.regenerate import print_summary, regenerate
+from rlvr_linearity.paths import resolve_output_dir
+
 
 def run(cfg, tracker):
-    from rlvr_linearity.figures.regenerate import print_summary, regenerate
-    from rlvr_linearity.paths import resolve_output_dir
-
     fc = cfg.figures
     plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
     index = regenerate(plain(fc.inputs), resolve_output_dir(cfg), pdf=bool(fc.pdf), reference=bool(fc.reference),

@@ -1,0 +1,286 @@
+"""The standard experiment chain: train → linearity → extrapolation → evaluation → report.
+
+Every stage goes through the stage cache (`pipeline.stage_dir`), keyed by the stage's own
+config and the keys of the stages it reads, so sweeps share work and a killed job resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf, open_dict
+
+from rlvr_linearity.config import derive, section
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """One unit of cached work: its key is known before it runs (for dry runs)."""
+
+    name: str
+    config: Any
+    inputs: list[str]
+    fn: Callable[[Path], dict]
+    label: str = ""
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        self.key = stage_key(self.name, self.config, self.inputs)
+
+
+class Pipeline:
+    def __init__(self, cfg, out_dir: Path, tracker=None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.tracker = tracker
+        self.cache = StageCache(cfg.pipeline.stage_dir)
+        self.dry_run = bool(cfg.pipeline.dry_run)
+        self.plan: list[tuple[Stage, bool]] = []  # (stage, cached) in order, for dry runs and reports
+        self.timings: dict[str, float] = {}
+
+    # -- running --------------------------------------------------------------------------
+    def run_stage(self, stage: Stage) -> StageResult | None:
+        cached = self.cache.lookup(stage.name, stage.key) is not None
+        self.plan.append((stage, cached))
+        if self.dry_run:
+            return None
+        result = self.cache.run(stage.name, stage.config, stage.fn, stage.inputs)
+        label = stage.label or stage.name
+        self.timings[label] = round(self.timings.get(label, 0.0) + result.seconds, 3)
+        link = self.out / "stages" / label
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(result.path, target_is_directory=True)
+        if self.tracker is not None:
+            self.tracker.log({f"stage/{label}/seconds": result.seconds, f"stage/{label}/cached": result.cached})
+        return result
+
+    # -- stages ---------------------------------------------------------------------------
+    def trajectory(self) -> tuple[str | None, str]:
+        """The trajectory to analyse: trained here (cached) or given; returns (path, identity)."""
+        tcfg = self.cfg.trajectory
+        if tcfg.path or tcfg.hub_repo:
+            from rlvr_linearity.trajectory import open_trajectory
+
+            # A given trajectory (local or hub) is used as configured: identity = its content (a dry
+            # run downloads nothing: a hub trajectory is then keyed by its config, a local one by content).
+            ident = json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
+            if not (self.dry_run and tcfg.hub_repo):
+                ident = open_trajectory(tcfg).fingerprint()
+            return None, ident
+        if "train" not in self.cfg.pipeline.stages:
+            raise ConfigError("pipeline: no trajectory.path and no train stage: nothing to analyse")
+        from rlvr_linearity.train.app import train
+
+        config = {"train": section(self.cfg, "train"), "task": section(self.cfg, "task"), "seed": self.cfg.seed}
+
+        def fn(d: Path) -> dict:
+            traj_dir = train(derive(self.cfg, output_dir=str(d)), d)
+            return {"trajectory": str(traj_dir)}
+
+        stage = Stage("train", config, [], fn, label="train")
+        res = self.run_stage(stage)
+        return (res.result["trajectory"] if res else None), stage.key
+
+    def linearity(self, traj: str | None, ident: str) -> dict | None:
+        from rlvr_linearity.linearity.app import analyse
+
+        config = {"linearity": section(self.cfg, "linearity"), "trajectory": _traj_selection(self.cfg)}
+        stage = Stage("linearity", config, [ident], lambda d: analyse(self._on(traj, d), d), label="linearity")
+        res = self.run_stage(stage)
+        return None if res is None else {"dir": str(res.path), **(res.result or {})}
+
+    def relex(self, traj: str | None, ident: str) -> list[dict]:
+        """Predicted checkpoints for every (window, target): [{history, target, path}]."""
+        from rlvr_linearity.extrapolate.app import extrapolate
+
+        pcfg = self.cfg.pipeline.relex
+        windows, targets = list(pcfg.windows), list(pcfg.targets)
+        if not windows or not targets:
+            return []
+        over = {"extrapolate.method": "relex", "extrapolate.windows": windows, "extrapolate.targets": targets,
+                "extrapolate.history": None, "extrapolate.window": None, "extrapolate.last": None}
+        ecfg = derive(self.cfg, **over)
+        config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
+        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, ecfg), d), label="relex")
+        res = self.run_stage(stage)
+        method = {"rank": int(ecfg.extrapolate.rank), "fit": str(ecfg.extrapolate.fit)}
+        return [
+            {"history": w, "target": t, **method,
+             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+            for w in windows for t in targets
+        ]
+
+    def weight(self, traj: str | None, ident: str) -> list[dict]:
+        from rlvr_linearity.extrapolate.app import extrapolate
+
+        pcfg = self.cfg.pipeline.weight
+        targets = list(pcfg.targets)
+        out = []
+        for a, b in [tuple(p) for p in pcfg.pairs]:
+            over = {"extrapolate": {**section(self.cfg, "extrapolate"), "method": "weight", "base_step": a,
+                                    "second_step": b, "targets": targets}}
+            ecfg = derive(self.cfg, **over)
+            ecfg = _weight_only(ecfg)
+            config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
+            stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e), d),
+                          label=f"weight_{a}_{b}")
+            res = self.run_stage(stage)
+            for t in targets:
+                path = None if res is None else str(_prediction_dir(res.path, t, None))
+                out.append({"base_step": a, "second_step": b, "target": t, "path": path})
+        return out
+
+    def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
+        """Benchmark metrics of one model (or a model pair with an engine override)."""
+        from rlvr_linearity.evaluate.app import evaluate
+
+        config = {k: section(self.cfg, k) for k in ("evaluate", "benchmarks", "sampling", "task")}
+        config["engine"] = engine or section(self.cfg, "engine")
+        config["evaluate"] = {k: v for k, v in config["evaluate"].items() if k not in ("model", "step", "resume")}
+
+        def fn(d: Path) -> dict:
+            over: dict[str, Any] = {"evaluate.model": model, "evaluate.step": None, "output_dir": str(d)}
+            ecfg = derive(self.cfg, **over)
+            if engine is not None:
+                with open_dict(ecfg):
+                    ecfg.engine = OmegaConf.create(engine)
+            return evaluate(ecfg, d)
+
+        res = self.run_stage(Stage("evaluate", config, [ident, label], fn, label=f"eval_{label}"))
+        return None if res is None else res.result
+
+    def _on(self, traj: str | None, out_dir: Path, cfg=None):
+        """The config a stage runs with: the trained trajectory (if any) and the stage's dir."""
+        cfg = cfg if cfg is not None else self.cfg
+        if traj is None:  # a given trajectory: keep trajectory.* as configured
+            return derive(cfg, output_dir=str(out_dir))
+        return derive(cfg, **{"trajectory.path": traj, "trajectory.hub_repo": None, "output_dir": str(out_dir)})
+
+    def open_trajectory(self, traj: str | None):
+        from rlvr_linearity.trajectory import open_trajectory
+
+        return open_trajectory(self._on(traj, self.out).trajectory)
+
+
+def _traj_selection(cfg) -> dict:
+    return {"steps": section(cfg, "trajectory.steps"), "max_step": cfg.trajectory.max_step}
+
+
+def _weight_only(cfg):
+    """Drop relex-only keys the weight schema does not know."""
+    keep = {"method", "targets", "base_step", "second_step", "extrapolate_norms", "dtype"}
+    with open_dict(cfg):
+        cfg.extrapolate = OmegaConf.create({k: v for k, v in section(cfg, "extrapolate").items() if k in keep})
+    return cfg
+
+
+def _prediction_dir(stage_dir: Path, target: int, history: int | None) -> Path:
+    base = Path(stage_dir) / "extrapolate"
+    return base / f"h{history}" / f"step_{target}" if history is not None else base / f"step_{target}"
+
+
+def _accuracy(metrics: dict | None, benchmark: str) -> float | None:
+    if not metrics:
+        return None
+    entry = metrics.get(benchmark) or {}
+    return entry.get("accuracy")
+
+
+def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
+    """Run (or, with `pipeline.dry_run`, list) every stage; write results.json and report.md."""
+    start = time.perf_counter()
+    p = Pipeline(cfg, out_dir, tracker)
+    stages = list(cfg.pipeline.stages)
+    bench = list(cfg.benchmarks)[0]
+
+    traj_path, ident = p.trajectory()
+    lin = p.linearity(traj_path, ident) if "linearity" in stages else None
+    relex = p.relex(traj_path, ident) if "relex" in stages else []
+    weight = p.weight(traj_path, ident) if "weight" in stages else []
+
+    given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
+    results: dict[str, Any] = {"benchmark": bench, "trajectory": traj_path or given}
+    if "evaluate" in stages:
+        steps = _eval_steps(p, traj_path)
+        rlvr = []
+        for step, path in steps:
+            metrics = p.evaluate_model(f"step_{step}", path, ident)
+            rlvr.append({"step": step, "accuracy": _accuracy(metrics, bench), "path": path})
+        base = next((r for r in rlvr if r["step"] == 0), None)
+        results["base"] = {"step": 0, "accuracy": base["accuracy"] if base else None}
+        results["rlvr"] = [r for r in rlvr if r["step"] != 0]
+        for r in relex:
+            r["accuracy"] = _accuracy(p.evaluate_model(f"relex_h{r['history']}_t{r['target']}", r["path"], ident), bench)
+        for r in weight:
+            label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
+            r["accuracy"] = _accuracy(p.evaluate_model(label, r["path"], ident), bench)
+        results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, bench) if "logits" in stages else []
+    results["relex"] = relex
+    results["weight_extrapolation"] = weight
+    if lin is not None:
+        results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
+                                "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
+    if p.dry_run:
+        listing = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
+        for row in listing:
+            print(f"{'cached' if row['cached'] else 'to run':>7}  {row['stage']}  ({row['key']})")
+        return {"dry_run": listing}
+    results["timings"] = {**p.timings, "total": round(time.perf_counter() - start, 3)}
+    results["stages"] = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
+    write_json_atomic(Path(out_dir) / "results.json", results)
+    if "report" in stages:
+        from rlvr_linearity.figures.regenerate import regenerate
+        from rlvr_linearity.pipeline.report import write_report
+
+        index = regenerate([out_dir], out_dir, pdf=bool(cfg.figures.pdf), reference=bool(cfg.figures.reference))
+        results["paper_figures"] = {"made": index["made"], "missing": [m["id"] for m in index["missing"]]}
+        write_report(cfg, out_dir, results)
+        write_json_atomic(Path(out_dir) / "results.json", results)
+    if tracker is not None:
+        tracker.summary({"base_accuracy": results.get("base", {}).get("accuracy"), **{f"time/{k}": v for k, v in results["timings"].items()}})
+        tracker.table("rlvr", results.get("rlvr", []))
+        tracker.table("relex", relex)
+        tracker.table("weight_extrapolation", weight)
+    return results
+
+
+def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | None]]:
+    """(step, model dir) of the RLVR checkpoints to evaluate, base included."""
+    wanted = p.cfg.pipeline.evaluate_steps
+    given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
+    if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
+        return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
+    traj = p.open_trajectory(traj_path)
+    steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
+    if wanted != "all" and 0 not in steps:
+        steps = [0, *steps]
+    return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
+
+
+def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, bench: str) -> list[dict]:
+    pcfg = cfg.pipeline.logits
+    out = []
+    if not pcfg.pairs or not pcfg.targets:
+        return out
+    if p.dry_run:
+        return out
+    traj = p.open_trajectory(traj_path)
+    for a, b in [tuple(x) for x in pcfg.pairs]:
+        for t in pcfg.targets:
+            alpha = (t - a) / (b - a)
+            engine = {"name": "logits_extrapolation", "models": [str(traj.model(a).path), str(traj.model(b).path)],
+                      "alpha": alpha, "device": section(cfg, "engine").get("device", "auto")}
+            metrics = p.evaluate_model(f"logits_{a}_{b}_t{t}", None, ident, engine=engine)
+            out.append({"base_step": a, "second_step": b, "target": t, "alpha": alpha, "accuracy": _accuracy(metrics, bench)})
+    return out
