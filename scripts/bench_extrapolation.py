@@ -1,7 +1,7 @@
 """Benchmark of `rlvr extrapolate` (RELEX) on the synthetic ~120M-parameter bf16 trajectory of
 `bench_linearity.py` (base + 20 checkpoints, same builder, same cache path): one window x one
 target, then 4 windows x 4 targets, each a separate `rlvr extrapolate` process whose start-up
-(`rlvr extrapolate --cfg job`) is subtracted. Prints a markdown table for the README.
+(`rlvr extrapolate --cfg job`) is subtracted. Prints a markdown table for docs/performance.md.
 
     nice -n 10 .venv/bin/python scripts/bench_extrapolation.py /tmp/bench_lin_traj
 

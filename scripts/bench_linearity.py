@@ -1,6 +1,6 @@
 """Benchmark of `rlvr linearity` on a synthetic ~120M-parameter Qwen2 trajectory (bf16, base + 20
 checkpoints): the I/O floor, full-coverage weight R², the low-rank pass, 4 windows vs 1, peak
-RSS of each child process and the bytes left behind. Prints a markdown table for the README.
+RSS of each child process and the bytes left behind. Prints a markdown table for docs/performance.md.
 
     nice -n 10 .venv/bin/python scripts/bench_linearity.py /tmp/bench_traj [--steps 20]
 

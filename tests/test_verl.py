@@ -1,7 +1,7 @@
 """trainer=verl on CPU: our config -> verl overrides -> verl's own tree, composed and validated by
 verl; the saved config is accepted by `verl.trainer.main_ppo --cfg job`; the data rows load
 through verl's RLHFDataset; the reward goes through verl's loader and reward manager.
-(verl GRPO itself needs GPUs and vLLM; see ecosystem.md.)
+(verl GRPO itself needs GPUs and vLLM; see docs/ecosystem.md.)
 """
 
 from __future__ import annotations

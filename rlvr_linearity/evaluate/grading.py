@@ -1,6 +1,6 @@
 """Math answer grading: last-\\boxed{} extraction, then math-verify in killable worker processes.
 
-math-verify's own timeouts are signal based and some inputs still hang a worker (ecosystem.md),
+math-verify's own timeouts are signal based and some inputs still hang a worker (docs/ecosystem.md),
 so grading runs in a pebble process pool. Unique (answer, gold) pairs go to the workers in
 chunks (one IPC round trip for many items, samples of one gold together so its parse is cached);
 inside a worker every item gets its own ``timeout`` (SIGALRM, so the worker survives), and the

@@ -1,4 +1,4 @@
-"""Run model-generated code in layers (spec/ecosystem.md): an unprivileged uid (nobody, when we
+"""Run model-generated code in layers (docs/ecosystem.md): an unprivileged uid (nobody, when we
 are root), setrlimit (address space, CPU seconds, processes, file size), bubblewrap with every
 namespace unshared, read-only root, private /tmp, no environment, home directories hidden, and an
 outer wall-clock kill of the whole process group.

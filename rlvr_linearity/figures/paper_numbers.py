@@ -1,6 +1,6 @@
-"""The papers' headline numbers (methods.md section E), used as reference columns and overlays.
+"""The papers' headline numbers (docs/methods.md §E), used as reference columns and overlays.
 
-Accuracies are fractions in [0, 1]. Values marked "read off the plot" in methods.md are
+Accuracies are fractions in [0, 1]. Values marked "read off the plot" in docs/methods.md are
 approximate and only drawn as reference, never compared exactly.
 """
 

@@ -153,7 +153,7 @@ class RegroundingMethod(TypedDict):
 
 
 class Regrounding(TypedDict):
-    """`regrounding.json` (LIN Table 2 and Fig. 6, methods.md B4): the standard RL run and each
+    """`regrounding.json` (LIN Table 2 and Fig. 6, docs/methods.md §B4): the standard RL run and each
     re-grounding configuration (M, N) evaluated after a number of real RL steps. `benchmark`
     names the one whose thresholds define the speed-up (default: the first one)."""
 

@@ -1,4 +1,4 @@
-"""LIN's periodic re-grounding ("RL-Extra", methods.md B4): the pieces of one iteration.
+"""LIN's periodic re-grounding ("RL-Extra", docs/methods.md §B4): the pieces of one iteration.
 
 An iteration trains M real RL steps from the current model P (virtual step s), then
 weight-extrapolates between P and the trained model with α = (M + N)/M, landing on virtual step
@@ -13,7 +13,7 @@ K·(M + N) virtual ones. The loop itself, its caching and its evaluation live in
   the rows of real steps k·M+1 .. (k+1)·M of that order, passed to `train_trl(rows=...)`
   unshuffled: no prompt is replayed (within an epoch), and the two arms see the same prompts at
   the same real step. `data: replay` restarts every segment at the beginning of the order, as
-  LIN's released loop does (a fresh verl run with the same seeded shuffle, methods.md F10).
+  LIN's released loop does (a fresh verl run with the same seeded shuffle, docs/methods.md §F10).
 - Optimizer state (`KeepStateCallback`). `reset`: every segment is a fresh run (new AdamW state,
   the seed's RNG), as in LIN. `keep`: the AdamW moments and step counts, the scheduler and the
   RNG state at the end of the previous segment are loaded before the segment's first step, so

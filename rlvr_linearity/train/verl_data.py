@@ -28,9 +28,9 @@ class HubSource:
 
 
 SOURCES: dict[str, HubSource] = {
-    # LIN's training set (methods.md C1).
+    # LIN's training set (docs/methods.md §C1).
     "deepscaler": HubSource("agentica-org/DeepScaleR-Preview-Dataset", "train", "problem", "answer"),
-    # MATH train (RELEX's in-domain set, presumably; methods.md C2), as verl's own examples load it.
+    # MATH train (RELEX's in-domain set, presumably; docs/methods.md §C2), as verl's own examples load it.
     "math": HubSource("DigitalLearningGmbH/MATH-lighteval", "train", "problem", None, "solution"),
     # LIN's validation set.
     "aime24": HubSource("math-ai/aime24", "test", "problem", None, "solution"),
