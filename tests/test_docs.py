@@ -76,10 +76,12 @@ def anchors(md: Path) -> set[str]:
 
 
 def resolves(ref: str, src: Path) -> bool:
+    """`ref` names a file inside the repository (from `src`'s folder or the root); a path that
+    leaves the repository (`../shared/...`) does not count, even where it exists on this machine."""
     ref = ref.rstrip(".,;:")
-    if "*" in ref:
-        return any((src.parent).glob(ref)) or any(ROOT.glob(ref))
-    return (src.parent / ref).exists() or (ROOT / ref).exists()
+    inside = [p.resolve() for base in (src.parent, ROOT)
+              for p in (base.glob(ref) if "*" in ref else [base / ref]) if p.exists()]
+    return any(p.is_relative_to(ROOT) for p in inside)
 
 
 def test_readme_is_short():
