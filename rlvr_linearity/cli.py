@@ -40,17 +40,37 @@ def run_command(command: str, cfg) -> object:
 
 
 def _guarded(command: str, cfg):
+    from omegaconf.errors import OmegaConfBaseException
+
     from rlvr_linearity.errors import RlvrError
+    from rlvr_linearity.schemas import validate
 
     try:
+        validate(cfg)
         return run_command(command, cfg)
-    except RlvrError as err:
+    except (RlvrError, OmegaConfBaseException) as err:
         # Under submitit (hydra/launcher=slurm_*) the exception must propagate: submitit pickles
         # it as the job's result, so the sweep reports which job failed and why.
-        if cfg.get("debug", False) or os.environ.get("SUBMITIT_FOLDER"):
+        if cfg.debug or os.environ.get("SUBMITIT_FOLDER"):
             raise
-        print(f"rlvr {command}: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _fail(command, err if isinstance(err, RlvrError) else _config_line(err))
+
+
+def _config_line(err: Exception) -> str:
+    """One line from a Hydra/OmegaConf error: its first line, its cause's, and the key."""
+    lines = [str(err).strip().splitlines()[0]]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    key = getattr(err, "full_key", None) or getattr(cause, "full_key", None)
+    if key and key not in " ".join(lines):
+        lines.append(f"key {key}")
+    return "; ".join(dict.fromkeys(line.rstrip(".;") for line in lines))
+
+
+def _fail(command: str, message) -> None:
+    print(f"rlvr {command}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
     import hydra
+    from hydra.errors import HydraException
     from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.schemas import register_configs
@@ -76,7 +98,21 @@ def main(argv: list[str] | None = None) -> None:
         return _guarded(command, cfg)
 
     sys.argv = [f"rlvr-{command}", *argv]
-    _app()
+    # Hydra prints a config it cannot compose (unknown key, wrong type, missing preset) in several
+    # lines and exits 1; with HYDRA_FULL_ERROR it raises instead, and rlvr reports one line, exit 2.
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _app()
+    except (HydraException, OmegaConfBaseException) as err:
+        if full_error == "1" or "debug=true" in argv:
+            raise
+        _fail(command, _config_line(err))
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def entry() -> None:

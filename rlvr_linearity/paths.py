@@ -8,7 +8,7 @@ from pathlib import Path
 
 def resolve_output_dir(cfg) -> Path:
     """`output_dir` if set, else Hydra's run (or multirun job) directory; created."""
-    out = cfg.get("output_dir")
+    out = cfg.output_dir
     if not out:
         from hydra.core.hydra_config import HydraConfig
 
@@ -22,7 +22,7 @@ def cache_dir(cfg=None) -> Path:
     """The per-machine cache (tiny base models, hub trajectories, Gram matrices, stages)."""
     d = None
     if cfg is not None:
-        d = cfg.get("paths", {}).get("cache_dir")
+        d = cfg.paths.cache_dir
     d = d or os.environ.get("RLVR_CACHE_DIR") or Path.home() / ".cache" / "rlvr-linearity"
     path = Path(d).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)

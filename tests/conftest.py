@@ -1,7 +1,7 @@
 """Shared test fixtures: tiny random Qwen2 models and synthetic trajectories on disk.
 
-Import the plain helpers where a fixture is awkward: `from conftest import make_tiny_model_dir,
-make_trajectory` (pytest puts `tests/` on sys.path). Everything here is small (a few 10k
+Import the plain helpers where a fixture is awkward: `from conftest import compose_config,
+make_tiny_model_dir, make_trajectory` (pytest puts `tests/` on sys.path). Everything here is small (a few 10k
 parameters) and fast; the tokenizer is trained once per session and cached in memory.
 """
 
@@ -30,6 +30,23 @@ LAYOUTS = ("verl", "global_step", "checkpoint", "step")
 TINY_RECIPE = {"seed": 0, "vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
                "intermediate_size": 64, "max_positions": 64, "sft_lr": 1.0e-2, "sft_max_steps": 40,
                "sft_eval_every": 40, "sft_target_accuracy": 1.1, "sft_dev_size": 0, "sft_max_new_tokens": 8}
+
+
+def compose_config(command: str, *overrides: str, validate: bool = True):
+    """`conf/<command>.yaml` composed with `overrides` as `rlvr <command>` composes it (schemas
+    registered), then checked by `schemas.validate` as the command checks it when it starts."""
+    from hydra import compose, initialize_config_dir
+
+    from rlvr_linearity.paths import conf_dir
+    from rlvr_linearity.schemas import register_configs
+    from rlvr_linearity.schemas import validate as validate_config
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name=command, overrides=list(overrides))
+    if validate:
+        validate_config(cfg)
+    return cfg
 
 
 @functools.lru_cache(maxsize=None)

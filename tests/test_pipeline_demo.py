@@ -19,7 +19,7 @@ SMALL = [
     "train.steps=6", "train.prompts_per_step=2", "train.group_size=4",
     "linearity.windows=[3,all]", "linearity.coefficient_history=3", "linearity.probes.n_problems=2",
     "linearity.probes.n_samples=2",
-    "pipeline.evaluate_steps=[0,2,4,6]", "pipeline.relex.windows=[2,3]", "pipeline.relex.targets=[4,6,9]",
+    "pipeline.evaluate_steps=[0,2,4,6]", "extrapolate.windows=[2,3]", "extrapolate.targets=[4,6,9]",
     "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4,6]",
     "pipeline.logits.pairs=[[0,2]]", "pipeline.logits.targets=[4]",
     "sampling.max_tokens=8", "figures.pdf=false",

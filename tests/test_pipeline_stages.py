@@ -75,8 +75,8 @@ def test_pipeline_on_a_given_trajectory_dry_run_agrees_with_the_run(tmp_path):
     tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3, 4, 6), write_json=True)
     args = [sys.executable, "-m", "rlvr_linearity", "pipeline", "logger=none", f"trajectory.path={tt.path}",
             f"paths.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'out'}",
-            "pipeline.stages=[linearity,relex,weight]", "pipeline.relex.windows=[2,3]",
-            "pipeline.relex.targets=[6,8]", "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4]"]
+            "pipeline.stages=[linearity,relex,weight]", "extrapolate.windows=[2,3]",
+            "extrapolate.targets=[6,8]", "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4]"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
 
     def listing():

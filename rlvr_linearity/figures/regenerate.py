@@ -81,8 +81,8 @@ CATALOGUE = [
                 f"rlvr linearity {RELEX_EXP} linearity.coefficient_history=75"),
     PaperFigure("relex_accuracy_vs_target", "RELEX", "Accuracy vs target step per T_cut, with the RLVR curve",
                 "results.json with `relex` rows",
-                f"rlvr pipeline {RELEX_EXP} pipeline.relex.windows=[25,50,75,100] "
-                "pipeline.relex.targets=[125,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU)"),
+                f"rlvr pipeline {RELEX_EXP} extrapolate.windows=[25,50,75,100] extrapolate.history=null "
+                "extrapolate.targets=[125,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU)"),
     PaperFigure("relex_ablations", "RELEX", "Rank and fit ablations",
                 "results.json `relex` rows with `rank`/`fit` keys (several values)",
                 f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,polynomial hydra/launcher=slurm_gpu (GPU)"),

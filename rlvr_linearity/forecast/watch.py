@@ -134,12 +134,12 @@ def watch(cfg, out_dir, tracker=None, *, stop=None) -> dict:
     `stop`: an optional threading.Event that ends the loop (tests, embedding)."""
     from .forecaster import Forecaster, ForecastSettings, make_evaluator
 
-    root = cfg.trajectory.get("path")
+    root = cfg.trajectory.path
     if not root:
         raise ConfigError("watch=true needs trajectory.path=DIR (the checkpoint directory to follow)")
     root = Path(str(root)).expanduser().resolve()
     fc = cfg.forecast
-    poll, timeout = float(fc.get("poll_s", 5.0)), float(fc.get("timeout_s", 3600.0))
+    poll, timeout = float(fc.poll_s), float(fc.timeout_s)
     settings = ForecastSettings.from_cfg(cfg)
     evaluator = make_evaluator(cfg) if settings.evaluate or settings.evaluate_observed else None
     sigs: dict = {}
@@ -150,10 +150,10 @@ def watch(cfg, out_dir, tracker=None, *, stop=None) -> dict:
     while True:
         ready = ready_steps(root, sigs)
         if forecaster is None and any(s != 0 for s in ready):
-            base = resolve_base(cfg.trajectory.get("base"), root, ready)
+            base = resolve_base(cfg.trajectory.base, root, ready)
             if base is not None:
                 final = run_final_step(root)
-                if fc.get("final_step") is not None:
+                if fc.final_step is not None:
                     final = int(fc.final_step)
                 target = settings.target if settings.target is not None else final
                 forecaster = Forecaster(out_dir, base, settings, target=target,

@@ -101,20 +101,22 @@ class Pipeline:
         return None if res is None else {"dir": str(res.path), **(res.result or {})}
 
     def relex(self, traj: str | None, ident: str) -> list[dict]:
-        """Predicted checkpoints for every (window, target): [{history, target, path}]."""
+        """Predicted checkpoints for every (window, target), from `extrapolate.*` as `rlvr
+        extrapolate` reads them (windows, or history for one): [{history, target, path}]."""
         from rlvr_linearity.extrapolate.app import extrapolate
 
-        pcfg = self.cfg.pipeline.relex
-        windows, targets = list(pcfg.windows), list(pcfg.targets)
+        ex = self.cfg.extrapolate
+        if ex.method != "relex":
+            raise ConfigError(f"pipeline stage relex: extrapolate.method is {ex.method!r}; drop the stage or use "
+                              "extrapolate=relex (weight extrapolation is the weight stage: pipeline.weight.pairs)")
+        windows = list(ex.windows) if ex.windows else ([ex.history] if ex.history is not None else [])
+        targets = list(ex.targets)
         if not windows or not targets:
             return []
-        over = {"extrapolate.method": "relex", "extrapolate.windows": windows, "extrapolate.targets": targets,
-                "extrapolate.history": None, "extrapolate.window": None, "extrapolate.last": None}
-        ecfg = derive(self.cfg, **over)
-        config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, ecfg), d), label="relex")
+        config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
+        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d), d), label="relex")
         res = self.run_stage(stage)
-        method = {"rank": int(ecfg.extrapolate.rank), "fit": str(ecfg.extrapolate.fit)}
+        method = {"rank": int(ex.rank), "fit": str(ex.fit)}
         return [
             {"history": w, "target": t, **method,
              "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}

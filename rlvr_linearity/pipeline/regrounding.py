@@ -47,7 +47,7 @@ def configurations(cfg) -> list[dict]:
     budget = first["M"] * first["iterations"]
     out = []
     for i, c in enumerate([first, *[OmegaConf.to_container(c, resolve=True) if OmegaConf.is_config(c) else c
-                                      for c in (rg.get("compare") or [])]]):
+                                      for c in rg.compare]]):
         if not isinstance(c, dict) or "M" not in c or "N" not in c:
             raise ConfigError(f"regrounding.compare[{i - 1}]: expected {{M: int, N: int, iterations?: int}}, got {c!r}")
         unknown = set(c) - {"M", "N", "iterations", "optimizer", "data", "label"}
@@ -93,8 +93,8 @@ class Regrounding:
         self.rg = cfg.regrounding
         self.confs = configurations(cfg)
         self.budget = max(c["real_steps"] for c in self.confs)
-        self.eval_every = int(self.rg.eval_every) if self.rg.get("eval_every") else 0
-        self.backend = str(cfg.train.get("backend", "trl"))
+        self.eval_every = int(self.rg.eval_every)
+        self.backend = str(cfg.train.backend)
 
     # -- helpers --------------------------------------------------------------------------------
     def evaluate(self, label: str, model: str | None, ident: str) -> dict[str, float] | None:
@@ -184,8 +184,8 @@ class Regrounding:
             last = res.result["last"] if res else None
             seg_row["trained_accuracy"] = self.evaluate(f"rg_{slug}_seg{k}_step_{M}", last, seg.key)
 
-            ex_cfg = {"M": M, "N": N, "extrapolate_norms": bool(self.rg.get("extrapolate_norms", False)),
-                      "dtype": self.rg.get("dtype")}
+            ex_cfg = {"M": M, "N": N, "extrapolate_norms": bool(self.rg.extrapolate_norms),
+                      "dtype": self.rg.dtype}
 
             def extra_fn(d: Path, traj_dir=traj_dir) -> dict:
                 info = extrapolate_segment(Path(traj_dir), M, N, d / "extrapolate",
@@ -212,13 +212,13 @@ class Regrounding:
         if self.backend not in ("trl", "verl"):
             raise ConfigError(f"train.backend: unknown backend {self.backend!r} (use trl or verl)")
         base_model, base_ident = self.base()
-        std = self.baseline(base_model) if bool(self.rg.get("baseline", True)) else []
+        std = self.baseline(base_model) if bool(self.rg.baseline) else []
         base_acc = std[0]["accuracy"] if std else self.evaluate("base", base_model, base_ident)
         methods = [self.method(c, base_model, base_ident, base_acc) for c in self.confs]
         benches = [str(b) for b in self.cfg.benchmarks]
         data = {"benchmark": benches[0], "budget": self.budget, "std_rl": std, "methods": methods,
                 "settings": {"eval_every": self.eval_every, "backend": self.backend,
-                             "extrapolate_norms": bool(self.rg.get("extrapolate_norms", False)),
+                             "extrapolate_norms": bool(self.rg.extrapolate_norms),
                              "seed": int(self.cfg.seed), "prompts_per_step": int(self.cfg.train.prompts_per_step),
                              "group_size": int(self.cfg.train.group_size)},
                 "baseline_trajectory": getattr(self, "baseline_trajectory", None)}
@@ -329,16 +329,16 @@ def write_report(cfg, out_dir: Path, data: dict) -> Path:
     from rlvr_linearity.figures.regenerate import regenerate
 
     out_dir = Path(out_dir)
-    fcfg = cfg.get("figures") or {}
+    fcfg = cfg.figures
     bench = data["benchmark"]
-    thresholds = fcfg.get("fig6_thresholds") or cfg.regrounding.get("thresholds")
+    thresholds = fcfg.fig6_thresholds or cfg.regrounding.thresholds
     thresholds = list(thresholds) if thresholds else None
-    budgets = fcfg.get("table2_budgets")  # default: every segment boundary (where extrapolated models stand)
+    budgets = fcfg.table2_budgets  # default: every segment boundary (where extrapolated models stand)
     budgets = list(budgets) if budgets else sorted({m["M"] * (k + 1) for m in data["methods"]
                                                     for k in range(m["iterations"])}) or None
-    index = regenerate([out_dir], out_dir, pdf=bool(fcfg.get("pdf", True)), reference=bool(fcfg.get("reference", True)),
+    index = regenerate([out_dir], out_dir, pdf=bool(fcfg.pdf), reference=bool(fcfg.reference),
                        table2_budgets=budgets, fig6_thresholds=thresholds,
-                       fig6_benchmark=fcfg.get("fig6_benchmark"))
+                       fig6_benchmark=fcfg.fig6_benchmark)
     made = {m["id"]: m for m in index["made"]}
     data["figures"] = {k: made[k]["outputs"] for k in ("lin_table2", "lin_fig6") if k in made}
     thr = thresholds or paper.default_thresholds(data, bench)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step, plot_training_curve
+from rlvr_linearity.io import write_text_atomic
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -170,7 +170,5 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         lines += ["## Timings (seconds; 0 = reused from the stage cache)", ""]
         lines += md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]) + [""]
     path = out_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
     return path

@@ -9,11 +9,11 @@ not change when `n_train` does. Difficulty knobs: number of terms, operand range
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.io import write_lines_atomic
 
 PROMPT = "Compute {problem}. Put the final answer in \\boxed{{}}."
 SPLITS = ("train", "test")
@@ -111,10 +111,5 @@ def make_split(task_cfg, split: str) -> list[dict]:
 def write_jsonl(task_cfg, split: str, path) -> Path:
     """Write a split as JSONL (one problem per line), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row in make_split(task_cfg, split):
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    write_lines_atomic(path, (json.dumps(row) for row in make_split(task_cfg, split)))
     return path

@@ -29,7 +29,7 @@ def resolved_config(cfg) -> dict:
 
 def wandb_mode(logger_cfg) -> str:
     """`logger.mode`, else $WANDB_MODE, else online with an API key (env or ~/.netrc), else offline."""
-    mode = (logger_cfg or {}).get("mode") or os.environ.get("WANDB_MODE")
+    mode = logger_cfg.mode or os.environ.get("WANDB_MODE")
     if not mode:
         has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").exists()
         mode = "online" if has_key else "offline"
@@ -69,15 +69,16 @@ class Tracker:
         self._file = open(self.path, "a", encoding="utf-8")
         self._config = resolved_config(cfg)
         self.wandb_run = None
-        logger_cfg = cfg.get("logger") or {}
+        logger_cfg = cfg.logger
         sweep = hydra_sweep()
         # W&B group: explicit, else the sweep this job belongs to, else the experiment preset.
-        self.group = (logger_cfg.get("group") or (f"{command}-{sweep['name']}" if sweep else None)
-                      or cfg.get("experiment_name"))
-        self.run_name = logger_cfg.get("name") or (
+        wandb_on = logger_cfg.backend == "wandb"
+        self.group = ((logger_cfg.group if wandb_on else None) or (f"{command}-{sweep['name']}" if sweep else None)
+                      or cfg.experiment_name)
+        self.run_name = (logger_cfg.name if wandb_on else None) or (
             f"{command}-{sweep['name']}-{sweep['num']}" if sweep else f"{command}-{self.output_dir.name}"
         )
-        if logger_cfg.get("backend", "none") == "wandb" and self.rank == 0:
+        if wandb_on and self.rank == 0:
             self.wandb_run = self._init_wandb(logger_cfg, cfg)
         self._write({"event": "config", "command": command, "config": self._config,
                      "group": self.group, "name": self.run_name, "sweep": sweep,
@@ -92,15 +93,15 @@ class Tracker:
         mode = wandb_mode(logger_cfg)
         if mode == "disabled":
             return None
-        wandb_dir = Path(logger_cfg.get("dir") or self.output_dir)
+        wandb_dir = Path(logger_cfg.dir or self.output_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)
         return wandb.init(
-            project=logger_cfg.get("project", "rlvr-linearity"),
-            entity=logger_cfg.get("entity"),
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
             group=self.group,
             name=self.run_name,
             job_type=self.command,
-            tags=list(logger_cfg.get("tags") or []),
+            tags=list(logger_cfg.tags),
             dir=str(wandb_dir),
             mode=mode,
             config=jsonable(self._config),

@@ -9,7 +9,7 @@ from rlvr_linearity.errors import ConfigError
 
 def train(cfg, out_dir, tracker=None) -> Path:
     """Train as `cfg.train.backend` says (trl | verl); returns the trajectory directory."""
-    backend = str(cfg.train.get("backend", "trl"))
+    backend = str(cfg.train.backend)
     if backend == "trl":
         from rlvr_linearity.forecast.hooks import trl_callbacks
         from rlvr_linearity.train.trl_grpo import train_trl

@@ -156,14 +156,14 @@ def train_segment(cfg, out_dir: Path, start_model: str, k: int, M: int, *, optim
     if optimizer not in OPTIMIZER_MODES:
         raise ConfigError(f"regrounding.optimizer={optimizer!r}: use one of {list(OPTIMIZER_MODES)}")
     out_dir = Path(out_dir)
-    backend = str(cfg.train.get("backend", "trl"))
+    backend = str(cfg.train.backend)
     scfg = derive(cfg, **{"train.model": str(start_model), "train.steps": int(M), "output_dir": str(out_dir)})
     if backend == "trl":
         from rlvr_linearity.tasks.arithmetic import make_split
         from rlvr_linearity.train.trl_grpo import train_trl
 
         t = cfg.train
-        seed = int(t.get("seed", cfg.get("seed", 42)))
+        seed = int(t.seed)
         rows = segment_rows(make_split(cfg.task, "train"), k, M, int(t.prompts_per_step), seed, data)
         callbacks = [make_keep_callback(previous)] if optimizer == "keep" and previous is not None else []
         return train_trl(scfg, out_dir, tracker, rows=rows, callbacks=callbacks)
@@ -192,7 +192,7 @@ def _train_segment_verl(scfg, out_dir: Path, k: int, M: int, *, optimizer: str, 
     seed = int(scfg.seed)
     seg = segment_rows(rows, k, M, int(scfg.train.prompts_per_step), seed, data)
     seg_file = write_parquet(seg, out_dir / "data" / "segment.parquet")
-    over = list(scfg.train.get("overrides") or [])
+    over = list(scfg.train.overrides or [])
     over += [f"data.train_files={seg_file}", f"data.val_files={val_file}", "data.shuffle=false"]
     vcfg = derive(scfg, **{"train.overrides": over})
     return launch_verl(vcfg, out_dir, tracker)

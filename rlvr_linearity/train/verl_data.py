@@ -8,12 +8,12 @@ replaceable by a local jsonl/parquet file with the hub dataset's fields (offline
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,8 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
 
     if not rows:
         raise ConfigError(f"no rows to write: file {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
     return path
 
 
@@ -128,22 +126,22 @@ def build_verl_data(cfg, data_dir: Path) -> tuple[Path, Path]:
     """Write `train.parquet` and `val.parquet` for `cfg.train` under data_dir; return their paths."""
     t = cfg.train
     name = str(t.dataset)
-    suffix = str(t.get("prompt_suffix") or "")
+    suffix = str(t.prompt_suffix or "")
     if name == "arithmetic":
         train = arithmetic_rows(cfg.task, "train")
         held_out = arithmetic_rows(cfg.task, "test")
     elif name.endswith(".parquet") and Path(name).expanduser().is_file():
         train, held_out = _read_records(name), []
     else:
-        train = hub_rows(name, "train", suffix, t.get("train_file"))
+        train = hub_rows(name, "train", suffix, t.train_file)
         held_out = []
-    if t.get("max_train_rows"):
+    if t.max_train_rows:
         train = train[: int(t.max_train_rows)]
-    val_name = t.get("val_dataset")
+    val_name = t.val_dataset
     if val_name == "arithmetic":
         val = arithmetic_rows(cfg.task, "test")
     elif val_name:
-        val = hub_rows(str(val_name), "test", suffix, t.get("val_file"))
+        val = hub_rows(str(val_name), "test", suffix, t.val_file)
     elif held_out:
         val = held_out[: int(t.val_size)]
     else:  # hold out the tail of the training source

@@ -20,8 +20,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.io import write_json_atomic
+from rlvr_linearity.io import write_json_atomic, write_lines_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ def format_value(value) -> str:
 
 def cluster_shape(t) -> tuple[int, int]:
     """(nodes, gpus per node): explicit keys, else the Slurm allocation, else this machine."""
-    nodes = t.get("nodes") or int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
-    gpus = t.get("gpus_per_node")
+    nodes = t.nodes or int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+    gpus = t.gpus_per_node
     if not gpus:
         env = os.environ.get("SLURM_GPUS_ON_NODE")
         if env and env.isdigit():
@@ -72,12 +74,12 @@ def cluster_shape(t) -> tuple[int, int]:
 def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list[str]:
     """This project's `train.*` (+ seed, logger) as verl `key=value` overrides."""
     t = cfg.train
-    if t.get("model") in (None, "???", "tiny"):
+    if OmegaConf.is_missing(t, "model") or t.model in (None, "tiny"):
         raise ConfigError("trainer=verl needs train.model: a model directory or hub id (the base, step 0)")
     save_every = int(t.save_every)
     if save_every < 1:
         raise ConfigError(f"train.save_every must be >= 1 (got {save_every}): verl saves nothing otherwise")
-    contents = list(t.get("save_contents") or REQUIRED_SAVE_CONTENTS)
+    contents = list(t.save_contents or REQUIRED_SAVE_CONTENTS)
     missing = [c for c in REQUIRED_SAVE_CONTENTS if c not in contents]
     if missing:
         raise ConfigError(f"train.save_contents must include {missing}: the trajectory needs them")
@@ -86,7 +88,7 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
     beta = float(t.beta)
     dyn = bool(t.use_dynamic_bsz)
     loggers = ["console", "file"]
-    if (cfg.get("logger") or {}).get("backend") == "wandb":
+    if cfg.logger.backend == "wandb":
         loggers.append("wandb")
     ro = t.rollout
     ov = {
@@ -101,11 +103,11 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "data.filter_overlong_prompts": bool(t.filter_overlong_prompts),
         "data.truncation": "error",
         "data.seed": int(cfg.seed),
-        "data.trust_remote_code": bool(cfg.trajectory.get("trust_remote_code", False)),
+        "data.trust_remote_code": bool(cfg.trajectory.trust_remote_code),
         "actor_rollout_ref.model.path": str(t.model),
         "actor_rollout_ref.model.use_remove_padding": bool(t.use_remove_padding),
         "actor_rollout_ref.model.enable_gradient_checkpointing": bool(t.gradient_checkpointing),
-        "actor_rollout_ref.model.trust_remote_code": bool(cfg.trajectory.get("trust_remote_code", False)),
+        "actor_rollout_ref.model.trust_remote_code": bool(cfg.trajectory.trust_remote_code),
         "actor_rollout_ref.actor.strategy": str(t.strategy),
         "actor_rollout_ref.actor.optim.lr": float(t.lr),
         "actor_rollout_ref.actor.optim.lr_scheduler_type": str(t.lr_scheduler),
@@ -151,18 +153,18 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "trainer.val_before_train": bool(t.val_before_train),
         "trainer.default_local_dir": str(traj),
         "trainer.resume_mode": str(t.resume_mode),
-        "trainer.resume_from_path": t.get("resume_from_path"),
-        "trainer.max_actor_ckpt_to_keep": t.get("max_actor_ckpt_to_keep"),
+        "trainer.resume_from_path": t.resume_from_path,
+        "trainer.max_actor_ckpt_to_keep": t.max_actor_ckpt_to_keep,
         "trainer.logger": loggers,
         "trainer.project_name": str(t.project),
-        "trainer.experiment_name": str(t.get("experiment_name") or Path(out_dir).resolve().name),
+        "trainer.experiment_name": str(t.experiment_name or Path(out_dir).resolve().name),
         "trainer.nnodes": nodes,
         "trainer.n_gpus_per_node": gpus,
         "trainer.critic_warmup": 0,
     }
-    if (cfg.get("forecast") or {}).get("enabled"):  # live forecasting after each save (verl v1 trainer hook)
+    if cfg.forecast.enabled:  # live forecasting after each save (verl v1 trainer hook)
         ov["trainer.checkpoint_callback_class"] = "rlvr_linearity.forecast.hooks.VerlForecastCallback"
-    return [f"{k}={format_value(v)}" for k, v in ov.items()] + [str(o) for o in (t.get("overrides") or [])]
+    return [f"{k}={format_value(v)}" for k, v in ov.items()] + [str(o) for o in (t.overrides or [])]
 
 
 @contextmanager
@@ -184,7 +186,6 @@ def compose_verl_config(overrides: list[str]):
     """verl's full `ppo_trainer` config with our overrides (verl's own defaults for the rest)."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     with _outside_our_hydra():
         try:
@@ -218,8 +219,6 @@ def validate_verl_config(vcfg) -> None:
 
 def write_verl_config(cfg, out_dir: Path) -> Path:
     """Build the data, compose + validate the verl config, save it atomically; its path."""
-    from omegaconf import OmegaConf
-
     from rlvr_linearity.train.verl_data import build_verl_data
 
     out_dir = Path(out_dir).resolve()
@@ -228,9 +227,7 @@ def write_verl_config(cfg, out_dir: Path) -> Path:
     vcfg = compose_verl_config(overrides)
     validate_verl_config(vcfg)
     path = out_dir / f"{CONFIG_NAME}.yaml"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(vcfg))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(vcfg))
     (out_dir / "verl_overrides.txt").write_text("\n".join(overrides) + "\n")
     return path
 
@@ -252,15 +249,15 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
     config_path = write_verl_config(cfg, out_dir)
     log.info("verl config written and validated: %s", config_path)
     if tracker is not None:
-        tracker.summary({"verl_config": str(config_path), "launched": bool(cfg.train.get("launch", True))})
-    if not cfg.train.get("launch", True):
+        tracker.summary({"verl_config": str(config_path), "launched": bool(cfg.train.launch)})
+    if not cfg.train.launch:
         return traj
     from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
 
     env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl"), **_wandb_env(cfg, out_dir, tracker)}
     nodes, _ = cluster_shape(cfg.train)
     rc = run_on_ray_cluster(main_ppo_command(config_path), out_dir / "ray_cluster", nodes=nodes,
-                            port=int(cfg.train.get("ray_port", 6379)), env=env)
+                            port=int(cfg.train.ray_port), env=env)
     if rc is None:  # a Ray worker node: the head collects the results
         return traj
     if rc != 0:
@@ -279,16 +276,16 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
 def _wandb_env(cfg, out_dir: Path, tracker) -> dict:
     """verl's own W&B logger follows this project's policy: offline without a key, run files
     under DIR, the sweep's group."""
-    logger_cfg = cfg.get("logger") or {}
-    if logger_cfg.get("backend") != "wandb":
+    logger_cfg = cfg.logger
+    if logger_cfg.backend != "wandb":
         return {}
     from rlvr_linearity.tracking import wandb_mode
 
-    env = {"WANDB_MODE": wandb_mode(logger_cfg), "WANDB_DIR": str(logger_cfg.get("dir") or out_dir)}
-    group = getattr(tracker, "group", None) or logger_cfg.get("group")
+    env = {"WANDB_MODE": wandb_mode(logger_cfg), "WANDB_DIR": str(logger_cfg.dir or out_dir)}
+    group = getattr(tracker, "group", None) or logger_cfg.group
     if group:
         env["WANDB_RUN_GROUP"] = str(group)
-    if logger_cfg.get("entity"):
+    if logger_cfg.entity:
         env["WANDB_ENTITY"] = str(logger_cfg.entity)
     return env
 
@@ -322,7 +319,5 @@ def describe_trajectory(cfg, out_dir: Path) -> dict:
                 "response_length": data.get("response_length/mean"),
                 "verl": data,
             }))
-        tmp = out_dir / ".train_metrics.jsonl.tmp"
-        tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
-        os.replace(tmp, out_dir / "train_metrics.jsonl")
+        write_lines_atomic(out_dir / "train_metrics.jsonl", lines)
     return info
