@@ -59,6 +59,16 @@ def test_threads_run_processes_cannot_start():
         assert run(spawn) == "runtime_error", spawn
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 syscall numbers")
+def test_raw_syscalls_cannot_start_processes():
+    """Past Python's wrappers: fork, vfork, clone(SIGCHLD), the x32 fork; clone3 says ENOSYS."""
+    code = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "refused = [libc.syscall(n, 17, 0, 0, 0, 0) == -1 for n in (57, 58, 56, 0x40000000 | 57)]\n"
+            "clone3 = libc.syscall(435, 0, 0) == -1 and ctypes.get_errno() == 38\n"
+            "print('ok' if all(refused) and clone3 else 'started')")
+    assert run(code) == "passed"
+
+
 def test_functional_tests():
     meta = {"kind": "lcb", "func_name": "add", "starter_code": "",
             "tests": [{"input": "1\n2", "output": "3", "testtype": "functional"},
@@ -205,7 +215,7 @@ _FAKE_PASS = """
     sys.stdout.flush()
     os._exit(0)
 """
-_NEEDLE = "needle = '0.' + '05) == False'  # from HumanEval/0's tests, never whole in this program\n"
+_NEEDLE = "needle = ''.join(reversed('eslaF == )50.0'))  # HumanEval/0's tests; never whole in this program\n"
 _SCAN = """
 def scan(paths):
     for root in paths:
@@ -248,12 +258,18 @@ HOSTILE_HE = {
                            "builtins.abs = lambda x: 0\ndef check(candidate):\n    return None\n"
                            "sys.modules['builtins'].__dict__['check'] = check\n"
                            "def has_close_elements(numbers, threshold):\n    return None\n",
-    "read_the_tests": "import glob, os, sys\n" + _NEEDLE + _SCAN
-                      + "blobs = []\nfor p in ['/proc/1/cmdline', '/proc/1/environ', '/proc/1/mem', '/dev/stdin']"
-                        " + glob.glob('/proc/*/fd/*'):\n"
-                        "    try:\n        blobs.append(open(p, 'rb').read(1 << 24))\n    except OSError:\n        pass\n"
-                        "_LEAK = scan(['/tmp', '/var/tmp', '/dev/shm', '{tmpdir}']) or "
-                        "any(needle.encode() in b for b in blobs)\n" + _ANSWER,
+    "read_the_tests": "import gc, glob, os, sys\nblobs = []\nf = sys._getframe().f_back\nwhile f is not None:\n"
+                      "    blobs += [repr(v)[:1 << 20] for v in [*f.f_globals.values(), *f.f_locals.values()]]\n"
+                      "    f = f.f_back\n"
+                      "blobs += [repr(o)[:1 << 16] for o in gc.get_objects() if type(o) in (dict, list, tuple)]\n"
+                      "for p in ['/proc/1/cmdline', '/proc/1/environ', '/proc/1/mem', '/dev/stdin']"
+                      " + glob.glob('/proc/*/fd/*'):\n"
+                      "    try:\n        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)\n"
+                      "        blobs.append(os.read(fd, 1 << 24).decode('latin1'))\n"
+                      "    except OSError:\n        pass\n"
+                      + _NEEDLE + _SCAN  # the needle exists only once the blobs are taken
+                      + "_LEAK = scan(['/tmp', '/var/tmp', '/dev/shm', '{tmpdir}']) or any(needle in b for b in blobs)\n"
+                      + _ANSWER,
     "init_environ_secrets": "import glob, os\nblobs = [repr(dict(os.environ))]\n"
                             "for p in ['/proc/1/environ', '/proc/self/environ'] + glob.glob('/proc/*/environ'):\n"
                             "    try:\n        blobs.append(open(p, 'rb').read().decode('latin1'))\n"
@@ -284,8 +300,8 @@ HOSTILE_HE = {
     "tmpdir_outside_tmp": "import os, time\n" + _NEEDLE + _SCAN
                           + "time.sleep(0.3)  # the other worker's sample is running now\n"
                             "_LEAK = scan(['{tmpdir}'])\n" + _ANSWER,
-    "kill_init_and_group": "import os, signal\nfor pid in (1, 0, -1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
-                           "    except OSError:\n        pass\n_LEAK = False\n" + _ANSWER,
+    "signal_init": "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):\n"
+                   "    try:\n        os.kill(1, sig)\n    except OSError:\n        pass\n_LEAK = False\n" + _ANSWER,
 }
 HOSTILE_HE4 = {  # HumanEval/4: its tests call abs() on the result
     "shadow_builtin_abs": "import builtins\nbuiltins.abs = lambda x: 0\nabs = lambda x: 0\n"
@@ -316,8 +332,11 @@ def test_hostile_suite_two_workers_with_controls(tmp_path, monkeypatch):
     lcb_secret = stdin_meta("", secret_hf + "\n")
     cases = []  # (name, meta, response, hostile)
     for name, code in HOSTILE_HE.items():
-        cases.append((name, he0, fenced(code.replace("{tmpdir}", str(tmpdir))), True))
+        code = code.replace("{tmpdir}", str(tmpdir))
+        cases.append((name, he0, fenced(code), True))
         cases.append((name + " control", he0, he0["canonical_solution"], False))
+        if _ANSWER in code:  # the probe: this attack, had it succeeded, would have passed
+            cases.append((name + " probe", he0, fenced(code.replace(_ANSWER, "\n_LEAK = True\n" + _ANSWER)), False))
     for name, code in HOSTILE_HE4.items():
         cases.append((name, he4, fenced(code), True))
         cases.append((name + " control", he4, he4["canonical_solution"], False))
@@ -333,8 +352,8 @@ def test_hostile_suite_two_workers_with_controls(tmp_path, monkeypatch):
     finally:
         shutil.rmtree(tmpdir)
     verdicts = {c[0]: v.verdict for c, v in zip(cases, got)}
-    assert {n: v for n, v in verdicts.items() if not n.endswith("control") and v == "passed"} == {}
-    assert {n: v for n, v in verdicts.items() if n.endswith("control") and v != "passed"} == {}
+    assert {n: v for n, v in verdicts.items() if n.endswith(("control", "probe")) and v != "passed"} == {}
+    assert {n: v for n, v in verdicts.items() if not n.endswith(("control", "probe")) and v == "passed"} == {}
     assert set(verdicts.values()) <= set(sandbox.VERDICTS)
     outputs = [v.verdict + v.program_excerpt for v in got] + stdouts
     assert [o for o in outputs if secret_hf in o or secret_wandb in o] == []

@@ -1,11 +1,11 @@
 """Run model-generated code so that nothing it does can forge its verdict, read the tests or the
 grader's environment, or reach another sample (spec/ecosystem.md, contract "Additions").
 
-Layers: the reaper (outside, as `nobody` when we are root, empty environment) enforces the wall
-clock and reaps the whole tree; bubblewrap unshares every namespace (a user namespace of its own
-per sample, no network, PID namespace whose init is our launcher), mounts / read-only with /root,
-/home, /work, /run, $HOME and $TMPDIR hidden, a size-capped private /tmp and a read-only /dev.
-Nothing is written to the host's disk: program, tests and stdin travel in anonymous memfds.
+Layers: bubblewrap, started as `nobody` when we are root and with an empty environment, unshares
+every namespace (a user namespace of its own per sample, so thread and process counts are the
+sample's own; no network; a PID namespace whose init is our launcher), mounts / read-only with
+/root, /home, /work, /run, $HOME and $TMPDIR hidden, a size-capped private /tmp and a read-only
+/dev. Nothing is written to the host's disk: program, tests and stdin travel in anonymous memfds.
 
 Inside, the launcher (PID 1, trusted) forks the program's process P and only then reads the tests,
 so they never enter P's memory. P closes every descriptor but its own pipe ends, takes rlimits
@@ -19,14 +19,15 @@ Tests run in the launcher, in fresh globals with its own builtins: the trusted p
 such as HumanEval/32's `poly`) and the test code, with `candidate` a proxy that sends the
 arguments to P over a pipe and gets back only plain values (builtin types; subclasses such as
 Counter or namedtuple are converted to their builtin base in P, anything else is refused), read
-with an unpickler that resolves no class. So no `__eq__` of the program's decides anything.
+with an unpickler that resolves no class but `complex`. So no `__eq__` of the program's decides anything.
 HumanEval's own harness is more lenient: its `check` runs in the program's globals and compares
 whatever object the program returns, so an always-equal object, a shadowed builtin or a
 redefined helper pass there. LiveCodeBench call-based results are compared after a JSON
-round-trip (tuples as lists), as its harness does for a top-level tuple. The launcher reports
+round-trip, as before: tuples become lists at every depth, where LiveCodeBench's harness converts
+only a top-level tuple. The launcher reports
 the verdict through a pipe that only it holds; stdout plays no part in function-call verdicts.
-When PID 1 exits the kernel kills the namespace, and the reaper returns only once every process
-of the sample is reaped, so nothing a sample started outlives its slot.
+The launcher also keeps the wall clock. When it exits the kernel kills and reaps the namespace
+before bwrap returns, so nothing a sample started outlives its slot.
 
 Verdicts: passed, wrong_answer, runtime_error, timeout, memory, compile_error.
 """
@@ -323,7 +324,7 @@ _CLONE_THREAD, _EAGAIN, _EPERM, _ENOSYS = 0x10000, 11, 1, 38
 
 
 @lru_cache(maxsize=1)
-def seccomp_filter() -> bytes:
+def _seccomp_filter() -> bytes:
     """Classic BPF: only threads may be cloned (no new process: fork, vfork, clone without
     CLONE_THREAD, clone3 (ENOSYS, so glibc falls back to clone for threads)); no memfds, SysV
     shared memory or io_uring, whose memory no rlimit caps; other architectures' and x32
@@ -447,12 +448,12 @@ def run_sandboxed(program: str, mode: str, *, entry: str = "", tests: dict | Non
                "--new-session", "--as-pid-1", "--ro-bind", "/", "/", "--dev", "/dev", "--remount-ro", "/dev",
                "--proc", "/proc", "--size", str(limits.tmpfs_mb << 20), "--tmpfs", "/tmp"]
         for path in dict.fromkeys(hidden):
-            if path != "/tmp" and os.path.isdir(path):
+            if not (path + "/").startswith("/tmp/") and os.path.isdir(path):
                 cmd += ["--tmpfs", path]
         cmd += ["--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYTHONHASHSEED", "0",
                 _python(), "-I", "-S", "-c", _LAUNCHER, mode, entry, str(prog_fd), str(tests_fd), str(report_w),
-                seccomp_filter().hex(), str(limits.timeout), str(limits.memory_mb << 20),
+                _seccomp_filter().hex(), str(limits.timeout), str(limits.memory_mb << 20),
                 str(max(1, math.ceil(limits.timeout))), str(limits.nproc), str(limits.fsize_mb << 20),
                 str(limits.nofile)]
         # env={}: bwrap's own environment is what /proc/1/environ showed before --as-pid-1
@@ -465,7 +466,10 @@ def run_sandboxed(program: str, mode: str, *, entry: str = "", tests: dict | Non
             backstop = False
         except subprocess.TimeoutExpired:
             backstop = True
-            os.killpg(proc.pid, signal.SIGKILL)  # bwrap; the sandbox dies with it (--die-with-parent)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # bwrap; the sandbox dies with it (--die-with-parent)
+            except ProcessLookupError:
+                pass
             proc.wait()
         rep = _read_report(report_r)
         stdout = os.pread(out_fd, limits.fsize_mb << 20, 0).decode("utf-8", "replace") if mode == "stdin" else ""
