@@ -59,6 +59,18 @@ def test_threads_run_processes_cannot_start():
         assert run(spawn) == "runtime_error", spawn
 
 
+def test_thread_counts_are_per_sample():
+    """RLIMIT_NPROC counts tasks per user namespace: two samples of one uid, at the same time, each
+    get their 64 (one count per uid would stop the second at 64 - 56)."""
+    hog = "import threading, time\nthreading.stack_size(1 << 18)  # 55 stacks of 8 MiB would not fit in 1 GiB\n" \
+          "for _ in range(55):\n    threading.Thread(target=time.sleep, args=({},)).start()\nprint('ok')"
+    metas = [stdin_meta("", "ok\n")] * 2
+    got = grade_code([Problem(str(i), "", "", None, "code", m) for i, m in enumerate(metas)],
+                     [fenced(hog.format(3)), fenced("import time\ntime.sleep(0.5)\n" + hog.format(0))],
+                     workers=2, limits=Limits(timeout=8))
+    assert [v.verdict for v in got] == ["passed", "passed"]
+
+
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 syscall numbers")
 def test_raw_syscalls_cannot_start_processes():
     """Past Python's wrappers: fork, vfork, clone(SIGCHLD), the x32 fork; clone3 says ENOSYS."""
