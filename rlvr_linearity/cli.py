@@ -53,10 +53,16 @@ def run_command(command: str, cfg) -> object:
 
 
 def _guarded(command: str, cfg):
-    from rlvr_linearity.errors import RlvrError
+    from rlvr_linearity.errors import RlvrError, output_error
 
     try:
-        return run_command(command, cfg)
+        try:
+            return run_command(command, cfg)
+        except OSError as err:  # a full disk or a permission problem wherever it was met: one line too
+            line = output_error(err, known_write=False)
+            if line is None:
+                raise
+            raise line from None
     except RlvrError as err:
         # Under submitit (hydra/launcher=slurm_*) the exception must propagate: submitit pickles
         # it as the job's result, so the sweep reports which job failed and why.
@@ -87,8 +93,22 @@ def main(argv: list[str] | None = None) -> None:
     def _app(cfg: DictConfig):
         return _guarded(command, cfg)
 
+    _check_run_dir(command, argv)
     sys.argv = [f"rlvr-{command}", *argv]
     _app()
+
+
+def _check_run_dir(command: str, argv: list[str]) -> None:
+    """Hydra creates the run directory (`output_dir=`, else logs/) before the command runs, and
+    reports a failure there as a traceback: check that it can be created first (exit 2, one line)."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
+    out = Path(given[-1]).expanduser() if given and given[-1] and "${" not in given[-1] else Path("logs")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        print(f"rlvr {command}: error: permission denied writing {out}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def entry() -> None:

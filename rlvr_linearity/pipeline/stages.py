@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from rlvr_linearity.errors import writing
+
 log = logging.getLogger(__name__)
 
 MARKER = "_stage.json"
@@ -86,7 +88,8 @@ class StageCache:
             path.mkdir(parents=True, exist_ok=True)
             log.info("stage %s: running in %s", name, path)
             start = time.perf_counter()
-            result = fn(path) or {}
+            with writing(path, known_write=False):  # e.g. torch's "unexpected pos" when the disk fills: one line
+                result = fn(path) or {}
             seconds = time.perf_counter() - start
             write_json_atomic(
                 path / MARKER,
