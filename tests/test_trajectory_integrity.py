@@ -142,7 +142,8 @@ def test_cli_lying_headers_exit_2_one_line_no_output(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
         assert "step 3" in lines[0] and "model.safetensors" in lines[0], lines[0]
-        assert not (out / "extrapolate" / "step_6").exists() and not (out / "extrapolate" / "extrapolation.json").exists()
+        assert not (out / "extrapolate" / "step_6").exists()
+        assert not (out / "extrapolate" / "extrapolation.json").exists()
 
 
 # ----------------------------------------------------------------------------- side files
