@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 from rlvr_linearity.commands import COMMANDS
 
@@ -42,12 +43,18 @@ def run_command(command: str, cfg) -> object:
 def _guarded(command: str, cfg):
     from omegaconf.errors import OmegaConfBaseException
 
-    from rlvr_linearity.errors import RlvrError
+    from rlvr_linearity.errors import RlvrError, output_error
     from rlvr_linearity.schemas import validate
 
     try:
-        validate(cfg)
-        return run_command(command, cfg)
+        try:
+            validate(cfg)
+            return run_command(command, cfg)
+        except OSError as err:  # a full disk or a permission problem wherever it was met: one line too
+            line = output_error(err, known_write=False)
+            if line is None:
+                raise
+            raise line from None
     except (RlvrError, OmegaConfBaseException) as err:
         # Under submitit (hydra/launcher=slurm_*) the exception must propagate: submitit pickles
         # it as the job's result, so the sweep reports which job failed and why.
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     def _app(cfg: DictConfig):
         return _guarded(command, cfg)
 
+    _check_run_dir(command, argv)
     sys.argv = [f"rlvr-{command}", *argv]
     # Hydra prints a config it cannot compose (unknown key, wrong type, missing preset) in several
     # lines and exits 1; with HYDRA_FULL_ERROR it raises instead, and rlvr reports one line, exit 2.
@@ -113,6 +121,18 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _check_run_dir(command: str, argv: list[str]) -> None:
+    """Hydra creates the run directory (`output_dir=`, else logs/) before the command runs, and
+    reports a failure there as a traceback: check that it can be created first (exit 2, one line)."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
+    out = Path(given[-1]).expanduser() if given and given[-1] and "${" not in given[-1] else Path("logs")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and not os.access(probe, os.W_OK | os.X_OK):
+        _fail(command, f"permission denied writing {out}")
 
 
 def entry() -> None:

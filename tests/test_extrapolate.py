@@ -5,6 +5,7 @@ tensors, ranks 1-3, several windows and targets. Plus window selection, read-onc
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,12 @@ from rlvr_linearity.linearity import gram
 from rlvr_linearity.schemas import register_configs
 
 STEPS = (1, 2, 4, 7, 8, 12)  # gaps
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+def compose_for(root, *overrides, group="relex"):
+    """cfg_for of the trajectory that make_trajectory wrote under `root`."""
+    return cfg_for(type("T", (), {"path": root / "trajectory", "base": root / "base"}), *overrides, group=group)
 
 
 def cfg_for(tt, *overrides, group="relex"):
@@ -325,3 +332,186 @@ def test_multirun_sweep_shares_one_gram_pass_and_reruns_do_nothing(tmp_path, rlv
     assert p.returncode == 0, p.stderr[-3000:]
     assert (p.stdout + p.stderr).count("nothing to do") == len(histories)
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
+
+
+# ----------------------------------------------------------------------------- integrity (issue 18)
+def _poison_in_place(f: Path) -> str:
+    """Write a NaN into the weights of safetensors file `f` in place, between the fingerprint's
+    first two sampled 64 KiB ranges, keeping size, header, inode and mtime: only a full read can
+    tell. Returns the poisoned tensor's name."""
+    from rlvr_linearity.trajectory.files import read_header
+
+    hd = read_header(f)
+    data0, size = 8 + len(hd.raw), hd.size
+    span = size - data0 - (1 << 16)
+    assert span // 3 > 3 << 16, "model too small for an unsampled gap"
+    at = data0 + (1 << 16) + (span // 3 - (1 << 16)) // 2  # the middle of the gap
+    name, ti = next((n, ti) for n, ti in hd.tensors.items() if ti.start <= at < ti.stop and ti.dtype == torch.float32)
+    at -= (at - ti.start) % 4
+    st = f.stat()
+    with open(f, "r+b") as fh:
+        fh.seek(at)
+        fh.write(np.float32(np.nan).tobytes())
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return name
+
+
+def test_nan_trajectory_matching_a_cached_clean_one_still_exits_2(tmp_path, rlvr_cache):
+    """The Grams of a clean run are cached; then a NaN is written where the fingerprint does not
+    look (same size, header, sampled bytes, inode and mtime). The prediction pass, which reads
+    every weight, still finds it: exit 2, one line naming step and tensor, no prediction."""
+    from rlvr_linearity.errors import TrajectoryError
+    from rlvr_linearity.trajectory import open_trajectory
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3, 4), hidden=128)
+    clean = extrapolate(cfg_for(tt, "extrapolate.targets=[8]"), tmp_path / "clean")
+    assert clean["gram_source"] == "window"
+    assert extrapolate(cfg_for(tt, "extrapolate.targets=[9]"), tmp_path / "clean9")["gram_source"] == "cache"
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "t", copy)
+    fp = open_trajectory(path=tt.path, base=tt.base).fingerprint()
+    name = _poison_in_place(tt.step_dirs[3] / "model.safetensors")
+    assert open_trajectory(path=tt.path, base=tt.base).fingerprint() == fp  # the cache will answer
+    out = tmp_path / "poisoned"
+    p = _cli([f"trajectory.path={tt.path}", f"trajectory.base={tt.base}", "extrapolate.targets=[8]",
+              f"output_dir={out}"], tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "NaN/Inf" in lines[0] and "step 3" in lines[0] and f"tensor {name}" in lines[0], lines[0]
+    assert not (out / "extrapolate" / "step_8").exists() and not (out / "extrapolate" / "extrapolation.json").exists()
+    # a copy (other inodes) poisoned the same way is another trajectory: its Grams are computed
+    assert _poison_in_place(copy / "trajectory" / "checkpoint-3" / "model.safetensors") == name
+    with pytest.raises(TrajectoryError, match="NaN/Inf"):
+        extrapolate(compose_for(copy, "extrapolate.targets=[8]"), tmp_path / "copy-out")
+
+
+def test_weight_extrapolation_checks_the_copied_norms(tmp_path, rlvr_cache):
+    from rlvr_linearity.errors import TrajectoryError
+    from safetensors.torch import save_file
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2))
+    f = tt.step_dirs[2] / "model.safetensors"
+    sd = load_file(str(f))
+    sd["model.norm.weight"][3] = float("inf")
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(TrajectoryError, match="NaN/Inf") as e:
+        extrapolate(cfg_for(tt, "extrapolate.second_step=2", "extrapolate.targets=[4]", group="weight"),
+                    tmp_path / "out")
+    assert "step 2" in str(e.value) and "tensor model.norm.weight" in str(e.value)
+
+
+def test_second_run_into_the_same_place_refuses_and_stale_temps_go(tmp_path, rlvr_cache):
+    from rlvr_linearity.errors import OutputError
+    from rlvr_linearity.trajectory.writer import claim_output
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3))
+    cfg = cfg_for(tt, "extrapolate.targets=[6]")
+    out = tmp_path / "out"
+    with claim_output(out / "extrapolate"):  # another run is writing there
+        with pytest.raises(OutputError, match="another run is writing") as e:
+            extrapolate(cfg, out)
+    assert "\n" not in str(e.value) and str(out / "extrapolate") in str(e.value)
+    # what kill -9 leaves: full-size temp dirs of a prediction (and of a replaced one)
+    for stale in ("step_6.tmp-0123abcd", "step_6.old-89abcdef"):
+        (out / "extrapolate" / stale).mkdir(parents=True)
+        (out / "extrapolate" / stale / "model.safetensors").write_bytes(b"\0" * 4096)
+    extrapolate(cfg, out)
+    assert sorted(p.name for p in (out / "extrapolate").iterdir()) == ["extrapolation.json", "step_6"]
+    assert_close(out / "extrapolate" / "step_6", ref_relex(tt, [1, 2, 3], 6))
+
+
+def _enospc_after(monkeypatch, budget: int):
+    """Make ModelWriter's files fail with ENOSPC once `budget` bytes have been written."""
+    import builtins
+    import errno
+
+    from rlvr_linearity.trajectory import writer
+
+    left = [budget]
+
+    class Full:
+        def __init__(self, f):
+            self._f = f
+
+        def __getattr__(self, k):
+            return getattr(self._f, k)
+
+        def write(self, b):
+            left[0] -= len(memoryview(b).cast("B"))
+            if left[0] < 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self._f.write(b)
+
+    monkeypatch.setattr(writer, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, rlvr_cache, monkeypatch):
+    from rlvr_linearity.errors import OutputError
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3))
+    out = tmp_path / "out"
+    _enospc_after(monkeypatch, 20_000)
+    with pytest.raises(OutputError) as e:
+        extrapolate(cfg_for(tt, "extrapolate.targets=[6]"), out)
+    msg = str(e.value)
+    assert msg == f"no space left on device writing {out / 'extrapolate' / 'step_6' / 'model.safetensors'}", msg
+    assert [p.name for p in (out / "extrapolate").iterdir()] == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 KiB tmpfs (root only): a real full disk."""
+    d = tmp_path / "small"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(d)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield d
+    subprocess.run(["umount", "--lazy", str(d)], check=True)  # torch may still hold its failed file
+
+
+def test_cli_on_a_full_disk_exits_2_one_line(tmp_path, rlvr_cache, small_disk):
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3), hidden=48)
+    p = _cli([f"trajectory.path={tt.path}", f"trajectory.base={tt.base}", "extrapolate.targets=[6]",
+              f"output_dir={small_disk / 'out'}"], tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "no space left on device writing" in lines[0] and str(small_disk / "out") in lines[0], lines[0]
+    assert sorted(p.name for p in (small_disk / "out" / "extrapolate").iterdir()) == []
+
+
+def test_torch_save_on_a_full_disk_in_a_pipeline_stage(small_disk):
+    """torch's zip writer reports a full disk as "unexpected pos" without errno or file name."""
+    from rlvr_linearity.errors import OutputError
+    from rlvr_linearity.pipeline.stages import StageCache
+
+    stages = StageCache(small_disk / "stages")
+    with pytest.raises(OutputError, match="no space left on device writing") as e:
+        stages.run("train", {"x": 1}, lambda d: torch.save(torch.zeros(1 << 16), d / "optimizer.pt"))
+    assert str(small_disk / "stages" / "train-") in str(e.value)
+    assert not list((small_disk / "stages").rglob("_stage.json"))
+
+
+def test_cli_unwritable_output_dir_exits_2_one_line(tmp_path, rlvr_cache):
+    from test_trajectory_integrity import without_dac
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3))
+    ro = tmp_path / "ro"
+    (ro / "deep" / "extrapolate").mkdir(parents=True)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    try:
+        for out, inner in ((ro / "out", ro), (ro / "deep", ro / "deep" / "extrapolate")):
+            os.chmod(inner, 0o555)
+            p = subprocess.run(without_dac([sys.executable, "-m", "rlvr_linearity", "extrapolate", "logger=none",
+                                            f"trajectory.path={tt.path}", f"trajectory.base={tt.base}",
+                                            "extrapolate.targets=[6]", f"output_dir={out}"]),
+                               capture_output=True, text=True, env=env, cwd=ROOT_DIR, timeout=300)
+            assert p.returncode == 2, p.stderr[-2000:]
+            lines = [ln for ln in p.stderr.splitlines() if "error" in ln]
+            assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+            assert "permission denied" in lines[0] and str(out) in lines[0], lines[0]
+    finally:
+        for d in (ro, ro / "deep" / "extrapolate"):
+            os.chmod(d, 0o755)

@@ -93,3 +93,31 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     ref_wide = xw[0] + w.double().numpy() @ dw
     assert np.abs(gram.predict_update(wide, w, torch.empty(6 * n)).numpy() - ref_wide).max() \
         <= 1e-6 * np.abs(ref_wide).max()
+
+
+def test_damaged_cache_entries_are_deleted_and_temp_files_ignored(tmp_path, caplog):
+    """A torn entry (a copy cut short) is recomputed and replaced, not a crash (BadZipFile); a
+    killed writer's hidden temp file, even a complete-looking one, is never read."""
+    tt = make_trajectory(tmp_path, "step", (1, 2, 3))
+    traj = open_trajectory(path=tt.path, base=tt.base)
+    cache = tmp_path / "cache"
+    good = gram.compute_grams(traj, [1, 2, 3], cache_dir=cache)
+    (entry,) = cache.rglob("*.npz")
+    data = entry.read_bytes()
+    wrong = {n: g + 1.0 for n, g in good.items()}
+    decoy = gram.GramCache(cache, traj.fingerprint()).store([1, 2, 3], wrong)  # same entry name, wrong values
+    decoy.rename(entry.parent / f".{entry.stem}.tmp-0badc0de.npz")  # what a kill leaves: hidden
+    for torn in (data[: len(data) // 2], data[:100], b""):
+        entry.write_bytes(torn)
+        before = gram.bytes_read()
+        with caplog.at_level("WARNING", logger="rlvr_linearity.linearity.gram"):
+            again = gram.compute_grams(traj, [1, 2, 3], cache_dir=cache)
+        assert gram.bytes_read() > before  # recomputed from the weights
+        assert "deleted" in caplog.text
+        caplog.clear()
+        for n in tt.names:
+            assert np.array_equal(again[n], good[n])
+        assert entry.read_bytes() != torn  # replaced by a good entry
+        before = gram.bytes_read()
+        assert all(np.array_equal(v, good[n]) for n, v in gram.compute_grams(traj, [1, 2, 3], cache_dir=cache).items())
+        assert gram.bytes_read() == before  # served from the repaired entry

@@ -1,6 +1,7 @@
 """Trajectory discovery, streaming reads and validation on tiny synthetic trajectories."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -327,9 +328,16 @@ def test_fingerprint(tmp_path):
     fp = open_trajectory(path=t.path, base=t.base).fingerprint()
     assert fp == open_trajectory(path=t.path, base=t.base).fingerprint()
     copy = tmp_path / "copy"
-    shutil.copytree(tmp_path / "a", copy)
-    assert open_trajectory(path=copy / "trajectory", base=copy / "base").fingerprint() == fp
+    shutil.copytree(tmp_path / "a", copy)  # same bytes and mtimes, other inodes: another trajectory
+    assert open_trajectory(path=copy / "trajectory", base=copy / "base").fingerprint() != fp
     assert open_trajectory(path=t.path, base=t.base, max_step=2).fingerprint() != fp
+    # a rewrite that keeps size and bytes (so every sampled range) is seen through the mtime
+    f = t.step_dirs[3] / "model.safetensors"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert open_trajectory(path=t.path, base=t.base).fingerprint() != fp
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_trajectory(path=t.path, base=t.base).fingerprint() == fp
     _rewrite(t.step_dirs[3], lambda sd: {k: v + (k == "model.norm.weight") for k, v in sd.items()})
     assert open_trajectory(path=t.path, base=t.base).fingerprint() != fp
 

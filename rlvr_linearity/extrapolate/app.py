@@ -39,7 +39,15 @@ def _hub_max_step(cfg, ex) -> int | None:
 
 
 def extrapolate(cfg, out_dir) -> dict:
-    """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content."""
+    """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content.
+    A second run into the same out_dir while this one runs fails at once with one line."""
+    from rlvr_linearity.trajectory.writer import claim_output
+
+    with claim_output(Path(out_dir) / "extrapolate"):
+        return _extrapolate(cfg, out_dir)
+
+
+def _extrapolate(cfg, out_dir) -> dict:
     from rlvr_linearity.linearity import gram
     from rlvr_linearity.paths import cache_dir
     from rlvr_linearity.io import stage_key, write_json_atomic

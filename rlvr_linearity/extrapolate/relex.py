@@ -258,8 +258,9 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
         ring = PREFETCH_RING + max([_block_count(base.shape(n), len(union) + 1, max_elements)
                                     for n in floating if keep(n)], default=0)
 
-        def read(name):  # NaN/Inf: found in the Gram (check_finite_gram), or when the cached one was made
-            return read_blocks(traj, name, [0, *union], max_elements, reuse=ring, check_finite=False)
+        def read(name):  # NaN/Inf: found in this run's Gram (check_finite_gram), else by the reader
+            return read_blocks(traj, name, [0, *union], max_elements, reuse=ring,
+                               check_finite=None if cached is not None else False)
 
         blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
         predicted = torch.empty(0, dtype=torch.float32)  # grown to the largest block's predictions

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.errors import ConfigError, TrajectoryError, where
 
 _NORM = re.compile(r"(^|\.)([^.]*norm[^.]*|ln_[^.]*)\.")
 
@@ -68,6 +68,9 @@ def run_weight(traj, base_step: int, second_step: int, targets, out_root: Path, 
             floating = base.dtype(name).is_floating_point
             if not floating or (is_norm(name) and not extrapolate_norms):
                 value = traj.model(b_step).read(name)
+                if floating and traj.check_finite and not torch.isfinite(value).all():
+                    raise TrajectoryError(f"{where(traj.model(b_step).info(name).file, b_step, name)}: "
+                                          "NaN/Inf weights")
                 for w in writers:
                     w.write(name, value)
                 copied.append(name)

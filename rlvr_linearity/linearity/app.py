@@ -181,7 +181,15 @@ def _logprobs(cfg, traj, steps, out: Path) -> dict:
 
 def analyse(cfg, out_dir) -> dict:
     """Run every analysis that `cfg.linearity` enables on `cfg.trajectory`; write the outputs
-    under out_dir and return the summary numbers (weights: mean/median/frac_above; low rank)."""
+    under out_dir and return the summary numbers (weights: mean/median/frac_above; low rank).
+    A second run into the same out_dir while this one runs fails at once with one line."""
+    from rlvr_linearity.trajectory.writer import claim_output
+
+    with claim_output(Path(out_dir) / "linearity"):
+        return _analyse(cfg, out_dir)
+
+
+def _analyse(cfg, out_dir) -> dict:
     from rlvr_linearity.figures.linearity import linearity_figures
     from rlvr_linearity.trajectory import open_trajectory
 

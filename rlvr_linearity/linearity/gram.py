@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import uuid
-from contextlib import closing
+import zipfile
+from contextlib import closing, suppress
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ class GramCache:
         if not self.dir.is_dir():
             return None
         steps = [int(s) for s in steps]
-        for f in sorted(self.dir.glob("*.npz")):
+        for f in sorted(self.dir.glob("[!.]*.npz")):  # hidden: a writer's temp file (or a killed one's)
             try:
                 with np.load(f) as z:
                     cached = [int(s) for s in z["__steps__"]]
@@ -126,8 +127,11 @@ class GramCache:
                         continue
                     idx = np.asarray([cached.index(s) for s in steps])
                     return {n: z[n][np.ix_(idx, idx)].copy() for n in names}
-            except (OSError, ValueError, KeyError) as e:  # a damaged entry is ignored, not trusted
-                log.warning("Gram cache entry %s unreadable (%s); ignored", f, e)
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                # damaged (a torn copy, a bad disk): never trusted, and removed so it is recomputed
+                log.warning("Gram cache entry %s unreadable (%s); deleted", f, e)
+                with suppress(OSError):
+                    f.unlink(missing_ok=True)
         return None
 
     def claim(self, steps):
@@ -144,6 +148,8 @@ class GramCache:
         try:
             np.savez(tmp, __steps__=np.asarray([int(s) for s in steps], dtype=np.int64), **grams)
             os.replace(tmp, path)
+        except OSError as e:  # a full or read-only cache: the run's own outputs do not depend on it
+            log.warning("Gram cache entry %s not stored (%s)", path, e)
         finally:
             tmp.unlink(missing_ok=True)
         return path

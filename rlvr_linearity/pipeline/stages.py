@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from rlvr_linearity.errors import writing
 from rlvr_linearity.io import stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class StageCache:
             path.mkdir(parents=True, exist_ok=True)
             log.info("stage %s: running in %s", name, path)
             start = time.perf_counter()
-            result = fn(path) or {}
+            with writing(path, known_write=False):  # e.g. torch's "unexpected pos" when the disk fills: one line
+                result = fn(path) or {}
             seconds = time.perf_counter() - start
             write_json_atomic(
                 path / MARKER,

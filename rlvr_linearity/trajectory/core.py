@@ -85,11 +85,13 @@ class Trajectory:
                                       f"{base.path} ({len(extra)} such)")
 
     def fingerprint(self) -> str:
-        """Content identity for caches: sha256 over the step list and, per step, each weight
-        file's name, size and full safetensors header (names, dtypes, shapes, offsets), four
-        64 KiB ranges sampled evenly through its data, and config.json. Paths and mtimes are not
-        covered (a copied trajectory keeps its fingerprint); an in-place edit that keeps sizes
-        and misses the sampled ranges is not detected."""
+        """Identity for caches: sha256 over the step list and, per step, each weight file's
+        name, size, mtime (ns), inode and full safetensors header (names, dtypes, shapes,
+        offsets), four 64 KiB ranges sampled evenly through its data, and config.json. Hashing
+        every byte would cost a full read; the file identities make a copy or any rewrite (one
+        that keeps sizes and the sampled bytes included) a new trajectory, so a cache never
+        serves one trajectory's results to another. Only an edit that also restores the mtime
+        goes unseen, and the passes that read weights still check them for NaN/Inf."""
         h = hashlib.sha256(json.dumps(self.steps).encode())
         for s, mf in self._models.items():
             h.update(f"|{s}:{mf.sample_digest()}".encode())
@@ -340,7 +342,10 @@ def open_trajectory(cfg=None, **kwargs) -> Trajectory:
         root = fetch_hub_trajectory(repo, [s for s in wanted if s != 0 or not opt["base"]], cache, prefix)
         found = [f for f in discover(root) if f.step in set(wanted)]
     elif opt["path"]:
-        root = Path(str(opt["path"])).expanduser().resolve()
+        try:
+            root = Path(str(opt["path"])).expanduser().resolve()
+        except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+            raise TrajectoryError(f"{where(opt['path'])}: cannot resolve the trajectory path ({e})") from None
         found = discover(root)
         avail = [f.step for f in found]
         wanted = _select(avail, steps_req, max_step, where_=str(root))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rlvr_linearity.errors import TrajectoryError, where
 
-from .files import INDEX, SINGLE
+from .files import INDEX, SINGLE, read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,11 @@ def discover(root: Path) -> list[Found]:
         raise TrajectoryError(f"{where(root)}: trajectory path is not a directory")
     latest = verl_tracker(root)
     found: dict[int, Found] = {}
-    for entry in sorted(root.iterdir()):
-        if not entry.is_dir():
-            continue
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise TrajectoryError(f"{where(root)}: cannot read ({e.strerror or e})") from None
+    for entry in entries:
         for layout, rx in PATTERNS:
             m = rx.match(entry.name)
             if m:
@@ -67,6 +69,10 @@ def discover(root: Path) -> list[Found]:
         else:
             continue
         step = int(m.group(1))
+        if not entry.is_dir():  # a step's name on a file, a broken link or a symlink loop
+            kind = "a symlink loop or broken link" if entry.is_symlink() else "not a directory"
+            log.warning("skipping %s: named like step %d but %s", entry, step, kind)
+            continue
         item = _classify(entry, layout, step, latest)
         if item is None:
             continue
@@ -100,12 +106,11 @@ def trajectory_json(root: Path) -> dict | None:
     f = Path(root) / "trajectory.json"
     if not f.is_file():
         return None
-    try:
-        meta = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise TrajectoryError(f"{where(f)}: unreadable trajectory.json ({e})") from None
-    if not isinstance(meta, dict):
-        raise TrajectoryError(f"{where(f)}: trajectory.json is not an object")
+    meta = read_json(f, None, "trajectory.json")
+    steps = meta.get("steps")
+    if steps is not None and not (isinstance(steps, list) and all(type(s) is int for s in steps)):
+        raise TrajectoryError(f"{where(f)}: corrupt trajectory.json (steps must be a list of integers, "
+                              f"got {json.dumps(steps)[:80]})")
     return meta
 
 
@@ -128,7 +133,7 @@ def verl_base_hint(root: Path, found: list[Found]) -> str | None:
         if f.layout == "verl":
             try:
                 name = json.loads((f.dir / "config.json").read_text()).get("_name_or_path")
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError, AttributeError):  # not UTF-8 JSON, or not an object
                 continue
             if name:
                 return str(name)

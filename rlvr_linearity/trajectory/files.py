@@ -55,8 +55,12 @@ class Header:
 
 
 def read_header(path: Path, step=None) -> Header:
-    """Parse a safetensors header; raise TrajectoryError if it is unreadable or if the data it
-    describes runs past the end of the file (a truncated or still-being-written file)."""
+    """Parse a safetensors header and check it as the safetensors library does before it reads
+    a byte: a JSON object of string metadata and tensor entries whose `data_offsets`, sorted,
+    tile the data area from 0 to the end of the file without gaps or overlaps, each as long as
+    its shape times its dtype's size. A header that lies would make every read come from the
+    wrong bytes. Raises TrajectoryError naming file, step and tensor; a data area that runs past
+    the end of the file is reported as truncated (a copy or save still in progress)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -75,22 +79,65 @@ def read_header(path: Path, step=None) -> Header:
         meta = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TrajectoryError(f"{where(path, step)}: corrupt safetensors header") from None
-    meta.pop("__metadata__", None)
+    if not isinstance(meta, dict):
+        raise TrajectoryError(f"{where(path, step)}: corrupt safetensors header (a JSON "
+                              f"{type(meta).__name__}, not an object)")
+    extra = meta.pop("__metadata__", None)
+    if extra is not None and not (isinstance(extra, dict) and all(isinstance(v, str) for v in extra.values())):
+        raise TrajectoryError(f"{where(path, step)}: corrupt safetensors header (__metadata__ is not a "
+                              "map of strings)")
     base = 8 + n
     items = []
     for name, info in meta.items():
         try:
-            a, b = (int(x) for x in info["data_offsets"])
+            a, b = info["data_offsets"]
             dtype = DTYPES[info["dtype"]]
-            shape = tuple(int(x) for x in info["shape"])
+            shape = tuple(info["shape"])
+            if not all(_count(x) for x in (a, b, *shape)):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise TrajectoryError(f"{where(path, step, name)}: corrupt safetensors header entry") from None
+        nbytes = dtype.itemsize
+        for d in shape:
+            nbytes *= d
+        if b < a or b - a != nbytes:
+            raise TrajectoryError(f"{where(path, step, name)}: corrupt safetensors header entry (data_offsets "
+                                  f"[{a}, {b}] for {nbytes} bytes of {info['dtype']} {list(shape)})")
         if base + b > size:
             raise TrajectoryError(f"{where(path, step, name)}: truncated safetensors file (data ends at byte "
                                   f"{base + b}, file has {size})")
-        items.append((a, name, TensorInfo(path, dtype, shape, base + a, base + b)))
-    items.sort(key=lambda x: x[0])
-    return Header(path, size, raw, {name: ti for _, name, ti in items})
+        items.append((a, b, name, TensorInfo(path, dtype, shape, base + a, base + b)))
+    items.sort(key=lambda x: x[:2])
+    end, prev = 0, None
+    for a, b, name, _ in items:
+        if a != end:
+            what = f"overlaps tensor {prev}" if a < end else f"leaves bytes {end}:{a} of the data area unused"
+            raise TrajectoryError(f"{where(path, step, name)}: corrupt safetensors header (data_offsets "
+                                  f"[{a}, {b}] {what})")
+        end, prev = b, name
+    if base + end != size:
+        raise TrajectoryError(f"{where(path, step)}: corrupt safetensors file ({size - base - end} bytes after "
+                              "the last tensor's data)")
+    return Header(path, size, raw, {name: ti for _, _, name, ti in items})
+
+
+def _count(x) -> bool:
+    """A JSON unsigned integer (what safetensors reads offsets and dimensions as)."""
+    return type(x) is int and x >= 0
+
+
+def read_json(path: Path, step, what: str) -> dict:
+    """A JSON object from a file of the trajectory (config.json, shard index, trajectory.json);
+    TrajectoryError naming it if it cannot be read, is not UTF-8 JSON or is not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TrajectoryError(f"{where(path, step)}: cannot read {what} ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TrajectoryError(f"{where(path, step)}: corrupt {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise TrajectoryError(f"{where(path, step)}: corrupt {what} (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 class ModelFiles:
@@ -103,16 +150,17 @@ class ModelFiles:
     def __init__(self, path, step=None):
         self.path = Path(path)
         self.step = step
-        if not self.path.is_dir():
-            raise TrajectoryError(f"{where(self.path, step)}: model directory not found")
-        cfg = self.path / "config.json"
-        if not cfg.is_file():
-            raise TrajectoryError(f"{where(cfg, step)}: missing config.json (not a HF model directory)")
         try:
-            self.config = json.loads(cfg.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise TrajectoryError(f"{where(cfg, step)}: unreadable config.json ({e})") from None
-        self.files = self._weight_files()
+            if not self.path.is_dir():
+                raise TrajectoryError(f"{where(self.path, step)}: model directory not found")
+            cfg = self.path / "config.json"
+            if not cfg.is_file():
+                raise TrajectoryError(f"{where(cfg, step)}: missing config.json (not a HF model directory)")
+            self.config = read_json(cfg, step, "config.json")
+            self.files = self._weight_files()
+        except OSError as e:  # an unreadable directory
+            raise TrajectoryError(f"{where(e.filename or self.path, step)}: cannot read "
+                                  f"({e.strerror or e})") from None
         self.headers = [read_header(f, step) for f in self.files]
         self._info: dict[str, TensorInfo] = {}
         for h in self.headers:
@@ -135,10 +183,10 @@ class ModelFiles:
         self._index = None
         idx = self.path / INDEX
         if idx.is_file():
-            try:
-                wm = json.loads(idx.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrajectoryError(f"{where(idx, self.step)}: unreadable shard index ({e})") from None
+            wm = read_json(idx, self.step, "shard index").get("weight_map")
+            if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+                raise TrajectoryError(f"{where(idx, self.step)}: corrupt shard index (weight_map is not a map "
+                                      "of tensor names to file names)")
             self._index = dict(wm)
             files = sorted({self.path / f for f in wm.values()})
             for f in files:
@@ -289,10 +337,11 @@ class ModelFiles:
             pass
 
     def sample_digest(self, n_ranges: int = 4, size: int = 1 << 16) -> str:
-        """sha256 of every header plus `n_ranges` evenly spaced `size`-byte ranges of each file's data."""
+        """sha256 of every header plus `n_ranges` evenly spaced `size`-byte ranges of each file's
+        data, and of each file's (and config.json's) `file_identity`."""
         h = hashlib.sha256()
         for hd in self.headers:
-            h.update(f"{hd.path.name}:{hd.size}:{hd.digest}".encode())
+            h.update(f"{file_identity(hd.path)}:{hd.digest}".encode())
             data0 = 8 + len(hd.raw)
             span = max(0, hd.size - data0 - size)
             with open(hd.path, "rb") as f:
@@ -300,5 +349,12 @@ class ModelFiles:
                     f.seek(data0 + (span * i) // max(1, n_ranges - 1))
                     h.update(f.read(size))
         cfg = self.path / "config.json"
-        h.update(cfg.read_bytes())
+        h.update(f"{file_identity(cfg)}:".encode() + cfg.read_bytes())
         return h.hexdigest()
+
+
+def file_identity(path: Path) -> str:
+    """name, size, mtime (ns) and inode: what changes when a file is copied or rewritten, even
+    where the bytes a digest samples do not."""
+    st = os.stat(path)
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"

@@ -12,7 +12,6 @@ until a tensor is read. Each tensor is reassembled from every rank's shards at t
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 import zipfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 from rlvr_linearity.errors import TrajectoryError, where
+
+from .files import file_identity, read_json
 
 SHARD_RX = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 STORAGES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -191,10 +192,7 @@ class FsdpShardFiles:
                                   f"(world size {world})")
         self.files = [by_rank[r] for r in range(world)]
         cfg = self.path / "huggingface" / "config.json"
-        try:
-            self.config = json.loads(cfg.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise TrajectoryError(f"{where(cfg, step)}: unreadable config.json ({e})") from None
+        self.config = read_json(cfg, step, "config.json")
         self._parts: dict[str, list] = {}
         self._info: dict[str, _Info] = {}
         for f in self.files:
@@ -308,9 +306,9 @@ class FsdpShardFiles:
     def sample_digest(self) -> str:
         h = hashlib.sha256()
         for f in self.files:
-            st = f.stat()
             with zipfile.ZipFile(f) as z:
-                h.update(f"{f.name}:{st.st_size}:".encode() + b"".join(
+                h.update(f"{file_identity(f)}:".encode() + b"".join(
                     f"{i.filename}:{i.CRC}".encode() for i in z.infolist()))
-        h.update((self.path / "huggingface" / "config.json").read_bytes())
+        cfg = self.path / "huggingface" / "config.json"
+        h.update(f"{file_identity(cfg)}:".encode() + cfg.read_bytes())
         return h.hexdigest()

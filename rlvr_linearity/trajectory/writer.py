@@ -4,7 +4,10 @@ The safetensors headers are computed up front from the template's (name, shape, 
 list, the files are pre-sized, and each `write(name, tensor)` puts that tensor's bytes at its
 offset: memory holds one tensor at a time, any write order works, and many writers can be open
 at once. Everything goes to `<out>.tmp-<random>`, renamed to `<out>` only when every tensor has
-been written and the files re-read as valid safetensors.
+been written and the files re-read as valid safetensors. A writer holds `claim_output(<out>)`
+while open: a second writer of the same place fails at once with one line, and the temp dirs
+that a killed writer left there (full size) are removed. A full disk or a permission problem
+is one line naming the file (`OutputError`), and nothing complete-looking is left.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import logging
 import os
 import shutil
 import uuid
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
 
-from rlvr_linearity.errors import RlvrError
+from rlvr_linearity.errors import OutputError, RlvrError, writing
 
 from .files import DTYPE_NAMES, INDEX, SINGLE, ModelFiles, read_header
 
@@ -39,6 +43,30 @@ def parse_dtype(dtype) -> torch.dtype | None:
         return DTYPE_ALIASES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
         raise RlvrError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)") from None
+
+
+@contextmanager
+def claim_output(path):
+    """Hold an exclusive lock on writing `path` (a file or directory; the lock is the hidden
+    `.<name>.lock` next to it, released by the kernel if the holder dies, and removed while
+    still held, which filelock's acquire detects): a run that finds it held fails at once with
+    one line rather than tear the other run's files or wait for hours."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock = FileLock(str(path.parent / f".{path.name}.lock"))
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise OutputError(f"{path}: another run is writing it (it holds {lock.lock_file}); wait for it to "
+                              "finish or choose another output_dir") from None
+    try:
+        yield
+    finally:
+        Path(lock.lock_file).unlink(missing_ok=True)
+        lock.release()
 
 
 def _header_bytes(entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]) -> bytes:
@@ -71,6 +99,7 @@ class ModelWriter:
             self._entries[n] = (dt, tuple(self.template.shape(n)), self.template.numel(n) * dt.itemsize)
         self._shards = self._plan(shard_bytes)
         self._tmp: Path | None = None
+        self._claim = ExitStack()
         self._files: dict[str, object] = {}
         self._where: dict[str, tuple[str, int, int]] = {}  # name -> (file name, abs offset, nbytes)
         self._written: set[str] = set()
@@ -90,9 +119,18 @@ class ModelWriter:
 
     # -- context management
     def __enter__(self) -> "ModelWriter":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.out.parent / f"{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
+        self._claim.enter_context(claim_output(self.out))
+        try:
+            with writing(self.out):
+                for stale in [*self.out.parent.glob(f"{self.out.name}.tmp-*"),
+                              *self.out.parent.glob(f"{self.out.name}.old-*")]:  # a killed writer's
+                    log.info("removing %s, left by an interrupted run", stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+                self._tmp = self.out.parent / f"{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+                self._tmp.mkdir()
+        except BaseException:
+            self._claim.close()
+            raise
         try:
             k = len(self._shards)
             for i, names in enumerate(self._shards):
@@ -103,10 +141,10 @@ class ModelWriter:
                     entries.append((n, dt, shape, off, off + nb))
                     off += nb
                 head = _header_bytes(entries)
-                f = open(self._tmp / fname, "wb+")
-                f.write(head)
-                f.truncate(len(head) + off)
-                self._files[fname] = f
+                with writing(self.out / fname):
+                    f = self._files[fname] = open(self._tmp / fname, "wb+")
+                    f.write(head)
+                    f.truncate(len(head) + off)
                 for n, _, _, a, b in entries:
                     self._where[n] = (fname, len(head) + a, b - a)
         except BaseException:
@@ -126,10 +164,14 @@ class ModelWriter:
 
     def _abort(self) -> None:
         for f in self._files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:  # the flush of a full disk: the file goes anyway
+                pass
         self._files.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        self._claim.close()
 
     # -- writing
     def write(self, name: str, tensor: torch.Tensor) -> None:
@@ -157,8 +199,9 @@ class ModelWriter:
                             f"do not fit its shape {list(shape)}")
         fname, off, _ = self._where[name]
         f = self._files[fname]
-        f.seek(off + start * row * dt.itemsize)
-        f.write(memoryview(data.view(torch.uint8).numpy()))
+        with writing(self.out / fname):
+            f.seek(off + start * row * dt.itemsize)
+            f.write(memoryview(data.view(torch.uint8).numpy()))
         self._rows_written[name] = self._rows_written.get(name, 0) + data.numel()
         if self._rows_written[name] >= nb // dt.itemsize:
             self._written.add(name)
@@ -176,6 +219,12 @@ class ModelWriter:
         if missing:
             raise RlvrError(f"{self.out}: tensor {missing[0]} never written ({len(missing)} missing); "
                             "output discarded")
+        with writing(self.out):
+            self._complete()
+        self._claim.close()
+
+    def _complete(self) -> None:
+        """Flush, check, add the index and the auxiliary files, and rename into place."""
         self._keep_tied()
         for f in self._files.values():
             f.flush()
