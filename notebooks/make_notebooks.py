@@ -14,8 +14,9 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from rlvr_linearity.figures import extrapolation as ext, linearity as lin, paper
-from rlvr_linearity.figures.regenerate import discover, load_json, merge_results, regenerate, robustness_settings
+from rlvr_linearity.figures import extrapolation as ext, linearity as lin, paper, tables
+from rlvr_linearity.figures.discover import discover, load_json, merge_results, robustness_settings
+from rlvr_linearity.figures.regenerate import regenerate
 
 # The repository root whether the notebook runs from notebooks/ or from the root.
 ROOT = Path.cwd() if (Path.cwd() / "rlvr_linearity").is_dir() else Path.cwd().parent
@@ -58,7 +59,7 @@ show(paper.plot_robustness(settings, OUT / "lin_robustness.png") if settings els
     new_code_cell('''rows = [r for p in files["logits"] for r in load_json(p)["rows"]]
 for _, res in results:
     show(paper.plot_weight_extrapolation(res, OUT / "lin_weight_extrapolation.png"))
-    rows = rows or paper.logits_rows_from_results(res)
+    rows = rows or tables.logits_rows_from_results(res)
 if rows:
     made = paper.table1(rows, OUT)
     display(Markdown(made["md"].read_text()))

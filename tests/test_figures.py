@@ -18,7 +18,10 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.figures import linearity as lin
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures import paper_numbers as pn
-from rlvr_linearity.figures.regenerate import CATALOGUE, discover, load_json, merge_results, regenerate, results_from_evaluations
+from rlvr_linearity.figures import tables
+from rlvr_linearity.figures.catalogue import CATALOGUE
+from rlvr_linearity.figures.discover import discover, load_json, merge_results, results_from_evaluations
+from rlvr_linearity.figures.regenerate import regenerate
 
 FIX = Path(__file__).parent / "fixtures" / "figures"
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +38,12 @@ def assert_nontrivial_png(path, min_colours: int = 8):
 # -- tables against the papers -----------------------------------------------------------
 def test_table1_both_conventions_reproduce_the_paper():
     rows = [{"benchmark": k, "std_rl": v[0], "ours": v[1]} for k, v in pn.LIN_TABLE1.items()]
-    res = paper.relative_improvements(rows)
-    assert paper.pct(res["average"]["rel_of_average"]) == "+4.2%"
-    assert paper.pct(res["average"]["mean_of_relative"]) == "+6.1%"
+    res = tables.relative_improvements(rows)
+    assert tables.pct(res["average"]["rel_of_average"]) == "+4.2%"
+    assert tables.pct(res["average"]["mean_of_relative"]) == "+6.1%"
     assert f"{100 * res['average']['mean_of_relative']:.1f}" == f"{pn.LIN_TABLE1_MEAN_OF_RELATIVE}"
     for r in res["rows"]:
-        assert paper.pct(r["rel"]) == f"{pn.LIN_TABLE1[r['benchmark']][2]:+.1f}%"
+        assert tables.pct(r["rel"]) == f"{pn.LIN_TABLE1[r['benchmark']][2]:+.1f}%"
     assert round(res["average"]["std_rl"], 4) == pn.LIN_TABLE1_AVERAGE[0]
     assert round(res["average"]["ours"], 4) == pn.LIN_TABLE1_AVERAGE[1]
 
@@ -53,7 +56,7 @@ def _paper_regrounding() -> dict:
 
 
 def test_table2_imp_is_mean_of_relative_and_matches_the_paper():
-    rows = paper.budget_table(_paper_regrounding())
+    rows = tables.budget_table(_paper_regrounding())
     assert [r["budget"] for r in rows] == list(pn.LIN_TABLE2)
     for r in rows:
         assert f"{100 * r['imp_mean_of_relative']:+.1f}" == f"{pn.LIN_TABLE2_IMP[r['budget']]:+.1f}"
@@ -66,7 +69,7 @@ def test_table2_imp_is_mean_of_relative_and_matches_the_paper():
 def test_budget_takes_the_last_evaluation_within_the_budget():
     data = {"std_rl": [{"real_steps": s, "accuracy": {"a": s / 1000}} for s in (100, 300)],
             "methods": [{"M": 20, "N": 100, "points": [{"real_steps": s, "accuracy": {"a": s / 500}} for s in (100, 250, 300)]}]}
-    rows = paper.budget_table(data, budgets=[200, 300, 50])
+    rows = tables.budget_table(data, budgets=[200, 300, 50])
     assert [(r["budget"], r["std_real_steps"], r["real_steps"]) for r in rows] == [(200, 100, 100), (300, 300, 300)]
 
 
@@ -79,7 +82,7 @@ def test_fig6_steps_to_threshold_and_speedups_match_the_paper():
 
     data = {"std_rl": points(pn.LIN_FIG6_STEPS["Std RL"]),
             "methods": [{"label": k, "M": 0, "N": 0, "points": points(v)} for k, v in pn.LIN_FIG6_STEPS.items() if k != "Std RL"]}
-    rows = paper.speedups(data, pn.LIN_FIG6_THRESHOLDS, "AIME24")
+    rows = tables.speedups(data, pn.LIN_FIG6_THRESHOLDS, "AIME24")
     for row in rows:
         t = row["threshold"]
         assert row["std_rl"] == pn.LIN_FIG6_STEPS["Std RL"][t]
@@ -95,14 +98,14 @@ def test_weighted_quantiles_follow_the_binned_distribution():
     rng = np.random.default_rng(0)
     v = rng.beta(5, 1.5, 200_000)
     counts = np.histogram(v, bins=100, range=(0, 1))[0]
-    got = paper.weighted_quantiles(counts, [0.25, 0.5, 0.75])
+    got = tables.weighted_quantiles(counts, [0.25, 0.5, 0.75])
     assert np.allclose(got, np.quantile(v, [0.25, 0.5, 0.75]), atol=0.01)
 
 
 def test_bench_key_matches_paper_names():
-    assert paper.bench_key("AIME24 avg@64") == paper.bench_key("aime24") == "aime24"
-    assert paper.bench_key("MATH-500") == paper.bench_key("MATH500 avg@64") == "math500"
-    assert paper.bench_key("LiveCodeBench") == paper.bench_key("LCB avg@4") == "lcb"
+    assert tables.bench_key("AIME24 avg@64") == tables.bench_key("aime24") == "aime24"
+    assert tables.bench_key("MATH-500") == tables.bench_key("MATH500 avg@64") == "math500"
+    assert tables.bench_key("LiveCodeBench") == tables.bench_key("LCB avg@4") == "lcb"
 
 
 # -- figure functions on fixtures ---------------------------------------------------------
@@ -157,13 +160,13 @@ def test_functions_tolerate_missing_optional_keys(tmp_path):
     assert paper.plot_weight_extrapolation(res, tmp_path / "w.png") is None
     assert paper.plot_relex_accuracy(res, tmp_path / "r.png") is None
     assert paper.plot_relex_ablations(res, tmp_path / "a.png") is None
-    assert paper.logits_rows_from_results(res) == []
+    assert tables.logits_rows_from_results(res) == []
     assert paper.table1([], tmp_path) is None
     assert paper.regrounding_figures({"std_rl": [], "methods": []}, tmp_path) == {}
 
 
 def test_logits_rows_from_results_compare_with_rl_at_the_target(fx):
-    rows = paper.logits_rows_from_results(fx["results"])
+    rows = tables.logits_rows_from_results(fx["results"])
     rlvr = {r["step"]: r["accuracy"] for r in fx["results"]["rlvr"]}
     assert rows == [{"benchmark": "arithmetic (t′=10, vs RL step 10)", "std_rl": rlvr[10], "ours": 0.54}]
 

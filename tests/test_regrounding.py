@@ -90,7 +90,7 @@ def test_segments_continue_the_order_without_replay():
 
 
 def test_configurations():
-    from rlvr_linearity.pipeline.regrounding import configurations
+    from rlvr_linearity.pipeline.regrounding_configs import configurations
 
     cfg = OmegaConf.create({"regrounding": {"M": 10, "N": 10, "iterations": 3, "optimizer": "keep", "data": "continue",
                                             "compare": [{"M": 5, "N": 10}, {"M": 20, "N": 100, "optimizer": "reset"}]}})
@@ -126,7 +126,7 @@ def test_regrounding_run(rlvr_cache, tmp_path, monkeypatch):
     """(2,2) with the optimizer kept, and (2,0) (α = 1): prompts per step follow plain GRPO's order
     in every segment (no replay), α is applied, N = 0 with the optimizer kept reproduces plain
     GRPO bit for bit, and regrounding.json / figures / report.md are written."""
-    from rlvr_linearity.figures.regenerate import check_regrounding
+    from rlvr_linearity.figures.discover import check_regrounding
     from rlvr_linearity.pipeline.regrounding import run_regrounding
     from rlvr_linearity.tasks.arithmetic import make_split
     from rlvr_linearity.train.rewards import BoxedAnswerReward
@@ -343,7 +343,8 @@ def test_a_first_save_cut_short_is_discarded(tmp_path):
 def test_paper_preset_plans_lins_loop(tmp_path, capsys):
     """experiment=paper/lin_regrounding: verl, LIN's (100,100) x 12 and Fig. 6's configurations on
     the same 1,200 real steps; the dry run lists every stage without running anything."""
-    from rlvr_linearity.pipeline.regrounding import configurations, run_regrounding
+    from rlvr_linearity.pipeline.regrounding import run_regrounding
+    from rlvr_linearity.pipeline.regrounding_configs import configurations
 
     cfg = _compose(["experiment=paper/lin_regrounding", "logger=none", "pipeline.dry_run=true",
                     f"pipeline.stage_dir={tmp_path / 'stages'}", f"output_dir={tmp_path / 'out'}"])

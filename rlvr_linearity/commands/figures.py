@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from rlvr_linearity.figures.regenerate import print_summary, regenerate
+from rlvr_linearity.figures.catalogue import print_summary
+from rlvr_linearity.figures.regenerate import regenerate
 from rlvr_linearity.paths import resolve_output_dir
 
 

@@ -1,15 +1,14 @@
-"""Paper figures and tables that no other figure module draws: LIN's robustness box plot,
+"""Paper figures that no other figure module draws: LIN's robustness box plot,
 weight-extrapolation curves (Fig. 5), Table 1 (logits extrapolation), Table 2 and Fig. 6
 (re-grounding), RELEX's accuracy per T_cut and its rank/fit ablations.
 
 Plain functions: parsed JSON in (schemas in `figures.schemas`), PNG path out (None when the
-input holds nothing to draw). Tables are computed by pure functions and written as Markdown
-next to a figure, so the numbers can be tested without drawing.
+input holds nothing to draw). The tables' numbers and their Markdown come from `figures.tables`,
+so they can be tested, and used by the pipeline, without drawing.
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -18,57 +17,9 @@ import numpy as np
 from rlvr_linearity.figures import paper_numbers as pn
 from rlvr_linearity.figures.extrapolation import plot_accuracy_vs_target
 from rlvr_linearity.figures.style import PALETTE, also_pdf, figure, save
-from rlvr_linearity.io import write_json_atomic
-
-
-# -- helpers ------------------------------------------------------------------------------
-def bench_key(name: str) -> str:
-    """Benchmark identity for matching against the paper: "AIME24 avg@64" / "aime24" -> "aime24",
-    "MATH-500" -> "math500", "LiveCodeBench" -> "lcb"."""
-    head = re.split(r"\s", str(name).strip())[0].lower()
-    key = re.sub(r"[^a-z0-9]", "", head)
-    return {"livecodebench": "lcb", "math": "math500"}.get(key, key)
-
-
-def pct(x: float | None, signed: bool = True) -> str:
-    """0.0419 -> "+4.2%" (the papers' one-decimal percentages)."""
-    if x is None or not np.isfinite(x):
-        return "—"
-    return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
-
-
-def write_markdown_table(path: Path, title: str, header: list[str], rows: list[list], note: str = "") -> Path:
-    """A Markdown table file (atomic), for the README and the paper draft."""
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    if note:
-        lines += ["", note]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def weighted_quantiles(counts, qs) -> list[float]:
-    """Quantiles of R² values given as counts in equal bins of [0, 1] (linear within a bin)."""
-    c = np.asarray(counts, float)
-    edges = np.linspace(0, 1, c.size + 1)
-    cum = np.concatenate([[0.0], np.cumsum(c)])
-    return [float(np.interp(q * cum[-1], cum, edges)) for q in qs]
-
-
-def box_stats(values=None, counts=None, label: str = "") -> dict | None:
-    """Box-plot statistics (quartiles, 5-95% whiskers) from raw R² values or bin counts."""
-    qs = (0.05, 0.25, 0.5, 0.75, 0.95)
-    if values is not None and len(values):
-        q = np.quantile(np.asarray(values, float), qs).tolist()
-    elif counts is not None and np.sum(counts) > 0:
-        q = weighted_quantiles(counts, qs)
-    else:
-        return None
-    return {"whislo": q[0], "q1": q[1], "med": q[2], "q3": q[3], "whishi": q[4], "label": label, "fliers": []}
+from rlvr_linearity.figures.tables import (box_stats, budget_table, common_benchmarks, default_thresholds, method_label,
+                                           pct, relative_improvements, speedups, write_fig6_table, write_table1,
+                                           write_table2)
 
 
 # -- LIN Fig. 2: robustness over settings --------------------------------------------------
@@ -154,34 +105,6 @@ def plot_weight_extrapolation(results: dict, path, pdf: bool = False, reference:
 
 
 # -- LIN Table 1: logits extrapolation --------------------------------------------------------
-def relative_improvements(rows: list[dict]) -> dict:
-    """Per-benchmark relative change (ours / std − 1) and the Average row in BOTH conventions:
-    `rel_of_average` (relative change of the averaged score: the paper's "+4.2%") and
-    `mean_of_relative` (mean of the per-benchmark relative changes: 6.1% on the paper's values)."""
-    if not rows:
-        raise ValueError("no benchmark rows")
-    out = [{**r, "rel": r["ours"] / r["std_rl"] - 1.0} for r in rows]
-    std = float(np.mean([r["std_rl"] for r in rows]))
-    ours = float(np.mean([r["ours"] for r in rows]))
-    return {"rows": out, "average": {"std_rl": std, "ours": ours, "rel_of_average": ours / std - 1.0,
-                                     "mean_of_relative": float(np.mean([r["rel"] for r in out]))}}
-
-
-def logits_rows_from_results(results: dict) -> list[dict]:
-    """Table 1 rows from a pipeline results.json: each logits-extrapolation run against the RLVR
-    checkpoint at its target step (or, if that was not trained, at its second step)."""
-    rlvr = {r["step"]: r["accuracy"] for r in results.get("rlvr") or [] if r.get("accuracy") is not None}
-    out = []
-    for r in results.get("logits_extrapolation") or []:
-        if r.get("accuracy") is None:
-            continue
-        ref = r["target"] if r["target"] in rlvr else r.get("second_step")
-        if ref in rlvr:
-            out.append({"benchmark": f"{results.get('benchmark', 'test')} (t′={r['target']}, vs RL step {ref})",
-                        "std_rl": rlvr[ref], "ours": r["accuracy"]})
-    return out
-
-
 def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True) -> dict[str, Path] | None:
     """LIN Table 1 from [{benchmark, std_rl, ours}]: Markdown + JSON table and a bar figure."""
     rows = [r for r in rows if r.get("std_rl") and r.get("ours") is not None]
@@ -189,22 +112,8 @@ def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True)
         return None
     res = relative_improvements(rows)
     out_dir = Path(out_dir)
-    paper = {bench_key(k): v for k, v in pn.LIN_TABLE1.items()}
-    md_rows = []
-    for r in res["rows"]:
-        p = paper.get(bench_key(r["benchmark"])) if reference else None
-        md_rows.append([r["benchmark"], f"{r['std_rl']:.4f}", f"{r['ours']:.4f}", pct(r["rel"]),
-                        f"{p[0]:.4f} → {p[1]:.4f} ({p[2]:+.1f}%)" if p else ""])
+    md, js = write_table1(res, out_dir, reference)
     a = res["average"]
-    md_rows.append(["**Average**", f"{a['std_rl']:.4f}", f"{a['ours']:.4f}",
-                    f"{pct(a['rel_of_average'])} (of the average) / {pct(a['mean_of_relative'])} (mean of relative)",
-                    f"{pn.LIN_TABLE1_AVERAGE[0]:.4f} → {pn.LIN_TABLE1_AVERAGE[1]:.4f} (+4.2% / 6.1%)" if reference else ""])
-    md = write_markdown_table(out_dir / "lin_table1.md", "LIN Table 1: logits extrapolation",
-                              ["Benchmark", "Std. RL", "Ours", "Rel. improvement", "Paper"], md_rows,
-                              "Average row: relative change of the averaged score (the paper's convention in "
-                              "Table 1) and the mean of the per-benchmark relative changes.")
-    js = out_dir / "lin_table1.json"
-    write_json_atomic(js, res)
     labels = [r["benchmark"] for r in res["rows"]] + ["Average"]
     std = [r["std_rl"] for r in res["rows"]] + [a["std_rl"]]
     ours = [r["ours"] for r in res["rows"]] + [a["ours"]]
@@ -224,93 +133,6 @@ def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True)
 
 
 # -- LIN Table 2 and Fig. 6: re-grounding ----------------------------------------------------
-def method_label(m: dict) -> str:
-    return m.get("label") or f"({m['M']},{m['N']})"
-
-
-def _at_budget(points: list[dict], budget: int) -> dict | None:
-    """The model available after `budget` real steps: the last point with real_steps <= budget."""
-    ok = [p for p in points if p["real_steps"] <= budget]
-    return max(ok, key=lambda p: p["real_steps"]) if ok else None
-
-
-def _benchmarks(*point_lists) -> list[str]:
-    seen: list[str] = []
-    for pts in point_lists:
-        for p in pts:
-            for b in p.get("accuracy") or {}:
-                if b not in seen:
-                    seen.append(b)
-    return [b for b in seen if all(any(b in (p.get("accuracy") or {}) for p in pts) for pts in point_lists)]
-
-
-def budget_table(data: dict, budgets=None) -> list[dict]:
-    """LIN Table 2: for each re-grounding config and real-step budget, per-benchmark accuracy of
-    standard RL vs re-grounding, the averages and %Imp = mean of per-benchmark relative changes
-    (the paper's Table 2 convention) next to the relative change of the average. Budgets
-    default to the paper's (200, 400, 800, 1200) where both runs were evaluated, else every
-    budget they share."""
-    std = sorted(data.get("std_rl") or [], key=lambda p: p["real_steps"])
-    out = []
-    for m in data.get("methods") or []:
-        pts = sorted(m.get("points") or [], key=lambda p: p["real_steps"])
-        benches = _benchmarks(std, pts)
-        if not benches:
-            continue
-        common = sorted({p["real_steps"] for p in pts} & {p["real_steps"] for p in std})
-        for b in budgets or [b for b in pn.LIN_TABLE2 if b in common] or common:
-            s, o = _at_budget(std, b), _at_budget(pts, b)
-            if s is None or o is None:
-                continue
-            pairs = {k: (s["accuracy"][k], o["accuracy"][k]) for k in benches if k in s["accuracy"] and k in o["accuracy"]}
-            if not pairs:
-                continue
-            rel = [o_ / s_ - 1.0 for s_, o_ in pairs.values() if s_]
-            avg_s = float(np.mean([v[0] for v in pairs.values()]))
-            avg_o = float(np.mean([v[1] for v in pairs.values()]))
-            out.append({"method": method_label(m), "budget": int(b), "std_real_steps": s["real_steps"],
-                        "real_steps": o["real_steps"], "virtual_step": o.get("virtual_step"),
-                        "accuracy": pairs, "avg_std": avg_s, "avg_ours": avg_o,
-                        "imp_mean_of_relative": float(np.mean(rel)) if rel else None,
-                        "imp_of_average": avg_o / avg_s - 1.0 if avg_s else None})
-    return out
-
-
-def steps_to_threshold(points: list[dict], benchmark: str, threshold: float) -> int | None:
-    """Fewest real RL steps at which `benchmark` accuracy reaches `threshold` (None: never)."""
-    for p in sorted(points, key=lambda p: p["real_steps"]):
-        v = (p.get("accuracy") or {}).get(benchmark)
-        if v is not None and v >= threshold:
-            return int(p["real_steps"])
-    return None
-
-
-def speedups(data: dict, thresholds, benchmark: str) -> list[dict]:
-    """LIN Fig. 6: real steps to each threshold for standard RL and every config, and the
-    speed-up = standard RL steps / config steps."""
-    std = data.get("std_rl") or []
-    out = []
-    for t in thresholds:
-        s = steps_to_threshold(std, benchmark, t)
-        row = {"threshold": float(t), "std_rl": s, "methods": {}}
-        for m in data.get("methods") or []:
-            k = steps_to_threshold(m.get("points") or [], benchmark, t)
-            row["methods"][method_label(m)] = {"steps": k, "speedup": (s / k) if s and k else None}
-        out.append(row)
-    return out
-
-
-def default_thresholds(data: dict, benchmark: str) -> list[float]:
-    """The paper's AIME24 thresholds for AIME24; else three levels within standard RL's range."""
-    if bench_key(benchmark) == "aime24":
-        return list(pn.LIN_FIG6_THRESHOLDS)
-    vals = [p["accuracy"][benchmark] for p in data.get("std_rl") or [] if benchmark in (p.get("accuracy") or {})]
-    if len(vals) < 2 or max(vals) <= min(vals):
-        return []
-    lo, hi = min(vals), max(vals)
-    return [round(lo + f * (hi - lo), 4) for f in (0.5, 0.75, 0.95)]
-
-
 def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, thresholds=None,
                         benchmark: str | None = None, reference: bool = True) -> dict[str, Path]:
     """Table 2 (Markdown + JSON + figure) and Fig. 6 (accuracy vs real steps + speed-ups)."""
@@ -320,45 +142,48 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
     methods = data.get("methods") or []
     if not std or not methods:
         return made
-    benches = _benchmarks(std, *[m.get("points") or [] for m in methods])
+    benches = common_benchmarks(std, *[m.get("points") or [] for m in methods])
     benchmark = benchmark or data.get("benchmark") or (benches[0] if benches else None)
     rows = budget_table(data, budgets)
     if rows:
-        bl = list(rows[0]["accuracy"])
-        md_rows = [[r["method"], r["budget"], *[f"{r['accuracy'][b][0]:.4f}→{r['accuracy'][b][1]:.4f}" if b in r["accuracy"] else "—"
-                                               for b in bl],
-                    f"{r['avg_std']:.4f}→{r['avg_ours']:.4f}", pct(r["imp_mean_of_relative"]), pct(r["imp_of_average"])]
-                   for r in rows]
-        note = ("%Imp = mean of the per-benchmark relative improvements (LIN Table 2's convention); "
-                "Δavg = relative change of the averaged score.")
-        if reference:
-            note += " Paper (LIN Table 2, avg and %Imp): " + "; ".join(
-                f"{k} steps {v[0]:.4f}→{v[1]:.4f} ({pn.LIN_TABLE2_IMP[k]:+.1f}%)" for k, v in pn.LIN_TABLE2_AVG.items())
-        made["lin_table2_md"] = write_markdown_table(out_dir / "lin_table2.md", "LIN Table 2: fixed real-step budgets",
-                                                     ["Config", "Steps", *bl, "Avg", "%Imp", "Δavg"], md_rows, note)
-        write_json_atomic(out_dir / "lin_table2.json", rows)
-        labels = sorted({r["method"] for r in rows})
-        fig, ax = figure(5.5, 3.4)
-        for i, lbl in enumerate(labels):
-            rr = [r for r in rows if r["method"] == lbl]
-            ax.plot([r["budget"] for r in rr],  # %Imp undefined (None) where standard RL scored 0
-                    [np.nan if r["imp_mean_of_relative"] is None else 100 * r["imp_mean_of_relative"] for r in rr],
-                    marker="o",
-                    color=PALETTE[i % len(PALETTE)], label=f"{lbl} (this run)")
-        if reference:
-            ax.plot(list(pn.LIN_TABLE2_IMP), list(pn.LIN_TABLE2_IMP.values()), ls=":", marker="x", color="grey",
-                    label="LIN Table 2 (paper)")
-        ax.axhline(0, color="black", lw=0.6)
-        ax.set_xlabel("real RL steps (budget)")
-        ax.set_ylabel("%Imp over standard RL")
-        ax.set_title("Re-grounding at fixed real-step budgets")
-        ax.legend(fontsize=8)
-        made["lin_table2"] = save(fig, out_dir / "lin_table2.png", pdf)
+        made["lin_table2_md"] = write_table2(rows, out_dir, reference)
+        made["lin_table2"] = plot_table2(rows, out_dir / "lin_table2.png", pdf, reference)
     if benchmark is None:
         return made
     thr = list(thresholds) if thresholds else default_thresholds(data, benchmark)
     sp = speedups(data, thr, benchmark)
-    write_json_atomic(out_dir / "lin_fig6_speedups.json", {"benchmark": benchmark, "rows": sp})
+    md = write_fig6_table(sp, benchmark, [method_label(m) for m in methods], out_dir, reference)
+    made["lin_fig6"] = plot_fig6(std, methods, sp, thr, benchmark, out_dir / "lin_fig6_regrounding.png", pdf)
+    made["lin_fig6_md"] = md
+    return made
+
+
+def plot_table2(rows: list[dict], path, pdf: bool = False, reference: bool = True) -> Path:
+    """%Imp over standard RL per real-step budget, one line per configuration (`budget_table`
+    rows), LIN Table 2's %Imp dotted when `reference`."""
+    labels = sorted({r["method"] for r in rows})
+    fig, ax = figure(5.5, 3.4)
+    for i, lbl in enumerate(labels):
+        rr = [r for r in rows if r["method"] == lbl]
+        ax.plot([r["budget"] for r in rr],  # %Imp undefined (None) where standard RL scored 0
+                [np.nan if r["imp_mean_of_relative"] is None else 100 * r["imp_mean_of_relative"] for r in rr],
+                marker="o",
+                color=PALETTE[i % len(PALETTE)], label=f"{lbl} (this run)")
+    if reference:
+        ax.plot(list(pn.LIN_TABLE2_IMP), list(pn.LIN_TABLE2_IMP.values()), ls=":", marker="x", color="grey",
+                label="LIN Table 2 (paper)")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("real RL steps (budget)")
+    ax.set_ylabel("%Imp over standard RL")
+    ax.set_title("Re-grounding at fixed real-step budgets")
+    ax.legend(fontsize=8)
+    return save(fig, path, pdf)
+
+
+def plot_fig6(std: list[dict], methods: list[dict], sp: list[dict], thresholds, benchmark: str, path,
+              pdf: bool = False) -> Path:
+    """LIN Fig. 6: accuracy vs real RL steps of standard RL and every configuration (left) and
+    the speed-ups to each threshold (`speedups` rows, right)."""
     fig, axes = figure(10.0, 3.6, ncols=2)
     ax, bax = axes
     ax.plot([p["real_steps"] for p in std], [p["accuracy"].get(benchmark) for p in std], color="black", marker="o",
@@ -367,13 +192,19 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
         pts = sorted(m.get("points") or [], key=lambda p: p["real_steps"])
         ax.plot([p["real_steps"] for p in pts], [p["accuracy"].get(benchmark) for p in pts], marker="s", ms=3,
                 color=PALETTE[i % len(PALETTE)], label=method_label(m))
-    for t in thr:
+    for t in thresholds:
         ax.axhline(t, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("real RL steps")
     ax.set_ylabel(benchmark)
     ax.set_title("Periodic re-grounding (RL-Extra)")
     ax.legend(fontsize=8)
-    labels = [method_label(m) for m in methods]
+    _speedup_bars(bax, sp, [method_label(m) for m in methods], benchmark)
+    return save(fig, path, pdf)
+
+
+def _speedup_bars(bax, sp: list[dict], labels: list[str], benchmark: str) -> None:
+    """One group of bars per threshold (one bar per configuration), marked where standard RL or
+    the configuration never reached it."""
     w = 0.8 / max(len(labels), 1)
     for j, row in enumerate(sp):
         if row["std_rl"] is None:
@@ -396,18 +227,6 @@ def regrounding_figures(data: dict, out_dir, pdf: bool = False, budgets=None, th
     bax.set_title("Steps to threshold: standard RL / re-grounding")
     if bax.get_legend_handles_labels()[0]:  # no bars when no configuration reached a threshold
         bax.legend(fontsize=8)
-    made["lin_fig6"] = save(fig, out_dir / "lin_fig6_regrounding.png", pdf)
-    md_rows = [[f"≥{r['threshold']:.2f}", r["std_rl"] if r["std_rl"] is not None else "—",
-                *[(f"{v['steps']} ({v['speedup']:.1f}×)" if v["speedup"] else (v["steps"] if v["steps"] is not None else "—"))
-                  for v in r["methods"].values()]] for r in sp]
-    note = ""
-    if reference:
-        note = "Paper (LIN Fig. 6, AIME24): " + "; ".join(
-            f"≥{t:.2f}: " + ", ".join(f"{k} {v[t] if v[t] is not None else '—'}" for k, v in pn.LIN_FIG6_STEPS.items())
-            for t in pn.LIN_FIG6_THRESHOLDS)
-    made["lin_fig6_md"] = write_markdown_table(out_dir / "lin_fig6_speedups.md", f"LIN Fig. 6: real RL steps to reach {benchmark}",
-                                               ["Threshold", "Std RL", *labels], md_rows, note)
-    return made
 
 
 # -- RELEX: accuracy per T_cut and ablations --------------------------------------------------

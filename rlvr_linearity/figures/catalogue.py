@@ -1,0 +1,89 @@
+"""The papers' figures and tables: what each needs and the command that produces it
+(`CATALOGUE`), and the index of a `rlvr figures` run rendered as Markdown and as a summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LIN_EXP = "experiment=paper/lin_deepscaler_r1_distill_1.5b"
+RELEX_EXP = "experiment=paper/relex_qwen2.5_math_1.5b"
+REGROUNDING_INPUTS = ("regrounding.json (schema `Regrounding`)",  # LIN Table 2 and Fig. 6: needs, command
+                      "rlvr pipeline experiment=paper/lin_regrounding (GPU cluster; experiment=regrounding: the demo-scale "
+                      "loop on CPU)")
+
+
+@dataclass(frozen=True)
+class PaperFigure:
+    """One figure or table of a paper: what it needs and how to get it."""
+
+    id: str
+    paper: str
+    title: str
+    needs: str
+    command: str
+
+
+CATALOGUE = [
+    PaperFigure("lin_weight_r2_histogram", "LIN", "Per-weight R² histogram (fraction > 0.7 marked)",
+                "linearity/weights_r2.json with `histogram`",
+                f"rlvr linearity {LIN_EXP} trajectory.path=RUN/trajectory"),
+    PaperFigure("lin_logprob_r2_histogram", "LIN", "Token log-prob R² histogram",
+                "linearity/logprob_r2.json", f"rlvr linearity {LIN_EXP} trajectory.path=RUN/trajectory linearity.logprobs=true"),
+    PaperFigure("lin_weight_r2_heatmap", "LIN", "Mean weight R², module × layer (+ embedding / final norm / lm_head)",
+                "linearity/weights_r2.json with `heatmap`", f"rlvr linearity {LIN_EXP} trajectory.path=RUN/trajectory"),
+    PaperFigure("lin_weight_trajectories", "LIN", "Example weight trajectories with their fits",
+                "linearity/weights_r2.json with `examples`", f"rlvr linearity {LIN_EXP} trajectory.path=RUN/trajectory"),
+    PaperFigure("lin_token_trajectories", "LIN", "Example token log-prob trajectories with their fits",
+                "linearity/logprob_r2.json with `examples`",
+                f"rlvr linearity {LIN_EXP} trajectory.path=RUN/trajectory linearity.logprobs=true"),
+    PaperFigure("lin_robustness", "LIN", "Fig. 2: weight and log-prob R² across training settings",
+                "robustness.json, figures.robustness, or weights_r2.json/logprob_r2.json of >= 2 runs",
+                "rlvr linearity -m trajectory.path=RUN_A/trajectory,RUN_B/trajectory linearity.logprobs=true (one run per setting, GPU-scale for the paper)"),
+    PaperFigure("lin_weight_extrapolation", "LIN", "Fig. 5: weight extrapolation, accuracy vs target t′ per t₁",
+                "results.json with `weight_extrapolation` rows",
+                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.weight.pairs=[[0,300],[0,600],[0,1400]] "
+                "pipeline.weight.targets=[400,600,900,1200,1600,1800,2000] -m hydra/launcher=slurm_gpu (GPU)"),
+    PaperFigure("lin_table1", "LIN", "Table 1: logits extrapolation vs standard RL per benchmark",
+                "logits_extrapolation.json, or results.json with `logits_extrapolation` rows",
+                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.logits.pairs=[[200,1400]] "
+                "pipeline.logits.targets=[2000] benchmarks=[aime24,aime25,math500,livecodebench] -m hydra/launcher=slurm_gpu (GPU)"),
+    PaperFigure("lin_table2", "LIN", "Table 2: re-grounding at fixed real-step budgets",
+                *REGROUNDING_INPUTS),
+    PaperFigure("lin_fig6", "LIN", "Fig. 6: re-grounding efficiency (real steps to accuracy thresholds)",
+                *REGROUNDING_INPUTS),
+    PaperFigure("relex_explained_variance", "RELEX", "Finding 1: explained variance of rank r per tensor",
+                "linearity/lowrank.json, or extrapolate/extrapolation.json of RELEX",
+                f"rlvr linearity {RELEX_EXP} linearity.windows=[75,all]"),
+    PaperFigure("relex_rank1_coefficient", "RELEX", "Finding 2: rank-1 coefficient vs step, fit and held-out steps",
+                "linearity/lowrank.json with `coefficients`, or extrapolate/extrapolation.json of RELEX",
+                f"rlvr linearity {RELEX_EXP} linearity.coefficient_history=75"),
+    PaperFigure("relex_accuracy_vs_target", "RELEX", "Accuracy vs target step per T_cut, with the RLVR curve",
+                "results.json with `relex` rows",
+                f"rlvr pipeline {RELEX_EXP} extrapolate.windows=[25,50,75,100] extrapolate.history=null "
+                "extrapolate.targets=[125,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU)"),
+    PaperFigure("relex_ablations", "RELEX", "Rank and fit ablations",
+                "results.json `relex` rows with `rank`/`fit` keys (several values)",
+                f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,polynomial hydra/launcher=slurm_gpu (GPU)"),
+]
+BY_ID = {f.id: f for f in CATALOGUE}
+
+
+def render_readme(index: dict) -> str:
+    """The index as Markdown: made figures with their inputs, missing ones with their command."""
+    lines = ["# Paper figures and tables", "", f"Inputs: {', '.join(f'`{i}`' for i in index['inputs'])}", "",
+             "## Made", "", "| Paper | Figure | Outputs | From |", "| --- | --- | --- | --- |"]
+    for m in index["made"]:
+        title = m["title"] + (f" ({m['label']})" if m.get("label") else "")
+        lines.append(f"| {m['paper']} | {title} | {', '.join(f'`{o}`' for o in m['outputs'])} | "
+                     f"{', '.join(f'`{i}`' for i in m['inputs'])} |")
+    lines += ["", "## Missing (inputs not found)", "", "| Paper | Figure | Needs | Command |", "| --- | --- | --- | --- |"]
+    lines += [f"| {m['paper']} | {m['title']} | {m['needs']} | `{m['command']}` |" for m in index["missing"]]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(index: dict) -> None:
+    print(f"rlvr figures: {len(index['made'])} figure(s)/table(s) made, {len(index['missing'])} missing")
+    for m in index["made"]:
+        print(f"  made     {m['id']}{' (' + m['label'] + ')' if m.get('label') else ''}: {m['outputs'][0]}")
+    for m in index["missing"]:
+        print(f"  missing  {m['id']}: needs {m['needs']}\n           run: {m['command']}")
