@@ -345,8 +345,13 @@ def math_equal(pred: str | None, gold: str) -> bool:
         return any(math.isclose(x, g, rel_tol=1e-4) for g in (y, y / 100, y * 100))
     if not pred:
         return False
-    # bracket-insensitive string comparison
-    if re.sub(r"[{}()\[\]]", "", pred).lower() == re.sub(r"[{}()\[\]]", "", gold).lower():
+    # bracket-insensitive string comparison: outer brackets go when the gold does not open with the
+    # other kind ([0,1] matches [0,1) this way, as in RELEX's grader), then every ( ) { }
+    p, g = pred, gold
+    if (pred[0] == "[" and pred[-1] == "]" and not gold.startswith("(")) or \
+            (pred[0] == "(" and pred[-1] == ")" and not gold.startswith("[")):
+        p, g = p.strip("[]()"), g.strip("[]()")
+    if re.sub(r"[{}()]", "", p).lower() == re.sub(r"[{}()]", "", g).lower():
         return True
     # tuples and intervals element by element (same brackets), matrices cell by cell
     if pred[0] in "([" and pred[-1] in ")]" and pred[0] == gold[:1] and pred[-1] == gold[-1:]:
