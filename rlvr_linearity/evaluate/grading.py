@@ -280,11 +280,9 @@ def _worker_init(memory_bytes: int) -> None:
     except (ValueError, OSError):
         pass
     prepare_math_verify()
-    for text in _WARM_UP:  # the parser builds its prediction tables on first use: not in a timed item
-        _mv_parse(text)
 
 
-# Answers of the common shapes, parsed once when a worker starts.
+# Answers of the common shapes, parsed once per process (prepare_math_verify).
 _WARM_UP = ("$x^2+2x+1$", "\\boxed{(x+1)^2}", "$[1, 2)$", "\\boxed{(1, 2, 3)}", "$\\frac{1}{2}$", "\\boxed{2\\sqrt{2}}",
             "$\\{1,2\\}$", "\\boxed{y = 2x + 1}", "The answer is 42.")
 
@@ -313,6 +311,11 @@ def prepare_math_verify() -> None:
     if not getattr(converter.parse, "two_stage", False):
         converter.create_parser = _sll_first(converter.create_parser)
         converter.parse = _two_stage(converter.parse)
+        # once per process: the parser builds its prediction tables, and sympy its caches, on
+        # first use; not inside a timed answer
+        _grade_math_verify(_WARM_UP[0], "(x+1)^2")
+        for text in _WARM_UP[1:]:
+            _mv_parse(text)
 
 
 def _sll_first(create_parser):
