@@ -18,6 +18,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.evaluate.grading import GRADERS
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -230,6 +231,7 @@ class EvaluateConfig:
     models_dir: Optional[str] = MISSING
     date_from: Optional[str] = MISSING
     date_to: Optional[str] = MISSING
+    grader: Optional[str] = MISSING
     grading_timeout: float = MISSING
     grading_workers: int = MISSING
 
@@ -237,6 +239,7 @@ class EvaluateConfig:
         _require(self.max_problems is None or self.max_problems >= 1, f"{key}.max_problems",
                  f"{self.max_problems}: need at least 1")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size}: need at least 1")
+        _one_of(self.grader, f"{key}.grader", (None, *GRADERS))
         _require(self.grading_timeout > 0, f"{key}.grading_timeout", f"{self.grading_timeout}: need > 0 s")
         _require(self.grading_workers >= 0, f"{key}.grading_workers", f"{self.grading_workers} is negative")
 
@@ -338,6 +341,7 @@ class TrlTrainConfig:
     scale_rewards: str = MISSING
     weight_decay: float = MISSING
     grad_clip: float = MISSING
+    reward_grader: str = MISSING
     reward_timeout: float = MISSING
     reward_workers: int = MISSING
     seed: int = MISSING
@@ -348,6 +352,7 @@ class TrlTrainConfig:
         _check_common_train(self, key)
         _require(self.group_size >= 2, f"{key}.group_size", f"{self.group_size}: GRPO needs groups of at least 2")
         _require(self.reward_workers >= 0, f"{key}.reward_workers", f"{self.reward_workers} is negative")
+        _one_of(self.reward_grader, f"{key}.reward_grader", GRADERS)
 
 
 @dataclass
@@ -395,6 +400,7 @@ class VerlTrainConfig:
     loss_agg_mode: str = MISSING
     entropy_coeff: float = MISSING
     norm_adv_by_std: bool = MISSING
+    reward_grader: str = MISSING
     dataset: str = MISSING
     train_file: Optional[str] = MISSING
     val_dataset: Optional[str] = MISSING
@@ -428,6 +434,7 @@ class VerlTrainConfig:
         _one_of(self.backend, f"{key}.backend", ("verl",))
         _check_common_train(self, key)
         _one_of(self.lr_scheduler, f"{key}.lr_scheduler", ("constant", "cosine"))
+        _one_of(self.reward_grader, f"{key}.reward_grader", (*GRADERS, "verl_math"))
         _one_of(self.rollout.engine, f"{key}.rollout.engine", ("vllm", "sglang"))
         _one_of(self.resume_mode, f"{key}.resume_mode", ("auto", "disable", "resume_path"))
         _require(self.prompts_per_step % self.mini_batch_size == 0, f"{key}.mini_batch_size",

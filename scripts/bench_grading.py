@@ -1,6 +1,7 @@
 """Math grading throughput and adversarial robustness.
 
     python scripts/bench_grading.py [--n 2000] [--workers 2] [--timeout 5] [--per-problem 1] [--mix varied]
+                                    [--grader math_verify|lin|relex]
 
 Ordinary answers: a mix like real model output. `--mix varied` (default): integers (3/8 of the
 problems), fractions, radicals, polynomials, intervals/tuples and missing boxes; each sample
@@ -22,7 +23,7 @@ import os
 import random
 import time
 
-from rlvr_linearity.evaluate.grading import MathGrader
+from rlvr_linearity.evaluate.grading import GRADERS, MathGrader
 
 
 def _legacy(i: int, prob: random.Random, rng: random.Random, per_problem: int) -> tuple[str, str | None]:
@@ -115,9 +116,10 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--per-problem", type=int, default=1, help="samples per problem (8 ~ a GRPO group)")
     ap.add_argument("--mix", choices=("varied", "legacy"), default="varied")
+    ap.add_argument("--grader", choices=GRADERS, default="math_verify")
     ap.add_argument("--skip-adversarial", action="store_true")
     args = ap.parse_args()
-    grader = MathGrader(workers=args.workers, timeout=args.timeout)
+    grader = MathGrader(workers=args.workers, timeout=args.timeout, grader=args.grader)
     grader.grade(["\\boxed{\\frac12}"] * max(1, args.workers), ["0.5"] * max(1, args.workers))  # warm the workers
     resp, gold = ordinary(args.n, per_problem=args.per_problem, mix=args.mix)
     load = os.getloadavg()[0]
@@ -130,7 +132,7 @@ def main() -> None:
     grader.grade([resp[i] for i in sym], [gold[i] for i in sym])
     dt_sym = time.perf_counter() - t
     report = {
-        "ordinary": {"n": args.n, "mix": args.mix, "per_problem": args.per_problem, "workers": args.workers,
+        "ordinary": {"grader": args.grader, "n": args.n, "mix": args.mix, "per_problem": args.per_problem, "workers": args.workers,
                      "seconds": round(dt, 3), "answers_per_s": round(args.n / dt, 1), "cpu_seconds": round(cpu, 2),
                      "answers_per_cpu_s": round(args.n / max(cpu, 1e-9), 1), "load_avg_1m": round(load, 2),
                      "correct": sum(g.correct for g in grades),

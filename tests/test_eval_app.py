@@ -60,7 +60,10 @@ def test_responses_mode_and_resume(tmp_path, rlvr_cache):
     (part / "evaluate/arithmetic").mkdir(parents=True)
     text = (full / "evaluate/arithmetic/samples.jsonl").read_text().splitlines(keepends=True)
     (part / "evaluate/arithmetic/samples.jsonl").write_text("".join(text[:4]) + text[4][:10])
+    key = (full / "evaluate/arithmetic/samples.key.json").read_text()
+    (part / "evaluate/arithmetic/samples.key.json").write_text(key)
     assert evaluate(cfg, part)["arithmetic"] == m
+    assert (part / "evaluate/arithmetic/samples.jsonl").read_text() == "".join(text)
 
 
 def test_errors(tmp_path, rlvr_cache):
@@ -134,5 +137,81 @@ def test_sampled_resume_equals_uninterrupted(tmp_path, tiny_model_dir, rlvr_cach
     part.mkdir(parents=True)
     # first chunk complete, second chunk only partly written (torn), as after a crash
     part.joinpath("samples.jsonl").write_text("".join(full_lines[:6]) + full_lines[6][:7])
+    part.joinpath("samples.key.json").write_text((tmp_path / "full/evaluate/arithmetic/samples.key.json").read_text())
     assert evaluate(compose_cfg(*over), tmp_path / "part") == full
     assert part.joinpath("samples.jsonl").read_text() == "".join(full_lines)
+
+
+def test_stale_samples_are_never_reused(tmp_path, tiny_model_dir, rlvr_cache):
+    """Resume keys samples by model, responses, data, grader and sampling (issue 18, item 3)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_model_dir()
+    other = tmp_path / "other_model"  # another checkpoint: the same files, other weights
+    shutil.copytree(base, other)
+    weights = load_file(other / "model.safetensors")
+    torch.manual_seed(0)
+    save_file({k: v + 0.5 * torch.randn_like(v) for k, v in weights.items()}, other / "model.safetensors")
+    over = ["sampling.max_tokens=6", "sampling.n=2", "sampling.temperature=1.0", "evaluate.max_problems=4"]
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    evaluate(compose_cfg(f"evaluate.model={other}", *over), shared)
+    first = (shared / "evaluate/arithmetic/samples.jsonl").read_text()
+    later = evaluate(compose_cfg(f"evaluate.model={base}", *over), shared)  # into the other model's output_dir
+    assert later == evaluate(compose_cfg(f"evaluate.model={base}", *over), alone)
+    own = (alone / "evaluate/arithmetic/samples.jsonl").read_text()
+    assert own != first  # (else this test could not tell)
+    assert (shared / "evaluate/arithmetic/samples.jsonl").read_text() == own
+
+    # a corrected responses file is graded again
+    problems = load_benchmark("arithmetic", compose_cfg())
+    resp = tmp_path / "r.jsonl"
+    _write_responses(resp, [{"problem_id": p.problem_id, "response": "\\boxed{-1}"} for p in problems])
+    out = tmp_path / "graded"
+    assert evaluate(compose_cfg(f"evaluate.responses={resp}"), out)["arithmetic"]["accuracy"] == 0
+    _write_responses(resp, [{"problem_id": p.problem_id, "response": f"\\boxed{{{p.answer}}}"} for p in problems])
+    assert evaluate(compose_cfg(f"evaluate.responses={resp}"), out)["arithmetic"]["accuracy"] == 1
+
+
+def test_grader_selection_reaches_metrics_and_samples(tmp_path, rlvr_cache):
+    """evaluate.grader overrides the benchmark's grader: lin takes the first of two boxed answers."""
+    problems = load_benchmark("arithmetic", compose_cfg())
+    rows = [{"problem_id": p.problem_id, "response": f"first \\boxed{{{p.answer}}}, no, \\boxed{{{int(p.answer) + 1}}}"}
+            for p in problems]
+    resp = _write_responses(tmp_path / "r.jsonl", rows)
+    out = tmp_path / "out"
+    by = {g: evaluate(compose_cfg(f"evaluate.responses={resp}", f"evaluate.grader={g}"), out)["arithmetic"]
+          for g in ("math_verify", "lin", "relex")}
+    assert (by["lin"]["accuracy"], by["relex"]["accuracy"], by["math_verify"]["accuracy"]) == (1, 0, 0)
+    saved = json.loads((out / "evaluate/metrics.json").read_text())["arithmetic"]
+    assert saved["grader"] == "relex" and by["lin"]["grader"] == "lin"
+    line = json.loads((out / "evaluate/arithmetic/samples.jsonl").read_text().splitlines()[0])
+    assert line["extracted"] == str(int(problems[0].answer) + 1) and line["gold_extracted"] == problems[0].answer
+    with pytest.raises(Exception, match="unknown grader 'nope'"):
+        evaluate(compose_cfg(f"evaluate.responses={resp}", "evaluate.grader=nope"), tmp_path / "o")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "holds no responses"),
+    ('{"problem_id": "test-0", "response": "\\ud800"}\n', "lone surrogate"),
+    ('{"problem_id": "test-0", "response": "x", "deep": ' + "[" * 100000 + "]" * 100000 + "}\n", "nested too deeply"),
+])
+def test_bad_responses_files_are_one_line(tmp_path, content, message, rlvr_cache):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    r = subprocess.run([sys.executable, "-m", "rlvr_linearity", "evaluate", "logger=none", f"evaluate.responses={bad}",
+                        f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out/evaluate/metrics.json").exists()
+
+
+def test_no_samples_no_answers_no_nan(tmp_path, rlvr_cache):
+    with pytest.raises(EvaluationError, match="sampling.n must be >= 1"):
+        evaluate(compose_cfg("sampling.n=0", "evaluate.model=x"), tmp_path / "a")
+    data = tmp_path / "m.jsonl"
+    data.write_text(json.dumps({"problem": "1+1?", "solution": "2", "unique_id": "a"}) + "\n")
+    with pytest.raises(EvaluationError, match="row 0 has no answer"):
+        load_benchmark("math500", compose_cfg(f"evaluate.data_files.math500={data}"))
+    assert not (tmp_path / "a").exists()

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import TINY_RECIPE
 from safetensors.torch import load_file
 
-from rlvr_linearity.train.rewards import BoxedAnswerReward, boxed_integer_match
+from rlvr_linearity.train.rewards import BoxedAnswerReward
 
 # An easy task (9 distinct problems, answers 0..4) and a small recipe: SFT gets the format and
 # some answers right within seconds, so sampled rewards vary within groups.
@@ -66,14 +66,37 @@ def test_tokenizer_round_trip(tiny_dir):
 
 
 def test_rewards():
-    assert boxed_integer_match(["so \\boxed{3} no \\boxed{-4}", "\\boxed{3}", "3", "\\boxed{ 1 2}"],
-                               ["-4", "4", "3", "12"]) == [True, False, False, True]
-    reward = BoxedAnswerReward(exact=True)
-    completions = [[{"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{6}"]
-    assert reward(prompts=None, completions=completions, answer=["5", 5]) == [1.0, 0.0]
-    graded = BoxedAnswerReward(timeout=5.0, workers=1)  # the project's math grader
-    assert graded.grade_math is not None
-    assert graded(completions=completions + ["\\boxed{-3}", "no box"], answer=["5", "5", "-3", "1"]) == [1, 0, 1, 0]
+    completions = [[{"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{6}", "\\boxed{-3}", "no box",
+                   "\\boxed{1} or rather \\boxed{2}"]
+    answers = ["5", "5", "-3", "1", "1"]
+    graded = BoxedAnswerReward(timeout=5.0, workers=1)  # the evaluation's default grader
+    assert graded(completions=completions, answer=answers) == [1, 0, 1, 0, 0]
+    lin = BoxedAnswerReward(timeout=5.0, workers=1, grader="lin")  # LIN's: the first box
+    assert lin(completions=completions, answer=answers) == [1, 0, 1, 0, 1]
+    with pytest.raises(Exception, match="unknown grader"):
+        BoxedAnswerReward(grader="nope")
+
+
+@pytest.mark.parametrize("grader", ["math_verify", "lin", "relex"])
+def test_trl_trains_with_each_grader(grader, tiny_dir, rlvr_cache, tmp_path):
+    """One GRPO step per grader (train.reward_grader), in process."""
+    from hydra import compose, initialize_config_dir
+
+    from rlvr_linearity.cli import conf_dir
+    from rlvr_linearity.schemas import register_configs
+    from rlvr_linearity.train.trl_grpo import train_trl
+
+    register_configs()
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer=trl", "train.steps=1", "train.group_size=2", "train.prompts_per_step=2",
+                                          "train.max_completion_length=6", f"train.reward_grader={grader}",
+                                          f"paths.cache_dir={rlvr_cache}", "logger=none", *task, *tiny])
+    traj = train_trl(cfg, tmp_path)
+    assert (traj / "checkpoint-1" / "model.safetensors").is_file()
+    (row,) = [json.loads(line) for line in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]
+    assert 0 <= row["reward_mean"] <= 1
 
 
 def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):

@@ -83,8 +83,14 @@ def test_paper_presets_compose_and_validate(preset, math_files, tmp_path):
     assert v.trainer.default_local_dir == str((out / "trajectory").resolve())
     assert v.trainer.resume_mode == "auto"
     assert list(v.trainer.logger) == ["console", "file"]
-    assert v.reward.custom_reward_function.path == "pkg://rlvr_linearity.train.verl_reward"
-    assert v.reward.custom_reward_function.name == "compute_score"
+    if preset.startswith("paper/lin"):  # LIN trains with verl's own MATH reward (methods.md C1)
+        assert v.reward.custom_reward_function.path == "pkg://verl.utils.reward_score"
+        assert v.reward.custom_reward_function.name == "default_compute_score"
+        assert v.reward.custom_reward_function.reward_kwargs == {"data_source": "lighteval/MATH"}
+    else:
+        assert v.reward.custom_reward_function.path == "pkg://rlvr_linearity.train.verl_reward"
+        assert v.reward.custom_reward_function.name == "compute_score"
+        assert v.reward.custom_reward_function.reward_kwargs == {"grader": "math_verify"}
     assert v.algorithm.adv_estimator == "grpo"
     assert a.model.path == cfg.train.model
     assert v.trainer.nnodes * v.trainer.n_gpus_per_node >= 8
@@ -273,6 +279,27 @@ def test_reward_through_verl_loader_and_reward_manager(math_files, tmp_path):
         out = manager.loop.run_until_complete(manager.run_single(data))
         scores.append(out["reward_score"])
     assert scores == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("grader", ["lin", "relex", "verl_math"])
+def test_reward_grader_selects_the_training_reward(grader, math_files, tmp_path):
+    """train.reward_grader reaches verl: our graders through reward_kwargs, verl_math as verl's own
+    Hendrycks MATH reward (last box, string equality after strip_string: no sympy)."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/models/base", "train.dataset=deepscaler", f"train.reward_grader={grader}",
+               *_local_data(train))
+    fn = get_custom_reward_fn(_saved(vl.write_verl_config(cfg, tmp_path / "run")))
+    score = lambda text, gold: (lambda r: r["score"] if isinstance(r, dict) else r)(  # noqa: E731
+        fn(data_source="deepscaler", solution_str=text, ground_truth=gold, extra_info={}))
+    assert score("so \\boxed{1} then \\boxed{2}", "1") == (1.0 if grader == "lin" else 0.0)
+    assert score("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}") == 1.0
+    assert score("so \\boxed{\\sqrt{8}}", "2\\sqrt{2}") == (0.0 if grader == "verl_math" else 1.0)
+    assert score("so \\boxed{3}", "4") == 0.0
+    with pytest.raises(Exception, match="reward_grader"):
+        vl.write_verl_config(_cfg("trainer=verl", "train.model=/m", "train.dataset=deepscaler",
+                                  "train.reward_grader=nope", *_local_data(train)), tmp_path / "bad")
 
 
 # --------------------------------------------------------------------------- trajectory description

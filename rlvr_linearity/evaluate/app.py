@@ -2,12 +2,17 @@
 
 Samples are appended to `DIR/evaluate/<benchmark>/samples.jsonl` one problem at a time (all its
 samples together, fsynced), so an interrupted run resumes by skipping the problems already there
-and ends with the same metrics as an uninterrupted one. `metrics.json` is written atomically last.
+and ends with the same metrics as an uninterrupted one. `samples.key.json` beside it names what
+produced the samples (model identity, responses-file content, benchmark data, grader, sampling,
+prompt, engine): a run with anything different starts the benchmark afresh instead of reusing
+them. `metrics.json` is written atomically last, and never holds NaN.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.benchmarks import Problem, benchmark_spec, load_benchmark
 from rlvr_linearity.evaluate.metrics import benchmark_metrics, macro_average
 from rlvr_linearity.io import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model(cfg) -> str | None:
@@ -53,10 +60,81 @@ def read_responses(path) -> dict[str, list[dict]]:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
             raise EvaluationError(f"responses file {path}: line {i} is not JSON ({err.msg})") from None
+        except RecursionError:
+            raise EvaluationError(f"responses file {path}: line {i} is nested too deeply") from None
         if not isinstance(rec, dict) or "problem_id" not in rec or not isinstance(rec.get("response"), str):
             raise EvaluationError(f"responses file {path}: line {i} needs \"problem_id\" and a string \"response\"")
+        try:  # samples.jsonl is UTF-8: a lone surrogate (\ud800) cannot be written back
+            json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EvaluationError(f"responses file {path}: line {i} holds a lone surrogate (not valid Unicode)") from None
+        except RecursionError:
+            raise EvaluationError(f"responses file {path}: line {i} is nested too deeply") from None
         out.setdefault(str(rec["problem_id"]), []).append(rec)
+    if not out:
+        raise EvaluationError(f"responses file {path} holds no responses")
     return out
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(model: str | None) -> dict | None:
+    """What identifies a model's outputs: a local directory by its resolved path, every file's
+    name, size, mtime and inode, and the sampled content digest of its weights; a hub id by name."""
+    if model is None or not Path(model).is_dir():
+        return None if model is None else {"hub": model}
+    from rlvr_linearity.errors import RlvrError
+    from rlvr_linearity.trajectory.files import ModelFiles
+
+    root = Path(model).resolve()
+    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+                   for p in root.rglob("*") if p.is_file())
+    try:
+        weights = ModelFiles(root).sample_digest()
+    except RlvrError:  # not safetensors: the file list above still identifies it
+        weights = None
+    return {"path": str(root), "files": files, "weights": weights}
+
+
+def samples_key(name: str, problems: list[Problem], cfg, grader: str, model: dict | None) -> dict:
+    """Everything that decides a benchmark's samples and grades (see the module docstring)."""
+    ev = cfg.evaluate
+    return {
+        "benchmark": name,
+        "data": _digest([(p.problem_id, p.prompt, p.answer, p.meta) for p in problems]),
+        "grader": grader,
+        "model": model,
+        "responses": _file_digest(ev.responses) if ev.get("responses") else None,
+        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+        "prompt": ev.get("prompt"),
+        "batch_size": ev.get("batch_size"),
+        "engine": OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") is not None else None,
+    }
+
+
+def _start(bdir: Path, key: dict, resume: bool) -> None:
+    """Keep samples.jsonl only when resuming the very same evaluation; record its key."""
+    samples, key_path = bdir / "samples.jsonl", bdir / "samples.key.json"
+    try:
+        same = json.loads(key_path.read_text()) == json.loads(json.dumps(key, default=str))
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if samples.exists() and not (resume and same):
+        if resume:
+            log.warning("%s was written by a different model, responses file, data, grader or sampling: "
+                        "starting afresh", samples)
+        samples.unlink()
+    write_json_atomic(key_path, key)
 
 
 def _read_done(path: Path) -> dict[str, list[dict]]:
@@ -89,7 +167,14 @@ def _drop_problems(path: Path, drop: set[str]) -> None:
     os.replace(tmp, path)
 
 
-def grade(problems: list[Problem], responses: list[list[str]], cfg) -> list[list[dict]]:
+def grader_name(name: str, cfg) -> str:
+    """The grader of a math benchmark: `evaluate.grader`, else the benchmark's `grader:`."""
+    from rlvr_linearity.evaluate.grading import DEFAULT_GRADER, check_grader
+
+    return check_grader(cfg.evaluate.get("grader") or benchmark_spec(name).get("grader") or DEFAULT_GRADER)
+
+
+def grade(problems: list[Problem], responses: list[list[str]], cfg, grader: str = "math_verify") -> list[list[dict]]:
     """Sample records (without problem_id/sample) for each problem's responses."""
     ev = cfg.evaluate
     flat = [(p, r) for p, rs in zip(problems, responses) for r in rs]
@@ -100,9 +185,11 @@ def grade(problems: list[Problem], responses: list[list[str]], cfg) -> list[list
         from rlvr_linearity.evaluate.grading import grade_math
 
         grades = grade_math([r for _, _, r in math], [p.answer or "" for _, p, _ in math],
-                            timeout=float(ev.get("grading_timeout", 5.0)), workers=int(ev.get("grading_workers", 2)))
+                            timeout=float(ev.get("grading_timeout", 5.0)), workers=int(ev.get("grading_workers", 2)),
+                            grader=grader)
         for (i, _, _), g in zip(math, grades):
-            recs[i] = {"extracted": g.extracted, "correct": g.correct, "status": g.status}
+            recs[i] = {"extracted": g.extracted, "gold_extracted": g.gold_extracted, "correct": g.correct,
+                       "status": g.status}
     code = [(i, p, r) for i, (p, r) in enumerate(flat) if p.type == "code"]
     if code:
         from rlvr_linearity.evaluate.sandbox import grade_code
@@ -116,18 +203,18 @@ def grade(problems: list[Problem], responses: list[list[str]], cfg) -> list[list
     return out  # type: ignore[return-value]
 
 
-def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
+def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: dict | None = None) -> dict:
     problems = load_benchmark(name, cfg)
     if not problems:
         raise EvaluationError(f"benchmark {name}: no problems to evaluate")
+    grader = grader_name(name, cfg) if problems[0].type == "math" else "sandbox"
+    given = read_responses(cfg.evaluate.responses) if cfg.evaluate.get("responses") else None
     bdir = out_root / "evaluate" / name
     bdir.mkdir(parents=True, exist_ok=True)
     samples_path = bdir / "samples.jsonl"
-    if not cfg.evaluate.get("resume", True) and samples_path.exists():
-        samples_path.unlink()
+    _start(bdir, samples_key(name, problems, cfg, grader, model), bool(cfg.evaluate.get("resume", True)))
     done = _read_done(samples_path)
     n = int(cfg.sampling.n)
-    given = read_responses(cfg.evaluate.responses) if cfg.evaluate.get("responses") else None
     if given is not None:
         known = {p.problem_id for p in problems}
         unknown = [pid for pid in given if pid not in known]
@@ -172,7 +259,7 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
                             "seed": int(cfg.sampling.get("seed", 0) or 0) + start}
                 responses = engine.generate([render(template, p, tok) for p in batch], sampling)
                 extras = [[{} for _ in rs] for rs in responses]
-            graded = grade(batch, responses, cfg)
+            graded = grade(batch, responses, cfg, grader)
             lines = []
             for p, rs, gs, xs in zip(batch, responses, graded, extras):
                 for k, (r, g, x) in enumerate(zip(rs, gs, xs)):
@@ -185,8 +272,11 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory) -> dict:
             os.fsync(f.fileno())
             bar.update(len(batch))
     ids = [p.problem_id for p in problems if p.problem_id in done]
+    if not ids:
+        raise EvaluationError(f"benchmark {name}: nothing was graded")
     seed = int(cfg.sampling.get("seed", 0) or 0)
-    return benchmark_metrics({pid: [bool(r["correct"]) for r in done[pid]] for pid in ids}, seed=seed)
+    metrics = benchmark_metrics({pid: [bool(r["correct"]) for r in done[pid]] for pid in ids}, seed=seed)
+    return {**metrics, "grader": grader}
 
 
 def evaluate(cfg, out_dir) -> dict:
@@ -194,7 +284,10 @@ def evaluate(cfg, out_dir) -> dict:
     out_dir = Path(out_dir)
     names = list(cfg.benchmarks)
     for name in names:
-        benchmark_spec(name)  # unknown benchmark: fail before any work
+        benchmark_spec(name)  # unknown benchmark (or grader): fail before any work
+        grader_name(name, cfg)
+    if int(cfg.sampling.n) < 1:
+        raise EvaluationError(f"sampling.n must be >= 1, got {cfg.sampling.n}")
     model = None if cfg.evaluate.get("responses") else resolve_model(cfg)
     if cfg.evaluate.get("responses") is None and cfg.engine.get("name", "hf") != "logits_extrapolation" and not model:
         raise EvaluationError("no model given: set evaluate.model=PATH, evaluate.step=N or evaluate.responses=FILE")
@@ -207,9 +300,17 @@ def evaluate(cfg, out_dir) -> dict:
             engine.append(make_engine(cfg, model))
         return engine[0]
 
-    metrics = {name: evaluate_benchmark(name, cfg, out_dir, factory) for name in names}
+    ident = model_identity(model)
+    if ident is not None and cfg.evaluate.get("step") is not None:
+        ident["step"] = int(cfg.evaluate.step)
+    metrics = {name: evaluate_benchmark(name, cfg, out_dir, factory, ident) for name in names}
     if len(names) > 1:
         metrics["macro_average"] = macro_average(metrics)
+    try:
+        json.dumps(metrics, allow_nan=False)
+    except ValueError:
+        raise EvaluationError(f"metrics of {', '.join(names)} hold NaN (nothing was graded): "
+                              f"not writing {out_dir / 'evaluate' / 'metrics.json'}") from None
     (out_dir / "evaluate").mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "evaluate" / "metrics.json", metrics)
     return metrics

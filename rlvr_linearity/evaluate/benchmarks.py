@@ -104,11 +104,15 @@ def _humaneval_rows() -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _gold(spec: dict, row: dict, name: str) -> str:
-    raw = row.get(spec["fields"]["answer"])
+def _gold(spec: dict, row: dict, name: str, i: int) -> str:
+    """The gold answer of row `i`; a row without one is an error (it would grade every answer wrong)."""
+    key = spec["fields"]["answer"]
+    raw = row.get(key)
     if isinstance(raw, (list, tuple)):
         raw = ", ".join(str(x) for x in raw)
     raw = "" if raw is None else str(raw)
+    if not raw.strip():
+        raise EvaluationError(f"benchmark {name}: row {i} has no answer (field {key!r})")
     how = spec.get("answer_from", "field")
     if how == "boxed":
         got = extract_boxed(raw)
@@ -212,5 +216,5 @@ def _problems(name: str, spec: dict, rows: list[dict]) -> list[Problem]:
             text = str(row[fields["problem"]])
         except KeyError:
             raise EvaluationError(f"benchmark {name}: row {i} has no field {fields['problem']!r}") from None
-        out.append(Problem(pid, text, text + LIN_INSTRUCTION, _gold(spec, row, name), "math"))
+        out.append(Problem(pid, text, text + LIN_INSTRUCTION, _gold(spec, row, name, i), "math"))
     return out

@@ -17,8 +17,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def _bootstrap_ci(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float]:
     """Percentile 95% interval of the mean over problems (resampled with replacement)."""
-    if not values:
-        return [float("nan"), float("nan")]
     rng = random.Random(seed)
     m = len(values)
     means = sorted(sum(values[rng.randrange(m)] for _ in range(m)) / m for _ in range(n_boot))
@@ -29,12 +27,12 @@ def benchmark_metrics(correct_by_problem: dict[str, list[bool]], n_boot: int = 1
     """Metrics of one benchmark from each problem's per-sample correctness.
 
     `accuracy` == `avg@n` (mean over problems of the fraction of correct samples); pass@k for
-    every k up to the smallest sample count.
+    every k up to the smallest sample count. No samples at all is a ValueError (metrics of
+    nothing would be NaN, which metrics.json must never hold).
     """
     counts = [(len(v), sum(bool(x) for x in v)) for v in correct_by_problem.values() if v]
     if not counts:
-        return {"n_problems": 0, "n_samples": 0, "accuracy": float("nan"), "pass@k": {}, "avg@n": float("nan"),
-                "accuracy_ci95": [float("nan"), float("nan")]}
+        raise ValueError("no graded samples")
     per_problem = [c / n for n, c in counts]
     avg = sum(per_problem) / len(per_problem)
     k_max = min(n for n, _ in counts)
@@ -49,11 +47,9 @@ def benchmark_metrics(correct_by_problem: dict[str, list[bool]], n_boot: int = 1
 
 
 def macro_average(per_benchmark: dict[str, dict]) -> dict:
-    """Unweighted mean of accuracy and pass@1 over benchmarks."""
-    accs = [m["accuracy"] for m in per_benchmark.values() if m.get("n_problems")]
-    p1 = [m["pass@k"]["1"] for m in per_benchmark.values() if m.get("n_problems") and "1" in m["pass@k"]]
-    return {
-        "n_benchmarks": len(accs),
-        "accuracy": sum(accs) / len(accs) if accs else float("nan"),
-        "pass@1": sum(p1) / len(p1) if p1 else float("nan"),
-    }
+    """Unweighted mean of accuracy and pass@1 over benchmarks (every one has samples)."""
+    accs = [m["accuracy"] for m in per_benchmark.values()]
+    p1 = [m["pass@k"]["1"] for m in per_benchmark.values()]
+    if not accs:
+        raise ValueError("no benchmarks to average")
+    return {"n_benchmarks": len(accs), "accuracy": sum(accs) / len(accs), "pass@1": sum(p1) / len(p1)}

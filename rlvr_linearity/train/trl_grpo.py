@@ -190,7 +190,8 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
         logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
         report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
         disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
-    reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)))
+    reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)),
+                               grader=str(t.reward_grader))
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
                           callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])

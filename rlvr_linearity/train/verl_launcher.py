@@ -33,6 +33,25 @@ CONFIG_NAME = "verl_config"
 REQUIRED_SAVE_CONTENTS = ("model", "optimizer", "extra", "hf_model")
 # Imported by name (not by file path) so its process-pool workers can unpickle the grader.
 REWARD_MODULE = "pkg://rlvr_linearity.train.verl_reward"
+# `train.reward_grader=verl_math`: verl's own Hendrycks MATH reward, as LIN trained (docs/methods.md
+# §C1): `default_compute_score` routes data_source "lighteval/MATH" to `math_reward.compute_score`.
+VERL_MATH_REWARD = ("pkg://verl.utils.reward_score", "default_compute_score", "lighteval/MATH")
+
+
+def reward_overrides(grader: str) -> dict:
+    """verl overrides that select the training reward: one of our graders, or verl's MATH reward."""
+    key = "reward.custom_reward_function"
+    if grader == "verl_math":
+        path, name, source = VERL_MATH_REWARD
+        # reward_kwargs win over verl's call-time kwargs: every row (validation too) is graded as MATH
+        return {f"{key}.path": path, f"{key}.name": name, f"+{key}.reward_kwargs.data_source": source}
+    from rlvr_linearity.evaluate.grading import check_grader
+
+    try:
+        check_grader(grader)
+    except ConfigError:
+        raise ConfigError(f"unknown train.reward_grader {grader!r} (math_verify, lin, relex or verl_math)") from None
+    return {f"{key}.path": REWARD_MODULE, f"{key}.name": "compute_score", f"+{key}.reward_kwargs.grader": grader}
 
 
 def format_value(value) -> str:
@@ -145,8 +164,7 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "actor_rollout_ref.rollout.val_kwargs.do_sample": bool(ro.val_do_sample),
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": int(ro.log_prob_micro_batch_size_per_gpu),
         "actor_rollout_ref.ref.fsdp_config.param_offload": True,
-        "reward.custom_reward_function.path": REWARD_MODULE,
-        "reward.custom_reward_function.name": "compute_score",
+        **reward_overrides(str(t.reward_grader)),
         "trainer.total_training_steps": int(t.steps),
         "trainer.save_freq": save_every,
         "trainer.test_freq": int(t.test_freq),
