@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from rlvr_linearity.paths import conf_dir
-from rlvr_linearity.errors import ConfigError, RlvrError
+from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.extrapolate import relex
 from rlvr_linearity.extrapolate.app import extrapolate
 from rlvr_linearity.extrapolate.weight import is_norm

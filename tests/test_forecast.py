@@ -154,7 +154,7 @@ def test_forecaster_schedule_relex_output_keep_and_final(tmp_path):
     assert [f["observed_step"] for f in kept] == [6]
     assert kept[0]["rel_error"] < 0.01 < kept[0]["rel_error_observed"]  # linear drift: RELEX nails it
     assert by[10]["forecast/final_rel_error"] == kept[0]["rel_error"]
-    assert [e[1].name for e in evals] == ["eval_forecast", "eval_forecast", f"actual_10"]
+    assert [e[1].name for e in evals] == ["eval_forecast", "eval_forecast", "actual_10"]
     assert json.loads((root / "weights_r2.json").read_text())["steps"] == [0, *tt.steps]
 
 

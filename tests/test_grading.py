@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from rlvr_linearity.evaluate.grading import GRADERS, MathGrader, extract_boxed, find_boxed, grade_math
+from rlvr_linearity.evaluate.answers import extract_boxed, find_boxed
+from rlvr_linearity.evaluate.grading import GRADERS, MathGrader, grade_math
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,6 @@ def test_grade_math_equivalences():
 def test_timeout_gives_verdict_and_pool_recovers():
     grader = MathGrader(workers=1, timeout=1.0)
     try:
-        import rlvr_linearity.evaluate.grading as g
 
         start = time.monotonic()
         fut = grader._pool.schedule(time.sleep, args=(30,), timeout=0.5)

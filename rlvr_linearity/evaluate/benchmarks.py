@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import EvaluationError
-from rlvr_linearity.evaluate.grading import extract_boxed
+from rlvr_linearity.evaluate.answers import extract_boxed
 from rlvr_linearity.evaluate.prompts import LIN_INSTRUCTION
 
 

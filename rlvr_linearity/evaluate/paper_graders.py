@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 
-from rlvr_linearity.evaluate.grading import find_boxed
+from rlvr_linearity.evaluate.answers import find_boxed
 
 # --- shared: Hendrycks MATH normalisation --------------------------------------------------------
 

@@ -64,7 +64,7 @@ def _short_answer(src: HubSource, rec: dict, name: str, index: int) -> str:
     if src.answer_key and rec.get(src.answer_key) not in (None, ""):
         return str(rec[src.answer_key])
     if src.solution_key:
-        from rlvr_linearity.evaluate.grading import extract_boxed
+        from rlvr_linearity.evaluate.answers import extract_boxed
 
         boxed = extract_boxed(str(rec.get(src.solution_key, "")))
         if boxed is not None:
