@@ -95,22 +95,16 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
     t = cfg.train
     if OmegaConf.is_missing(t, "model") or t.model in (None, "tiny"):
         raise ConfigError("trainer=verl needs train.model: a model directory or hub id (the base, step 0)")
-    save_every = int(t.save_every)
-    if save_every < 1:
-        raise ConfigError(f"train.save_every must be >= 1 (got {save_every}): verl saves nothing otherwise")
-    contents = list(t.save_contents or REQUIRED_SAVE_CONTENTS)
-    missing = [c for c in REQUIRED_SAVE_CONTENTS if c not in contents]
-    if missing:
-        raise ConfigError(f"train.save_contents must include {missing}: the trajectory needs them")
-    nodes, gpus = cluster_shape(t)
-    traj = (Path(out_dir) / "trajectory").resolve()
-    beta = float(t.beta)
-    dyn = bool(t.use_dynamic_bsz)
-    loggers = ["console", "file"]
-    if cfg.logger.backend == "wandb":
-        loggers.append("wandb")
-    ro = t.rollout
-    ov = {
+    ov = {**_data_overrides(cfg, train_file, val_file), **_actor_overrides(cfg), **_rollout_overrides(t),
+          **reward_overrides(str(t.reward_grader)), **_trainer_overrides(cfg, out_dir)}
+    if cfg.forecast.enabled:  # live forecasting after each save (verl v1 trainer hook)
+        ov["trainer.checkpoint_callback_class"] = "rlvr_linearity.forecast.hooks.VerlForecastCallback"
+    return [f"{k}={format_value(v)}" for k, v in ov.items()] + [str(o) for o in (t.overrides or [])]
+
+
+def _data_overrides(cfg, train_file: Path, val_file: Path) -> dict:
+    t = cfg.train
+    return {
         "algorithm.adv_estimator": "grpo",
         "algorithm.norm_adv_by_std_in_grpo": bool(t.norm_adv_by_std),
         "algorithm.use_kl_in_reward": False,
@@ -123,6 +117,19 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "data.truncation": "error",
         "data.seed": int(cfg.seed),
         "data.trust_remote_code": bool(cfg.trajectory.trust_remote_code),
+    }
+
+
+def _actor_overrides(cfg) -> dict:
+    """The policy: model loading, optimiser, PPO/GRPO loss, FSDP and what each checkpoint holds."""
+    t = cfg.train
+    contents = list(t.save_contents or REQUIRED_SAVE_CONTENTS)
+    missing = [c for c in REQUIRED_SAVE_CONTENTS if c not in contents]
+    if missing:
+        raise ConfigError(f"train.save_contents must include {missing}: the trajectory needs them")
+    beta = float(t.beta)
+    dyn = bool(t.use_dynamic_bsz)
+    return {
         "actor_rollout_ref.model.path": str(t.model),
         "actor_rollout_ref.model.use_remove_padding": bool(t.use_remove_padding),
         "actor_rollout_ref.model.enable_gradient_checkpointing": bool(t.gradient_checkpointing),
@@ -149,6 +156,12 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "actor_rollout_ref.actor.fsdp_config.param_offload": bool(t.param_offload),
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload": bool(t.optimizer_offload),
         "actor_rollout_ref.actor.checkpoint.save_contents": contents,
+    }
+
+
+def _rollout_overrides(t) -> dict:
+    ro = t.rollout
+    return {
         "actor_rollout_ref.rollout.name": str(ro.engine),
         "actor_rollout_ref.rollout.n": int(t.group_size),
         "actor_rollout_ref.rollout.temperature": float(t.temperature),
@@ -164,7 +177,21 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "actor_rollout_ref.rollout.val_kwargs.do_sample": bool(ro.val_do_sample),
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": int(ro.log_prob_micro_batch_size_per_gpu),
         "actor_rollout_ref.ref.fsdp_config.param_offload": True,
-        **reward_overrides(str(t.reward_grader)),
+    }
+
+
+def _trainer_overrides(cfg, out_dir: Path) -> dict:
+    """Steps, checkpoints (every save_every, into DIR/trajectory), resume, loggers, cluster shape."""
+    t = cfg.train
+    save_every = int(t.save_every)
+    if save_every < 1:
+        raise ConfigError(f"train.save_every must be >= 1 (got {save_every}): verl saves nothing otherwise")
+    nodes, gpus = cluster_shape(t)
+    traj = (Path(out_dir) / "trajectory").resolve()
+    loggers = ["console", "file"]
+    if cfg.logger.backend == "wandb":
+        loggers.append("wandb")
+    return {
         "trainer.total_training_steps": int(t.steps),
         "trainer.save_freq": save_every,
         "trainer.test_freq": int(t.test_freq),
@@ -180,9 +207,6 @@ def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list
         "trainer.n_gpus_per_node": gpus,
         "trainer.critic_warmup": 0,
     }
-    if cfg.forecast.enabled:  # live forecasting after each save (verl v1 trainer hook)
-        ov["trainer.checkpoint_callback_class"] = "rlvr_linearity.forecast.hooks.VerlForecastCallback"
-    return [f"{k}={format_value(v)}" for k, v in ov.items()] + [str(o) for o in (t.overrides or [])]
 
 
 @contextmanager
