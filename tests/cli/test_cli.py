@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FIXTURES
 
 from rlvr_linearity import cli
 from rlvr_linearity.errors import TrajectoryError
@@ -68,7 +69,7 @@ def test_demo_pipeline_dry_run_lists_stages_and_runs_nothing(tmp_path):
 
 
 def test_everything_a_run_writes_is_under_output_dir(tmp_path):
-    fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "figures")
+    fixtures = str(FIXTURES / "figures")
     res = rlvr("figures", "logger=none", f"figures.inputs=[{fixtures}]", "figures.pdf=false",
                f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]

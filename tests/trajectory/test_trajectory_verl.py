@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model_dir
+from conftest import TESTS, make_tiny_model_dir
 from rlvr_linearity.errors import TrajectoryError
 from rlvr_linearity.trajectory import open_trajectory
 
 pytestmark = pytest.mark.verl
 pytest.importorskip("verl")
 
-WRITER = Path(__file__).with_name("verl_tree_writer.py")
+WRITER = TESTS / "verl_tree_writer.py"
 
 
 def write_tree(root: Path, *, tied: bool, world_size: int, hf_model: bool, steps, port: int, fsdp2=False, vocab=320):

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RECIPE
+from conftest import REPO_ROOT, TINY_RECIPE, compose_config
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.train import regrounding as rg
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 # 30 distinct a+b problems (0..5): 24 train, 6 test. The test_train_trl recipe: SFT gets the format
 # and some answers right within seconds, so sampled rewards vary within groups.
 TASK = {"name": "arithmetic", "seed": 3, "n_train": 24, "n_test": 6, "min_terms": 2, "max_terms": 2,
@@ -41,13 +41,7 @@ def _overrides(stage_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from rlvr_linearity.schemas import register_configs
-
-    register_configs()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("pipeline", overrides=overrides)
+    return compose_config("pipeline", *overrides, validate=False)
 
 
 # -- pure pieces ------------------------------------------------------------------------------------

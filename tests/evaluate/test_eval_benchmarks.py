@@ -1,18 +1,15 @@
 """Every registered benchmark loads from its local fixture (hub format) and grades end to end."""
 
 import json
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import FIXTURES, compose_config
 
-from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.app import evaluate
 from rlvr_linearity.evaluate.benchmarks import available, load_benchmark
-from rlvr_linearity.schemas import register_configs
 
-FIX = Path(__file__).parent / "fixtures" / "benchmarks"
+FIX = FIXTURES / "benchmarks"
 MATH = ["aime24", "aime25", "aime26", "amc23", "gsm8k", "hmmt_feb_2025", "math500", "minerva_math",
         "olympiadbench", "relex_math"]
 GOLDS = {"math500": ["2", "\\frac{1}{2}", "2"], "gsm8k": ["7", "1000"], "relex_math": ["5", "3\\sqrt{2}"],
@@ -21,9 +18,7 @@ IDS = {"math500": "test/algebra/1.json", "aime24": "60", "livecodebench": "abc00
 
 
 def compose_cfg(*overrides):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("evaluate", overrides=["logger=none", *overrides])
+    return compose_config("evaluate", "logger=none", *overrides, validate=False)
 
 
 def test_registry_complete():

@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_trajectory
+from conftest import REPO_ROOT, compose_config, make_trajectory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 class FakeTracker:
@@ -186,23 +186,18 @@ def test_verl_config_names_the_callback_when_enabled(enabled, tmp_path, monkeypa
     """`rlvr train trainer=verl forecast.enabled=true`: verl's composed and validated config names
     VerlForecastCallback as trainer.checkpoint_callback_class (null otherwise); trl gets no hook."""
     pytest.importorskip("verl")
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.forecast.hooks import trl_callbacks
-    from rlvr_linearity.schemas import register_configs
     from rlvr_linearity.train.verl_launcher import write_verl_config
 
     monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"problem": f"Compute {i} + {i}.", "answer": str(2 * i)}) + "\n"
                              for i in range(20)))
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["logger=none", "trainer=verl", "train.model=/models/base",
-                                          "train.dataset=deepscaler", f"train.train_file={train}", "train.val_size=4",
-                                          "train.val_dataset=null", f"forecast.enabled={str(enabled).lower()}"])
+    cfg = compose_config("train", "logger=none", "trainer=verl", "train.model=/models/base", "train.dataset=deepscaler",
+                         f"train.train_file={train}", "train.val_size=4", "train.val_dataset=null",
+                         f"forecast.enabled={str(enabled).lower()}")
     v = OmegaConf.load(write_verl_config(cfg, tmp_path / "run"))
     want = "rlvr_linearity.forecast.hooks.VerlForecastCallback" if enabled else None
     assert v.trainer.checkpoint_callback_class == want

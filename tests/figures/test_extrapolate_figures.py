@@ -1,20 +1,15 @@
 """RELEX figures from a real extrapolation.json and from accuracy lists."""
 
-from conftest import make_trajectory
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, make_trajectory
 
-from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.extrapolate.app import extrapolate
 from rlvr_linearity.figures import extrapolation as fx
-from rlvr_linearity.schemas import register_configs
 
 
 def test_relex_figures(tmp_path, rlvr_cache):
     tt = make_trajectory(tmp_path / "t", "step", (1, 2, 4, 7), noise=1e-3)
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("extrapolate", overrides=["logger=none", f"trajectory.path={tt.path}", f"trajectory.base={tt.base}",
-                                                "extrapolate.windows=[4,7]", "extrapolate.targets=[10,14]"])
+    cfg = compose_config("extrapolate", "logger=none", f"trajectory.path={tt.path}", f"trajectory.base={tt.base}",
+                         "extrapolate.windows=[4,7]", "extrapolate.targets=[10,14]")
     res = extrapolate(cfg, tmp_path / "out")
     made = fx.extrapolation_figures(tmp_path / "fig", res)
     assert set(made) == {"relex_explained_variance", "relex_coefficient"}

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
 
 

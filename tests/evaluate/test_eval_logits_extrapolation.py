@@ -4,7 +4,7 @@ mixed distribution == a direct float64 computation; row dropping == a cache-free
 import numpy as np
 import pytest
 import torch
-from conftest import greedy_generate
+from conftest import compose_config, greedy_generate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr_linearity.evaluate.engines.logits import LogitsExtrapolationEngine
@@ -91,17 +91,10 @@ def test_sampling_shapes_and_seed(pair):
 
 
 def test_evaluate_with_logits_engine(pair, tmp_path, rlvr_cache):
-    from hydra import compose, initialize_config_dir
-
-    from rlvr_linearity.paths import conf_dir
     from rlvr_linearity.evaluate.app import evaluate
-    from rlvr_linearity.schemas import register_configs
 
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("evaluate", overrides=["logger=none", "engine=logits_extrapolation",
-                                             f"engine.models=[{pair[0]},{pair[1]}]", "engine.alpha=0.5",
-                                             "engine.device=cpu", "evaluate.max_problems=2", "sampling.max_tokens=4"])
+    cfg = compose_config("evaluate", "logger=none", "engine=logits_extrapolation", f"engine.models=[{pair[0]},{pair[1]}]",
+                         "engine.alpha=0.5", "engine.device=cpu", "evaluate.max_problems=2", "sampling.max_tokens=4")
     m = evaluate(cfg, tmp_path)["arithmetic"]
     assert m["n_problems"] == 2 and m["n_samples"] == 2
 

@@ -13,20 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_trajectory
-from hydra import compose, initialize_config_dir
+from conftest import REPO_ROOT, compose_config, make_trajectory
 from safetensors.torch import load_file
 
-from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.extrapolate import relex
 from rlvr_linearity.extrapolate.app import extrapolate
 from rlvr_linearity.extrapolate.weight import is_norm
 from rlvr_linearity.linearity import gram
-from rlvr_linearity.schemas import register_configs
 
 STEPS = (1, 2, 4, 7, 8, 12)  # gaps
-ROOT_DIR = Path(__file__).resolve().parent.parent
+ROOT_DIR = REPO_ROOT
 
 
 def compose_for(root, *overrides, group="relex"):
@@ -35,10 +32,8 @@ def compose_for(root, *overrides, group="relex"):
 
 
 def cfg_for(tt, *overrides, group="relex"):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("extrapolate", overrides=["logger=none", f"extrapolate={group}", f"trajectory.path={tt.path}",
-                                                 f"trajectory.base={tt.base}", *overrides])
+    return compose_config("extrapolate", "logger=none", f"extrapolate={group}", f"trajectory.path={tt.path}",
+                          f"trajectory.base={tt.base}", *overrides, validate=False)
 
 
 def ref_relex(tt, steps, target, rank=1, fit="linear", degree=2, mode="extrapolate"):

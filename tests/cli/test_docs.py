@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 TEXT_SUFFIXES = {".md", ".py", ".yaml", ".yml", ".toml", ".ipynb", ".sh", ".sbatch", ".txt", ".cfg"}
 TEXT_NAMES = {"Makefile", "run"}
 SKIP_DIRS = {".git", ".venv", "outputs", "logs", "__pycache__", ".pytest_cache"}

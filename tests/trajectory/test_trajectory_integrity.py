@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_trajectory
+from conftest import REPO_ROOT, make_trajectory
 from safetensors import safe_open
 
 from rlvr_linearity.errors import TrajectoryError
 from rlvr_linearity.trajectory import open_trajectory
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 NAME = "model.layers.0.self_attn.v_proj.weight"
 
 

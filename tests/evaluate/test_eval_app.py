@@ -5,19 +5,15 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
-from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import EvaluationError
 from rlvr_linearity.evaluate.app import evaluate
 from rlvr_linearity.evaluate.benchmarks import load_benchmark
-from rlvr_linearity.schemas import register_configs
 
 
 def compose_cfg(*overrides):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("evaluate", overrides=["logger=none", "task.n_test=6", *overrides])
+    return compose_config("evaluate", "logger=none", "task.n_test=6", *overrides, validate=False)
 
 
 def _write_responses(path, rows):

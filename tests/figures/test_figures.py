@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import FIXTURES, REPO_ROOT
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.figures import linearity as lin
@@ -23,8 +24,8 @@ from rlvr_linearity.figures.catalogue import CATALOGUE
 from rlvr_linearity.figures.discover import discover, load_json, merge_results, results_from_evaluations
 from rlvr_linearity.figures.regenerate import regenerate
 
-FIX = Path(__file__).parent / "fixtures" / "figures"
-REPO = Path(__file__).resolve().parents[1]
+FIX = FIXTURES / "figures"
+REPO = REPO_ROOT
 
 
 def assert_nontrivial_png(path, min_colours: int = 8):

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE
+from conftest import REPO_ROOT, TINY_RECIPE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 SMALL = [
     "task.n_train=12", "task.n_test=8", "task.max_operand=4", "task.seed=3",

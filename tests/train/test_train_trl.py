@@ -4,12 +4,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
-from conftest import TINY_RECIPE
+from conftest import REPO_ROOT, TINY_RECIPE, compose_config
 from safetensors.torch import load_file
 
 from rlvr_linearity.train.rewards import BoxedAnswerReward
@@ -19,7 +18,7 @@ from rlvr_linearity.train.rewards import BoxedAnswerReward
 TASK = {"name": "arithmetic", "seed": 3, "n_train": 7, "n_test": 2, "min_terms": 2, "max_terms": 2,
         "min_operand": 0, "max_operand": 2, "operators": ["+"]}
 RECIPE = {**TINY_RECIPE, "sft_batch_size": 7}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def _cfg(cache):
@@ -80,19 +79,13 @@ def test_rewards():
 @pytest.mark.parametrize("grader", ["math_verify", "lin", "relex"])
 def test_trl_trains_with_each_grader(grader, tiny_dir, rlvr_cache, tmp_path):
     """One GRPO step per grader (train.reward_grader), in process."""
-    from hydra import compose, initialize_config_dir
-
-    from rlvr_linearity.cli import conf_dir
-    from rlvr_linearity.schemas import register_configs
     from rlvr_linearity.train.trl_grpo import train_trl
 
-    register_configs()
     task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
     tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer=trl", "train.steps=1", "train.group_size=2", "train.prompts_per_step=2",
-                                          "train.max_completion_length=6", f"train.reward_grader={grader}",
-                                          f"paths.cache_dir={rlvr_cache}", "logger=none", *task, *tiny])
+    cfg = compose_config("train", "trainer=trl", "train.steps=1", "train.group_size=2", "train.prompts_per_step=2",
+                         "train.max_completion_length=6", f"train.reward_grader={grader}",
+                         f"paths.cache_dir={rlvr_cache}", "logger=none", *task, *tiny)
     traj = train_trl(cfg, tmp_path)
     assert (traj / "checkpoint-1" / "model.safetensors").is_file()
     (row,) = [json.loads(line) for line in (tmp_path / "train_metrics.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import REPO_ROOT, compose_config
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -18,7 +18,7 @@ from rlvr_linearity.commands import COMMANDS
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.pipeline.app import run_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 PRESETS = sorted(str(p.relative_to(ROOT / "conf/experiment").with_suffix("")) for p in (ROOT / "conf/experiment").rglob("*.yaml"))
 COMMAND = re.compile(r"rlvr (" + "|".join(COMMANDS) + r")\b")
 PLACEHOLDER = re.compile(r"\$\(|<|\.\.\.|\|")  # shell substitutions, <time>, ellipses: not runnable as written

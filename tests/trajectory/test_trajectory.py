@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_model_dir, make_trajectory
+from conftest import REPO_ROOT, make_tiny_model_dir, make_trajectory
 from rlvr_linearity.errors import ConfigError, TrajectoryError
 from rlvr_linearity.trajectory import ModelFiles, open_trajectory
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 def check_values(traj, t, steps=None, max_elements=37):

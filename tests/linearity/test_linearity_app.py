@@ -10,12 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_trajectory
-from hydra import compose, initialize_config_dir
+from conftest import compose_config, make_trajectory
 
-from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.schemas import register_configs
 from rlvr_linearity.linearity import kernel
 
 NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
@@ -24,9 +21,7 @@ STEPS = (1, 2, 4, 7, 8, 12)
 
 
 def compose_cfg(*overrides):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("linearity", overrides=["logger=none", *overrides])
+    return compose_config("linearity", "logger=none", *overrides, validate=False)
 
 
 def reference(tt, steps):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 
 pytest.importorskip("verl")
 pytestmark = pytest.mark.verl
@@ -51,9 +52,7 @@ def math_files(tmp_path):
 
 
 def _cfg(*overrides: str):
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=["logger=none", *overrides])
+    return compose_config("train", "logger=none", *overrides, validate=False)
 
 
 def _local_data(train: Path, val: Path | None = None) -> list[str]:
