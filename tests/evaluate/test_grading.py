@@ -285,7 +285,7 @@ def test_two_stage_parsing_gives_the_parsers_own_results():
         assert fast == slow, text
 
 
-LIN_CASES = [  # (response, gold, verdict) by LIN's rules (methods.md D1, PRM800K grade_answer)
+LIN_CASES = [  # (response, gold, verdict) by LIN's rules (docs/methods.md §D1, PRM800K grade_answer)
     ("\\boxed{1} and later \\boxed{2}", "1", True),  # the FIRST box
     ("\\boxed{1} and later \\boxed{2}", "2", False),
     ("\\fbox{7}", "7", True),
@@ -311,7 +311,7 @@ def test_lin_grader_hand_checked(response, gold, expected):
     assert g.correct is expected, g
 
 
-RELEX_CASES = [  # (response, gold, verdict) by RELEX's rules (methods.md D2, math_equal)
+RELEX_CASES = [  # (response, gold, verdict) by RELEX's rules (docs/methods.md §D2, math_equal)
     ("Thus the answer is 42.", "42", True),
     ("Adding up, we get 40 + 2 = 42", "42", True),  # the final bare number
     ("\\boxed{1} and then \\boxed{2}", "2", True),  # the LAST box

@@ -82,7 +82,7 @@ def test_paper_presets_compose_and_validate(preset, math_files, tmp_path):
     assert v.trainer.default_local_dir == str((out / "trajectory").resolve())
     assert v.trainer.resume_mode == "auto"
     assert list(v.trainer.logger) == ["console", "file"]
-    if preset.startswith("paper/lin"):  # LIN trains with verl's own MATH reward (methods.md C1)
+    if preset.startswith("paper/lin"):  # LIN trains with verl's own MATH reward (docs/methods.md §C1)
         assert v.reward.custom_reward_function.path == "pkg://verl.utils.reward_score"
         assert v.reward.custom_reward_function.name == "default_compute_score"
         assert v.reward.custom_reward_function.reward_kwargs == {"data_source": "lighteval/MATH"}
