@@ -80,15 +80,15 @@ class DataParallelEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(engine_cfg["trust_remote_code"]))
         envs = rank_devices(size, int(engine_cfg.get("tensor_parallel_size", 1)))
         ctx = mp.get_context("spawn")  # CUDA and vLLM do not survive fork
-        self._conns, procs = [], []
+        self._conns, self.procs = [], []
         for rank, env in enumerate(envs):
             parent, child = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(engine_cfg, model, env, child), name=f"rlvr-dp-rank{rank}")
             p.start()
             child.close()
             self._conns.append(parent)
-            procs.append(p)
-        self._finalizer = weakref.finalize(self, _shutdown, self._conns, procs)
+            self.procs.append(p)
+        self._finalizer = weakref.finalize(self, _shutdown, self._conns, self.procs)
         for rank in range(size):
             self._receive(rank)
 
