@@ -263,3 +263,14 @@ def test_data_parallel_samples_equal_one_process(tmp_path, tiny_model_dir, rlvr_
              for s in range(5)]
     local = HFEngine(model, OmegaConf.create({"device": "cpu", "batch_size": 16}))
     assert list(eng.generate_many(calls)) == [local.generate(*c) for c in calls]
+
+
+def test_data_parallel_rank_error_is_one_line(tiny_model_dir):
+    from conftest import compose_config
+
+    from rlvr_linearity.errors import EvaluationError
+    from rlvr_linearity.evaluate.engines import make_engine
+
+    cfg = compose_config("evaluate", "engine.device=cpu", "engine.dtype=float99", "engine.data_parallel_size=2")
+    with pytest.raises(EvaluationError, match=r"data-parallel rank 0: .*float99"):
+        make_engine(cfg, str(tiny_model_dir()))

@@ -77,7 +77,10 @@ class DataParallelEngine(Engine):
         engine_cfg = OmegaConf.to_container(cfg.engine, resolve=True)
         self.size = size
         # the parent renders prompts (chat template) with the same tokenizer the ranks load
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(engine_cfg["trust_remote_code"]))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(engine_cfg["trust_remote_code"]))
+        except OSError as err:
+            raise EvaluationError(f"cannot load the tokenizer of {model}: {str(err).splitlines()[0]}") from None
         envs = rank_devices(size, int(engine_cfg.get("tensor_parallel_size", 1)))
         ctx = mp.get_context("spawn")  # CUDA and vLLM do not survive fork
         self._conns, self.procs = [], []
