@@ -44,7 +44,8 @@ def render(template: str, problem, tokenizer=None) -> str:
 
     `problem.prompt` is the user message (the problem plus the answer instruction); `relex_qwen`
     puts the bare problem before RELEX's own instruction. `chat` falls back to
-    the plain message when the tokenizer has no chat template (tiny test models).
+    the plain message when the tokenizer has no chat template (tiny test models). Special
+    tokens are in the text (see the module docstring).
     """
     if template == "plain":
         return with_bos(tokenizer, problem.prompt)
