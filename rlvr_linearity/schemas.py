@@ -97,6 +97,8 @@ class ProbesConfig:
     n_samples: int = MISSING
     batch_size: int = MISSING
     temperature: float = MISSING
+    top_p: float = MISSING
+    top_k: int = MISSING
     instruction: Optional[str] = MISSING
     chunk_positions: int = MISSING
     min_change: float = MISSING
@@ -106,6 +108,8 @@ class ProbesConfig:
         for name in ("n_problems", "n_samples", "batch_size", "chunk_positions"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", f"{getattr(self, name)}: need at least 1")
         _require(self.temperature >= 0, f"{key}.temperature", f"{self.temperature} is negative")
+        _require(0 < self.top_p <= 1, f"{key}.top_p", f"{self.top_p} is not in (0, 1]")
+        _require(self.top_k == -1 or self.top_k >= 1, f"{key}.top_k", f"{self.top_k}: use -1 (off) or >= 1")
         _require(self.min_change >= 0, f"{key}.min_change", f"{self.min_change} is negative")
 
 
@@ -251,10 +255,12 @@ class HFEngineConfig:
     dtype: str = MISSING
     batch_size: int = MISSING
     trust_remote_code: bool = MISSING
+    data_parallel_size: int = MISSING
 
     def check(self, key: str = "engine") -> None:
         _require(bool(DEVICE.match(self.device)), f"{key}.device", f"{self.device!r}: use auto, cpu or cuda[:N]")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size}: need at least 1")
+        _require(self.data_parallel_size >= 1, f"{key}.data_parallel_size", f"{self.data_parallel_size}: need at least 1")
 
 
 @dataclass
@@ -286,10 +292,13 @@ class LogitsEngineConfig:
     dtype: str = MISSING
     batch_size: int = MISSING
     compact_at: Optional[float] = MISSING
+    data_parallel_size: int = MISSING
 
     def check(self, key: str = "engine") -> None:
         _require(bool(DEVICE.match(self.device)), f"{key}.device", f"{self.device!r}: use auto, cpu or cuda[:N]")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size}: need at least 1")
+        _require(self.data_parallel_size == 1, f"{key}.data_parallel_size",
+                 f"{self.data_parallel_size}: logits extrapolation runs in one process (1)")
         _require(self.compact_at is None or 0 <= self.compact_at <= 1, f"{key}.compact_at",
                  f"{self.compact_at} is not a fraction in [0, 1]")
 

@@ -203,6 +203,22 @@ def grade(problems: list[Problem], responses: list[list[str]], cfg, grader: str 
     return out  # type: ignore[return-value]
 
 
+def _generations(name: str, cfg, engine_factory, chunks):
+    """Responses of each (start, problems) chunk in order, through `Engine.generate_many` (data
+    parallel engines run several chunks at once); the engine is built at the first chunk."""
+    from rlvr_linearity.evaluate.prompts import render
+
+    chunks = [(start, batch) for start, batch in chunks if batch]
+    if not chunks:
+        return
+    engine = engine_factory()
+    template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
+    base = OmegaConf.to_container(cfg.sampling, resolve=True)
+    yield from engine.generate_many(
+        ([render(template, p, engine.tokenizer) for p in batch], {**base, "seed": int(base.get("seed") or 0) + start})
+        for start, batch in chunks)
+
+
 def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: dict | None = None) -> dict:
     problems = load_benchmark(name, cfg)
     if not problems:
@@ -239,7 +255,7 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
         chunks = [c for c in chunks if not complete(c)]
     else:
         starts = [0] * len(chunks)
-    engine = None
+    generated = _generations(name, cfg, engine_factory, zip(starts, chunks)) if given is None else None
     with open(samples_path, "a", encoding="utf-8") as f, tqdm(total=sum(map(len, chunks)), desc=f"evaluate {name}",
                                                                 disable=None) as bar:
         for start, batch in zip(starts, chunks):
@@ -249,15 +265,7 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
                 extras = [given[p.problem_id] for p in batch]
                 responses = [[r["response"] for r in recs] for recs in extras]
             else:
-                if engine is None:
-                    engine = engine_factory()
-                from rlvr_linearity.evaluate.prompts import render
-
-                template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
-                tok = getattr(engine, "tokenizer", None)
-                sampling = {**OmegaConf.to_container(cfg.sampling, resolve=True),
-                            "seed": int(cfg.sampling.get("seed", 0) or 0) + start}
-                responses = engine.generate([render(template, p, tok) for p in batch], sampling)
+                responses = next(generated)
                 extras = [[{} for _ in rs] for rs in responses]
             graded = grade(batch, responses, cfg, grader)
             lines = []

@@ -156,8 +156,8 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
         raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
     texts = _problem_texts(cfg, str(pc.benchmark))[: int(pc.n_problems)]
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
-                            max_new_tokens=int(cfg.sampling.max_tokens), temperature=float(pc.get("temperature", 1.0)),
-                            seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
+                            max_new_tokens=int(cfg.sampling.max_tokens), temperature=pc.temperature, top_p=pc.top_p,
+                            top_k=pc.top_k, seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
                             device=_device(cfg.linearity), trust_remote_code=_remote_code(cfg))
     _write(out / "probes.json", items)
     return [{"problem": it["problem"], "response_id": g["response_id"], "response": g["text"]}

@@ -1,7 +1,9 @@
 """Token log-prob (and raw logit) linearity over checkpoints (LIN, section A2), done properly:
 float32 teacher forcing, prompt+response tokenised once with the exact boundary from offsets,
 batched with padding, and the vocabulary projection + log-softmax computed a chunk of positions
-at a time so full-vocabulary logits of long responses never sit in memory at once.
+at a time so full-vocabulary logits of long responses never sit in memory at once. Probes are
+sampled and teacher-forced by the evaluation's HF engine (`Engine.generate` / `Engine.score`),
+from the same prompt text as `rlvr evaluate` renders (one BOS).
 
 `logprob_r2.json` schema (written by `rlvr linearity linearity.logprobs=true`):
     {"steps": [0, s1, ...],                      # checkpoints scored (base = 0)
@@ -23,7 +25,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlvr_linearity.errors import ConfigError, EvaluationError
 
@@ -44,12 +45,11 @@ def load_probes(path) -> list[dict]:
 
 
 def prompt_text(tokenizer, problem: str, instruction: str | None = None) -> str:
-    """The chat template applied to one user message when the tokenizer has one, else the plain
-    problem text; `instruction` (LIN: "Let's think step by step ...") is appended after a space."""
-    msg = f"{problem} {instruction}" if instruction else problem
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True)
-    return msg
+    """The probe prompt: `evaluate.prompts.chat_prompt` of the problem with `instruction` (LIN:
+    "Let's think step by step ...") appended after a space, special tokens written in the text."""
+    from rlvr_linearity.evaluate.prompts import chat_prompt
+
+    return chat_prompt(tokenizer, f"{problem} {instruction}" if instruction else problem)
 
 
 def encode(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
@@ -63,38 +63,6 @@ def encode(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
     if first == 0:
         raise EvaluationError("probe: the prompt produced no token before the response")
     return list(enc["input_ids"]), first
-
-
-@torch.no_grad()
-def score_batch(model, seqs: list[list[int]], firsts: list[int], pad_id: int, chunk: int = 256,
-                device="cpu") -> list[tuple[np.ndarray, np.ndarray]]:
-    """Teacher-forced float32 log-prob and raw logit of every response token, per sequence.
-
-    Right-padded batch through the model body; the output projection and log-softmax run over
-    `chunk` positions at a time, so at most chunk x vocab logits exist at once.
-    """
-    lens = [len(s) for s in seqs]
-    width = max(lens)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(s)
-        mask[i, : len(s)] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    head = model.get_output_embeddings()
-    out = []
-    for i, (n, first) in enumerate(zip(lens, firsts)):
-        lp, lg = [], []
-        for a in range(first - 1, n - 1, chunk):  # position p predicts token p + 1
-            b = min(a + chunk, n - 1)
-            logits = head(hidden[i, a:b]).float()
-            tgt = ids[i, a + 1: b + 1]
-            raw = logits.gather(1, tgt[:, None])[:, 0]
-            lp.append((raw - torch.logsumexp(logits, 1)).cpu())
-            lg.append(raw.cpu())
-        out.append((torch.cat(lp).double().numpy() if lp else np.zeros(0), torch.cat(lg).double().numpy() if lg else np.zeros(0)))
-    return out
 
 
 def rows_r2(values: np.ndarray, steps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,40 +134,27 @@ def token_linearity(logprobs: np.ndarray, logits: np.ndarray, steps, *, min_chan
     return out
 
 
-def load_model(path, device="cpu", trust_remote_code: bool = False):
-    """A checkpoint in float32 for teacher forcing (never a bf16 load of fp32 weights)."""
-    from transformers import AutoModelForCausalLM
+def _hf_engine(path, batch_size: int, device, trust_remote_code: bool):
+    """The HF engine in float32 (never a bf16 load of fp32 weights), as probes and teacher forcing need."""
+    from rlvr_linearity.evaluate.engines.hf import HFEngine
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code)
-    return model.to(device).eval()
+    return HFEngine(str(path), {"device": str(device), "dtype": "float32", "batch_size": batch_size,
+                                "trust_remote_code": trust_remote_code})
 
 
 def generate_probes(model_path, problems: list[str], *, n_samples: int = 1, max_new_tokens: int = 256,
-                    temperature: float = 0.0, top_p: float = 1.0, seed: int = 42, batch_size: int = 8,
-                    instruction: str | None = None, device="cpu", trust_remote_code: bool = False) -> list[dict]:
-    """Probe responses sampled from the base model (minimal HF `generate`, left-padded batches),
-    in LIN's probe format `[{index, problem, gt, generated_texts: [{response_id, text}]}]`."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model = load_model(model_path, device, trust_remote_code)
-    torch.manual_seed(seed)
-    prompts = [prompt_text(tok, p, instruction) for p in problems]
-    items = [{"index": i, "problem": p, "gt": None, "generated_texts": []} for i, p in enumerate(problems)]
-    jobs = [(i, k) for i in range(len(problems)) for k in range(n_samples)]
-    for a in range(0, len(jobs), batch_size):
-        batch = jobs[a: a + batch_size]
-        enc = tok([prompts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        kw = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kw)
-        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for (i, k), text in zip(batch, texts):
-            items[i]["generated_texts"].append({"response_id": k, "text": text})
-    return items
+                    temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1, seed: int = 42,
+                    batch_size: int = 8, instruction: str | None = None, device="cpu",
+                    trust_remote_code: bool = False) -> list[dict]:
+    """Probe responses sampled from the base model by the evaluation's HF engine (`batch_size`
+    sequences per batch), in LIN's probe format `[{index, problem, gt, generated_texts: [{response_id, text}]}]`."""
+    engine = _hf_engine(model_path, batch_size, device, trust_remote_code)
+    prompts = [prompt_text(engine.tokenizer, p, instruction) for p in problems]
+    texts = engine.generate(prompts, {"n": n_samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                                      "max_tokens": max_new_tokens, "seed": seed})
+    return [{"index": i, "problem": p, "gt": None,
+             "generated_texts": [{"response_id": k, "text": t} for k, t in enumerate(samples)]}
+            for i, (p, samples) in enumerate(zip(problems, texts))]
 
 
 def teacher_forced_matrix(traj, steps, probes: list[dict], *, instruction: str | None = None, batch_size: int = 8,
@@ -214,7 +169,6 @@ def teacher_forced_matrix(traj, steps, probes: list[dict], *, instruction: str |
         raise ConfigError(f"file {traj.model(0).path}: log-prob linearity needs a fast tokenizer (offsets)")
     encoded = [encode(tok, prompt_text(tok, p["problem"], instruction), p["response"]) for p in probes]
     keep = [i for i, (ids, first) in enumerate(encoded) if first < len(ids)]  # empty responses carry no token
-    order = sorted(keep, key=lambda i: len(encoded[i][0]))  # similar lengths together: little padding
     tokens, offsets, n = [], {}, 0
     for i in keep:
         ids, first = encoded[i]
@@ -223,14 +177,11 @@ def teacher_forced_matrix(traj, steps, probes: list[dict], *, instruction: str |
         tokens += [(i, p, ids[p], tok.decode([ids[p]])) for p in range(first, len(ids))]
     lp = np.zeros((n, len(steps)), dtype=np.float32)
     lg = np.zeros((n, len(steps)), dtype=np.float32)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     for j, step in enumerate(tqdm(steps, desc="teacher forcing", unit="ckpt", disable=not progress)):
-        model = load_model(traj.model(step).path, device, trust_remote_code)
-        for a in range(0, len(order), batch_size):
-            idx = order[a: a + batch_size]
-            scores = score_batch(model, [encoded[i][0] for i in idx], [encoded[i][1] for i in idx], pad, chunk, device)
-            for i, (l1, l2) in zip(idx, scores):
-                lp[offsets[i]: offsets[i] + len(l1), j] = l1
-                lg[offsets[i]: offsets[i] + len(l2), j] = l2
-        del model
+        engine = _hf_engine(traj.model(step).path, batch_size, device, trust_remote_code)
+        scores = engine.score([encoded[i][0] for i in keep], [encoded[i][1] for i in keep], chunk)
+        for i, (l1, l2) in zip(keep, scores):
+            lp[offsets[i]: offsets[i] + len(l1), j] = l1
+            lg[offsets[i]: offsets[i] + len(l2), j] = l2
+        del engine
     return lp, lg, tokens

@@ -195,19 +195,19 @@ def test_nan_weight_names_step_and_tensor(tmp_path, rlvr_cache, engine_env):
 
 @pytest.mark.parametrize("remote_code", [False, True])
 def test_generated_probes(tmp_path, rlvr_cache, monkeypatch, remote_code):
-    from rlvr_linearity.linearity import logprob
+    from rlvr_linearity.evaluate.engines import hf
     from rlvr_linearity.linearity.app import analyse
 
     loads = []
-    real = logprob.load_model
-    monkeypatch.setattr(logprob, "load_model", lambda path, device="cpu", trust_remote_code=False: (
-        loads.append(trust_remote_code), real(path, device, trust_remote_code))[1])
+    real = hf.load_model
+    monkeypatch.setattr(hf, "load_model", lambda path, device, dtype, trust_remote_code: (
+        loads.append((dtype, trust_remote_code)), real(path, device, dtype, trust_remote_code))[1])
     tt = make_trajectory(tmp_path / "run", steps=(1, 2), drift="random", scale=5e-2, write_json=True)
     cfg = compose_cfg(f"trajectory.path={tt.path}", "linearity.weights=false", "linearity.lowrank=false",
                       "linearity.logprobs=true", "linearity.probes.n_problems=2", "linearity.probes.n_samples=2",
                       "sampling.max_tokens=6", f"trajectory.trust_remote_code={remote_code}")
     analyse(cfg, tmp_path / "out")
-    assert loads == [remote_code] * 4  # the probe generator, then every step's teacher forcing
+    assert loads == [("float32", remote_code)] * 4  # the probe generator, then every step's teacher forcing
     probes = json.loads((tmp_path / "out" / "linearity" / "probes.json").read_text())
     assert len(probes) == 2 and all(len(p["generated_texts"]) == 2 for p in probes)
     res = json.loads((tmp_path / "out" / "linearity" / "logprob_r2.json").read_text())

@@ -44,10 +44,14 @@ def test_encode_boundary(tiny):
     assert tok.decode(ids[:first]) + tok.decode(ids[first:]) == "what is 12 + 30"
 
 
-def test_score_batch_matches_full_forward(tiny):
-    _, tok, model = tiny
-    seqs = [logprob.encode(tok, "what is 12 + 30 ?", " the answer is 42 ."), logprob.encode(tok, "compute", " 7 * 6 = 42")]
-    got = logprob.score_batch(model, [s for s, _ in seqs], [f for _, f in seqs], tok.pad_token_id, chunk=3)
+def test_engine_score_matches_full_forward(tiny):
+    from rlvr_linearity.evaluate.engines.hf import HFEngine
+
+    d, tok, model = tiny
+    engine = HFEngine(str(d), {"device": "cpu", "dtype": "float32", "batch_size": 2})
+    seqs = [logprob.encode(tok, "what is 12 + 30 ?", " the answer is 42 ."), logprob.encode(tok, "compute", " 7 * 6 = 42"),
+            logprob.encode(tok, "7", " * 6")]
+    got = engine.score([s for s, _ in seqs], [f for _, f in seqs], chunk=3)
     for (ids, first), (lp, lg) in zip(seqs, got):
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].double()

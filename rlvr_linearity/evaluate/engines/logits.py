@@ -16,11 +16,10 @@ from __future__ import annotations
 import inspect
 
 import torch
-from tqdm import tqdm
 
 from rlvr_linearity.errors import ConfigError, EvaluationError
-from rlvr_linearity.evaluate.engines.base import Engine, sampling_get
-from rlvr_linearity.evaluate.engines.hf import load_model, resolve_device
+from rlvr_linearity.evaluate.engines.base import Engine, progress, prompt_ids, sampling_get
+from rlvr_linearity.evaluate.engines.hf import load_model, resolve_device, score_sorted
 
 
 def mix_logits(la: torch.Tensor, lb: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -113,11 +112,20 @@ class LogitsExtrapolationEngine(Engine):
         """Mixed raw logits z for the first generated token of each prompt (for checks)."""
         from transformers import DynamicCache
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        enc = self._encode(prompt_ids(self.tokenizer, prompts))
         pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         la = self._next_logits(self.model_a, DynamicCache(), enc["input_ids"], enc["attention_mask"], pos)
         lb = self._next_logits(self.model_b, DynamicCache(), enc["input_ids"], enc["attention_mask"], pos)
         return mix_logits(la, lb, self.alpha)
+
+    def _encode(self, ids: list[list[int]]):
+        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+
+    def score(self, seqs: list[list[int]], firsts: list[int], chunk: int = 256) -> list[tuple]:
+        """Teacher forcing under the mixed logits z = l_A + alpha (l_B - l_A)."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return score_sorted([self.model_a, self.model_b], seqs, firsts, pad, self.batch_size, chunk, self.device,
+                            mix=lambda la, lb: mix_logits(la, lb, self.alpha))
 
     def _mix_(self, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
         """mix_logits(la, lb, alpha) with the same arithmetic, in place in lb (the last forward's
@@ -135,11 +143,11 @@ class LogitsExtrapolationEngine(Engine):
         top_k = int(sampling_get(sampling, "top_k", -1))
         max_new = int(sampling_get(sampling, "max_tokens", 256))
         gen = torch.Generator(device=self.device).manual_seed(int(sampling_get(sampling, "seed", 0)))
-        rows = [p for p in prompts for _ in range(n)]
+        rows = [p for p in prompt_ids(self.tokenizer, prompts) for _ in range(n)]
         results: list[list[int]] = [[] for _ in rows]
-        for start in tqdm(range(0, len(rows), self.batch_size), desc="logits extrapolation", disable=None):
+        for start in progress(range(0, len(rows), self.batch_size), "logits extrapolation", unit="batch"):
             batch = rows[start:start + self.batch_size]
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
+            enc = self._encode(batch)
             ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
             width = ids.shape[1]
             mask = torch.ones(len(batch), width + max_new, dtype=prompt_mask.dtype, device=self.device)
