@@ -31,15 +31,17 @@ VLLM_IMPORT_DEPS = ["cbor2", "openai-harmony", "openai", "pybase64", "uvloop", "
 
 
 @pytest.fixture(scope="session")
-def vllm_python(request):
-    """A python with the pinned vLLM importable: a venv in the pytest cache holding vllm (no
-    deps) and its import-time needs, seeing the main venv's packages (torch, transformers)."""
+def vllm_python():
+    """A python with the pinned vLLM importable: a side venv in the system temp dir (kept for later
+    runs on this machine; CI runs without pytest's cache) holding vllm (no deps) and its
+    import-time needs, seeing the main venv's packages (torch, transformers)."""
     import site
     import subprocess
     import sys
+    import tempfile
     import venv
 
-    root = request.config.cache.mkdir(f"vllm-{VLLM_VERSION}-venv")
+    root = Path(tempfile.gettempdir()) / f"rlvr-vllm-{VLLM_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-venv"
     py = root / "bin" / "python"
     if not (root / ".complete").exists():
         venv.create(root, with_pip=True, clear=True)
