@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.schemas import register_configs
-from rlvr_linearity.linearity import kernel
+from rlvr_linearity.linearity.kernels.common import available as numba_available
 
-NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
+NEEDS_NUMBA = pytest.mark.skipif(not numba_available(), reason="numba not installed (fused kernel)")
 
 STEPS = (1, 2, 4, 7, 8, 12)
 
