@@ -92,12 +92,16 @@ class _Execution:
         if self.traj.base.numel(name) == 0:  # no rows, no blocks
             for w in self.writers:
                 w.write(name, self.traj.base.read(name))
-        blocks = ((start, block) for start, _, block in group)
-        if isinstance(p, FromGram):
-            kept, g = self._gram(name, p, group)
-            p = Combine(0, p.steps, p.weights(name, g))
-            blocks = kept if kept else self._again(name)
-        self._combine(name, p, blocks)
+        if not isinstance(p, FromGram):
+            self._combine(name, p, ((start, block) for start, _, block in group))
+            return
+        kept, g = self._gram(name, p, group)
+        p = Combine(0, p.steps, p.weights(name, g))
+        if kept:
+            self._combine(name, p, kept)
+            return
+        with closing(prefetch(tensor_stream([name], self.read))) as again:  # too big to keep: read again
+            self._combine(name, p, ((start, block) for _, grp in by_tensor(again) for start, _, block in grp))
 
     def _gram(self, name: str, p: FromGram, group) -> tuple[list, np.ndarray]:
         """The tensor's Gram over its steps from its blocks, and the blocks themselves when kept."""
@@ -112,13 +116,6 @@ class _Execution:
         self.gram_s += time.perf_counter() - ts
         check_finite_gram(self.traj, name, _read_steps(p), g)
         return kept, g
-
-    def _again(self, name: str):
-        """A second read of a tensor too big to keep, prefetched."""
-        with closing(prefetch(tensor_stream([name], self.read))) as again:
-            for _, group in by_tensor(again):
-                for start, _, block in group:
-                    yield start, block
 
     def _combine(self, name: str, p: Combine, blocks) -> None:
         """Every output's rows of `name`, block by block: no output tensor is ever whole in memory."""
