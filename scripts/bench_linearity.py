@@ -158,10 +158,11 @@ def main() -> None:
     floor(a.path, steps)  # warm the page cache
     fl, fl_cpu = best_floor(a.path, steps)
 
-    from rlvr_linearity.linearity import kernel
+    from rlvr_linearity.linearity import kernels
+    from rlvr_linearity.linearity.kernels.common import available
 
-    if kernel.available():
-        kernel.warm_up()  # the one-off JIT compile lands in numba's disk cache, outside the timings
+    if available():
+        kernels.warm_up()  # the one-off JIT compile lands in numba's disk cache, outside the timings
     work = Path(tempfile.mkdtemp(prefix="bench_lin_"))
     env = {**os.environ, "RLVR_CACHE_DIR": str(work / "cache"), "WANDB_MODE": "disabled"}
     common = [f"trajectory.path={a.path}", "logger=none"]

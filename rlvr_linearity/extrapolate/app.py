@@ -16,6 +16,9 @@ import logging
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from rlvr_linearity.config import section
 from rlvr_linearity.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -30,12 +33,48 @@ def _open(cfg, max_step=None):
 def _hub_max_step(cfg, ex) -> int | None:
     """For hub trajectories with only histories asked: download no step beyond the largest."""
     tr = cfg.trajectory
-    if not tr.get("hub_repo") or tr.get("steps") is not None or tr.get("max_step") is not None:
+    if not tr.hub_repo or tr.steps is not None or tr.max_step is not None or ex.window is not None:
         return None
-    if ex.get("window") is not None:
-        return None
-    hists = list(ex.get("windows") or []) or ([ex.history] if ex.get("history") is not None else [])
+    hists = list(ex.windows or []) or ([ex.history] if ex.history is not None else [])
     return max(int(h) for h in hists) if hists else None
+
+
+def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
+    """RELEX from `cfg.extrapolate`: (result, parameters, steps observed)."""
+    from rlvr_linearity.paths import cache_dir
+
+    from .relex import run_relex, select_windows
+
+    ex = cfg.extrapolate
+    windows = select_windows(traj.steps, history=ex.history, window=ex.window, last=ex.last, windows=ex.windows)
+    res = run_relex(traj, windows, list(ex.targets), root, rank=int(ex.rank), fit=str(ex.fit),
+                    degree=int(ex.degree), mode=str(ex.mode), dtype=ex.dtype,
+                    cache_dir=cache_dir(cfg) / "grams" if ex.cache else None, memory_budget=int(ex.memory_budget),
+                    gram_steps=traj.steps if ex.gram_steps == "all" else None)
+    params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
+              "history": ex.history, "window": section(cfg, "extrapolate.window"), "last": ex.last,
+              "windows": section(cfg, "extrapolate.windows")}
+    steps = res["windows"][0]["steps"] if len(res["windows"]) == 1 else res["steps_read"]
+    return res, params, steps
+
+
+def _weight(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
+    """LIN's weight extrapolation from `cfg.extrapolate`: (result, parameters, steps observed)."""
+    from .weight import run_weight
+
+    ex = cfg.extrapolate
+    if OmegaConf.is_missing(ex, "second_step") or ex.second_step is None:
+        raise ConfigError("weight extrapolation needs the second step: "
+                          "`extrapolate=weight extrapolate.second_step=B` (base_step A defaults to 0)")
+    base_step = int(ex.base_step)
+    res = run_weight(traj, base_step, int(ex.second_step), list(ex.targets), root,
+                     extrapolate_norms=bool(ex.extrapolate_norms), dtype=ex.dtype)
+    params = {"base_step": base_step, "second_step": int(ex.second_step),
+              "extrapolate_norms": bool(ex.extrapolate_norms)}
+    return res, params, sorted({base_step, int(ex.second_step)})
+
+
+METHODS = {"relex": _relex, "weight": _weight}  # extrapolate.method -> the method's run from the config
 
 
 def extrapolate(cfg, out_dir) -> dict:
@@ -48,63 +87,30 @@ def extrapolate(cfg, out_dir) -> dict:
 
 
 def _extrapolate(cfg, out_dir) -> dict:
+    from rlvr_linearity.io import jsonable, stage_key, write_json_atomic
     from rlvr_linearity.linearity import gram
-    from rlvr_linearity.paths import cache_dir
-    from rlvr_linearity.io import stage_key, write_json_atomic
-    from rlvr_linearity.io import jsonable
 
     t0, read0 = time.perf_counter(), gram.bytes_read()
     ex = cfg.extrapolate
-    method = str(ex.get("method") or "relex")
+    method = str(ex.method)
     root = Path(out_dir) / "extrapolate"
-    if method not in ("relex", "weight"):
-        raise ConfigError(f"extrapolate.method={method!r}: expected relex or weight")
+    if method not in METHODS:
+        raise ConfigError(f"extrapolate.method={method!r}: expected one of {', '.join(METHODS)}")
     traj = _open(cfg, _hub_max_step(cfg, ex) if method == "relex" else None)
-    config_key = stage_key("extrapolate", {k: _plain(cfg, k) for k in ("extrapolate", "trajectory")},
+    config_key = stage_key("extrapolate", {k: section(cfg, k) for k in ("extrapolate", "trajectory")},
                            [traj.fingerprint()])
     done = _complete(root, config_key)
     if done is not None:  # a rerun of a finished job (a sweep resubmitted, a requeued Slurm job)
         log.info("extrapolate: %s is complete for this config; nothing to do", root)
         return done
-    if method == "relex":
-        from .relex import run_relex, select_windows
-
-        windows = select_windows(traj.steps, history=ex.get("history"), window=ex.get("window"),
-                                 last=ex.get("last"), windows=ex.get("windows"))
-        res = run_relex(traj, windows, list(ex.targets), root, rank=int(ex.rank), fit=str(ex.fit),
-                        degree=int(ex.degree), mode=str(ex.mode), dtype=ex.get("dtype"),
-                        cache_dir=cache_dir(cfg) / "grams" if ex.get("cache", True) else None,
-                        memory_budget=int(1 << 28 if ex.get("memory_budget") is None else ex.memory_budget),
-                        gram_steps=traj.steps if ex.get("gram_steps", "window") == "all" else None)
-        params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
-                  "history": ex.get("history"), "window": _plain(cfg, "extrapolate.window"), "last": ex.get("last"),
-                  "windows": _plain(cfg, "extrapolate.windows")}
-        steps = res["windows"][0]["steps"] if len(res["windows"]) == 1 else res["steps_read"]
-    elif method == "weight":
-        from .weight import run_weight
-
-        if ex.get("second_step") is None:
-            raise ConfigError("weight extrapolation needs the second step: "
-                              "`extrapolate=weight extrapolate.second_step=B` (base_step A defaults to 0)")
-        res = run_weight(traj, int(ex.get('base_step') or 0), int(ex.second_step), list(ex.targets), root,
-                         extrapolate_norms=bool(ex.get("extrapolate_norms", False)), dtype=ex.get("dtype"))
-        params = {"base_step": int(ex.get('base_step') or 0), "second_step": int(ex.second_step),
-                  "extrapolate_norms": bool(ex.get("extrapolate_norms", False))}
-        steps = sorted({int(ex.get('base_step') or 0), int(ex.second_step)})
+    res, params, steps = METHODS[method](cfg, traj, root)
     out = {"method": method, "trajectory": str(traj.path), "base": str(traj.base.path), "steps": steps,
-           "targets": [int(t) for t in ex.targets], "dtype": ex.get("dtype"), "parameters": params, **res}
+           "targets": [int(t) for t in ex.targets], "dtype": ex.dtype, "parameters": params, **res}
     out["timings"] = {**res.get("timings", {}), "run_s": time.perf_counter() - t0}
     out["bytes_read"] = gram.bytes_read() - read0
     out["config_key"] = config_key
     write_json_atomic(root / "extrapolation.json", jsonable(out))  # last: marks the outputs complete
     return out
-
-
-def _plain(cfg, key: str):
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.select(cfg, key)
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _complete(root: Path, config_key: str) -> dict | None:

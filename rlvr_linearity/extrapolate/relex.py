@@ -9,43 +9,29 @@ on the window's steps predicts ĉ at a target, and Δ̂ = ĉᵀ V_rᵀ with V_r 
 deltas, and V is never formed. The fit is linear in the coefficients (ĉ = C ᵀh for a "hat"
 vector h of the fit), so w = U_r diag(1/σ) diag(σ) U_rᵀ h = U_r U_rᵀ h.
 
-Driver (`run_relex`): the union of all windows' steps is streamed once, read ahead in a
-background thread into a ring of reused buffers, as stored; the Gram products and the
-predictions run on every core in fused kernels (`gram.gram_update`, `gram.predict_update`).
-When a tensor's blocks fit in `memory_budget` bytes they stay in the ring from that read, so
-its Gram, weights and every output come from one read; bigger tensors are read a second time
-for the outputs (or once, when the Gram cache already holds them).
-Outputs go through ModelWriter, block by block (all targets of all windows open at once; no
-output tensor is ever whole in memory).
+Method (`Relex`, run by `run_relex`): per tensor, the weights of every (window, target) over
+the union of the windows' steps, from the tensor's Gram (cached, or formed by the executor from
+the outputs' own read: one read per tensor when its blocks fit in `memory_budget` bytes);
+`linearity.executor` streams the blocks as stored and writes every output block by block.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, rows_per_block, tensor_stream
+from rlvr_linearity.linearity.lowrank import eigh_desc, kept_rank
+from rlvr_linearity.linearity.plan import Combine, Copy, FromGram, Plan
 
 log = logging.getLogger(__name__)
 
-REL_CUTOFF = 1e-6  # components with σ_i <= REL_CUTOFF·σ₁ carry no signal
-
 
 # ---------------------------------------------------------------------------- pure maths
-def eigh_desc(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues clipped at 0 (descending) and eigenvectors of a symmetric PSD matrix."""
-    vals, vecs = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
-    order = np.argsort(vals)[::-1]
-    return np.clip(vals[order], 0.0, None), vecs[:, order]
-
-
 def fit_hat(x, targets, fit: str = "linear", degree: int = 2) -> np.ndarray:
     """H [len(targets), T] with ŷ(target) = H @ y for the fit of y against step values x.
 
@@ -92,7 +78,7 @@ def relex_weights(gram: np.ndarray, steps, targets, rank: int = 1, fit: str = "l
     vals, vecs = eigh_desc(gram)
     sigma = np.sqrt(vals)
     n = len(steps)
-    keep = int(np.sum(sigma[: int(rank)] > REL_CUTOFF * sigma[0])) if sigma[0] > 0 else 0
+    keep = kept_rank(sigma, rank)
     total = float(vals.sum())
     ev = float(min(vals[:keep].sum() / total, 1.0)) if total > 0 else None
     if mode == "reconstruct":
@@ -188,7 +174,7 @@ def check_targets(windows: list[Window], targets, mode: str, rank: int, fit: str
     return targets
 
 
-# ---------------------------------------------------------------------------- driver
+# ---------------------------------------------------------------------------- method
 def output_dirs(root: Path, windows: list[Window], targets: list[int]) -> dict[tuple[str, int], Path]:
     """DIR/extrapolate/step_<t>/ for one window; DIR/extrapolate/<label>/step_<t>/ for several."""
     if len(windows) == 1:
@@ -196,137 +182,113 @@ def output_dirs(root: Path, windows: list[Window], targets: list[int]) -> dict[t
     return {(w.label, t): root / w.label / f"step_{t}" for w in windows for t in targets}
 
 
-def _block_count(shape, steps: int, max_elements: int) -> int:
-    """How many blocks `iter_blocks` cuts a tensor of `shape` into for `steps` steps."""
-    rows = shape[0] if shape else 1
-    return -(-rows // rows_per_block(shape, steps, max_elements))
+class Relex:
+    """RELEX as a weight-space method: every (window, target) prediction, per tensor a weighted sum
+    of the deltas over the union of the windows' steps, weights from the tensor's Gram.
+
+    `plan(traj)` takes the Grams from the cache (`cache_dir`; with `gram_steps`, a superset of
+    the windows' steps, the cache's entry over those steps, computed first if absent, so the jobs
+    of a sweep share one Gram pass) or has the executor form them from the outputs' own read."""
+
+    def __init__(self, windows: list[Window], targets, out_root: Path, *, rank: int = 1, fit: str = "linear",
+                 degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None, gram_steps=None,
+                 max_elements: int = 1 << 22):
+        self.targets = check_targets(windows, targets, mode, rank, fit, degree)
+        self.windows, self.rank, self.fit, self.degree, self.mode = windows, rank, fit, degree, mode
+        self.dtype, self.cache_dir, self.gram_steps, self.max_elements = dtype, cache_dir, gram_steps, max_elements
+        self.union = sorted({s for w in windows for s in w.steps})
+        pos = {s: i for i, s in enumerate(self.union)}
+        self.rows = {w.label: np.asarray([pos[s] for s in w.steps]) for w in windows}
+        self.dirs = output_dirs(Path(out_root), windows, self.targets)
+        self.grams: dict[str, np.ndarray] = {}
+        self.fits: dict[str, dict[str, TensorFit]] = {w.label: {} for w in windows}
+        self.cache = self.cached = None
+        self.gram_source = "window"
+
+    def plan(self, traj) -> Plan:
+        from rlvr_linearity.linearity.gram import GramCache, compute_grams
+
+        base = traj.base
+        floating = [n for n in base.tensor_names if base.dtype(n).is_floating_point]
+        if self.cache_dir is not None:
+            self.cache = GramCache(self.cache_dir, traj.fingerprint())
+            self.cached = self.cache.lookup(self.union, floating)
+            self.gram_source = "cache" if self.cached is not None else "window"
+            if self.cached is None and self.gram_steps is not None:
+                self.gram_source = "shared pass"
+                compute_grams(traj, sorted(set(self.gram_steps) | set(self.union)), cache_dir=self.cache_dir,
+                              names=floating, max_elements=self.max_elements)
+                self.cached = self.cache.lookup(self.union, floating)
+        steps = tuple(self.union)
+        tensors = {}
+        for name in base.tensor_names:  # non-floating tensors: copied from the base
+            if name not in floating:
+                tensors[name] = Copy(0)
+            elif self.cached is not None:
+                tensors[name] = Combine(0, steps, self.weights(name, self.cached[name]))
+            else:
+                tensors[name] = FromGram(steps, self.weights)
+        # NaN/Inf: FromGram tensors are checked on their Gram's diagonal (check_finite_gram); Combine
+        # tensors, whose Grams came from the cache, by the reader: a cache hit proves nothing of the
+        # weights read now (an in-place edit the fingerprint did not see)
+        return Plan(list(self.dirs.values()), tensors, self.dtype, check_finite=None, label="RELEX")
+
+    def weights(self, name: str, g: np.ndarray) -> np.ndarray:
+        """[outputs, union] weights of every (window, target) over the union's deltas, from the
+        tensor's Gram over the union; the fits are kept for the report."""
+        self.grams[name] = g
+        wmat = []
+        for w in self.windows:
+            r = self.rows[w.label]
+            tf = relex_weights(g[np.ix_(r, r)], w.steps, self.targets, self.rank, self.fit, self.degree, self.mode)
+            self.fits[w.label][name] = tf
+            full = np.zeros((len(self.targets), len(self.union)))
+            full[:, r] = tf.weights
+            wmat.append(full)
+        return np.concatenate(wmat)
+
+    def store_grams(self) -> None:
+        """Computed Grams go to the cache (after the outputs: a failed run caches nothing)."""
+        if self.cache is not None and self.cached is None:
+            self.cache.store(self.union, self.grams)
+
+    def report(self, timings: dict) -> dict:
+        """extrapolation.json's content (without the top-level method/parameters)."""
+        windows = []
+        for w in self.windows:
+            f = self.fits[w.label]
+            evs = [tf.explained_variance for tf in f.values() if tf.explained_variance is not None]
+            windows.append({
+                "label": w.label, "history": w.history, "steps": w.steps,
+                "targets": [{"target": t, "path": str(self.dirs[(w.label, t)]),
+                             "weights": {n: f[n].weights[i].tolist() for n in f}} for i, t in enumerate(self.targets)],
+                "explained_variance": {n: tf.explained_variance for n, tf in f.items()},
+                "explained_variance_summary": _summary(evs),
+                "rank_kept": {n: tf.rank for n, tf in f.items()},
+                "singular_values": {n: tf.sigma.tolist() for n, tf in f.items()},
+                "coefficients": {n: tf.coefficients.tolist() for n, tf in f.items()},
+                "predicted_coefficients": {n: tf.predicted.tolist() for n, tf in f.items()},
+            })
+        return {"steps_read": self.union, "windows": windows, "gram_cache_hit": self.gram_source == "cache",
+                "gram_source": self.gram_source, "timings": timings}
 
 
 def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *, rank: int = 1,
               fit: str = "linear", degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None,
               memory_budget: int = 1 << 28, max_elements: int = 1 << 22, gram_steps=None) -> dict:
-    """Write every (window, target) prediction; return extrapolation.json's content (without the
-    top-level method/parameters, which the app adds). `gram_steps` (a superset of the windows'
-    steps): take the Grams from the cache's entry over those steps, computing it first if absent,
-    so the jobs of a sweep share one Gram pass."""
-    from tqdm import tqdm
-
-    from rlvr_linearity.linearity.gram import (GramCache, check_finite_gram, compute_grams, gram_update,
-                                               predict_update, read_blocks)
-    from rlvr_linearity.trajectory import ModelWriter
-    from rlvr_linearity.trajectory.core import torch_threads
+    """Write every (window, target) prediction (`Relex`, through the executor); return
+    extrapolation.json's content (without the top-level method/parameters, which the app adds)."""
+    from rlvr_linearity.linearity.executor import execute
 
     t0 = time.perf_counter()
-    targets = check_targets(windows, targets, mode, rank, fit, degree)
-    union = sorted({s for w in windows for s in w.steps})
-    pos = {s: i for i, s in enumerate(union)}
-    rows = {w.label: np.asarray([pos[s] for s in w.steps]) for w in windows}
-    base = traj.base
-    names = list(base.tensor_names)
-    floating = [n for n in names if base.dtype(n).is_floating_point]
-
-    cache = GramCache(cache_dir, traj.fingerprint()) if cache_dir is not None else None
-    cached = cache.lookup(union, floating) if cache is not None else None
-    gram_source = "cache" if cached is not None else "window"
-    if cached is None and cache is not None and gram_steps is not None:
-        gram_source = "shared pass"
-        compute_grams(traj, sorted(set(gram_steps) | set(union)), cache_dir=cache_dir, names=floating,
-                      max_elements=max_elements)
-        cached = cache.lookup(union, floating)
-    grams: dict[str, np.ndarray] = {}
-    fits: dict[str, dict[str, TensorFit]] = {w.label: {} for w in windows}
-    dirs = output_dirs(Path(out_root), windows, targets)
-    t_read = 0.0
-    with ExitStack() as stack:
-        stack.enter_context(torch_threads(1))  # memory-bound block arithmetic: no OpenMP spinning
-        writers = {k: stack.enter_context(ModelWriter(d, template=base, dtype=dtype)) for k, d in dirs.items()}
-        for name in names:  # not streamed: copied from the base
-            if name not in floating:
-                value = base.read(name)
-                for wr in writers.values():
-                    wr.write(name, value)
-
-        def keep(name: str) -> bool:  # its blocks, as stored, fit the budget
-            item = traj.block_dtype(name, [0, *union]).itemsize
-            return cached is None and (len(union) + 1) * base.numel(name) * item <= memory_budget
-
-        # the Gram pass reads ahead in a background thread; a tensor read twice (too big to keep, or
-        # its Gram cached) is read once here, after its weights are known
-        first = [] if cached is not None else floating
-        # every block lands in the reader's ring of reused buffers (no page faults on fresh memory),
-        # large enough that a kept tensor's blocks survive while the next two blocks are read ahead
-        ring = PREFETCH_RING + max([_block_count(base.shape(n), len(union) + 1, max_elements)
-                                    for n in floating if keep(n)], default=0)
-
-        def read(name):  # NaN/Inf: found in this run's Gram (check_finite_gram), else by the reader
-            return read_blocks(traj, name, [0, *union], max_elements, reuse=ring,
-                               check_finite=None if cached is not None else False)
-
-        blocks = stack.enter_context(closing(prefetch(tensor_stream(first, read))))
-        predicted = torch.empty(0, dtype=torch.float32)  # grown to the largest block's predictions
-        groups = by_tensor(blocks)
-        for name in tqdm(floating, desc="RELEX", unit="tensor", leave=False):
-            numel = base.numel(name)
-            kept = []
-            if cached is not None:
-                g = cached[name]
-            else:
-                g = np.zeros((len(union), len(union)))
-                ts = time.perf_counter()
-                _, group = next(groups)
-                for start, _, block in group:
-                    gram_update(g, block)
-                    if keep(name):
-                        kept.append((start, block))
-                t_read += time.perf_counter() - ts
-                check_finite_gram(traj, name, [0, *union], g)
-            grams[name] = g
-            # weights of every (window, target) over the union's deltas: [K, U]
-            keys, wmat = [], []
-            for w in windows:
-                r = rows[w.label]
-                tf = relex_weights(g[np.ix_(r, r)], w.steps, targets, rank, fit, degree, mode)
-                fits[w.label][name] = tf
-                full = np.zeros((len(targets), len(union)))
-                full[:, r] = tf.weights
-                keys += [(w.label, t) for t in targets]
-                wmat.append(full)
-            wt = torch.from_numpy(np.concatenate(wmat)).to(torch.float32)
-            if numel == 0:  # no rows, no blocks
-                for k in keys:
-                    writers[k].write(name, base.read(name))
-            with closing(prefetch(tensor_stream([] if kept else [name], read))) as again:
-                for start, block in kept or ((start, b) for _, grp in by_tensor(again) for start, _, b in grp):
-                    columns = block[0].numel()
-                    if predicted.numel() < len(keys) * columns:
-                        predicted = torch.empty(len(keys) * columns, dtype=torch.float32)
-                    pred = predict_update(block, wt, predicted)
-                    for k, p in zip(keys, pred):  # block by block: no output tensor is ever whole in memory
-                        writers[k].write_rows(name, start, p)
-            del kept
-        t_write = time.perf_counter()
-    if cache is not None and cached is None:
-        cache.store(union, grams)
+    method = Relex(windows, targets, out_root, rank=rank, fit=fit, degree=degree, mode=mode, dtype=dtype,
+                   cache_dir=cache_dir, gram_steps=gram_steps, max_elements=max_elements)
+    done = execute(traj, method.plan(traj), max_elements=max_elements, memory_budget=memory_budget)
+    t_store = time.perf_counter()
+    method.store_grams()
     t_end = time.perf_counter()
-
-    report_windows = []
-    for w in windows:
-        f = fits[w.label]
-        evs = [tf.explained_variance for tf in f.values() if tf.explained_variance is not None]
-        report_windows.append({
-            "label": w.label, "history": w.history, "steps": w.steps,
-            "targets": [{"target": t, "path": str(dirs[(w.label, t)]),
-                         "weights": {n: f[n].weights[i].tolist() for n in f}} for i, t in enumerate(targets)],
-            "explained_variance": {n: tf.explained_variance for n, tf in f.items()},
-            "explained_variance_summary": _summary(evs),
-            "rank_kept": {n: tf.rank for n, tf in f.items()},
-            "singular_values": {n: tf.sigma.tolist() for n, tf in f.items()},
-            "coefficients": {n: tf.coefficients.tolist() for n, tf in f.items()},
-            "predicted_coefficients": {n: tf.predicted.tolist() for n, tf in f.items()},
-        })
-    return {"steps_read": union, "windows": report_windows, "gram_cache_hit": gram_source == "cache",
-            "gram_source": gram_source,
-            "timings": {"total_s": t_end - t0, "read_gram_s": t_read, "write_s": t_end - t_write}}
+    return method.report({"total_s": t_end - t0, "read_gram_s": done["gram_s"],
+                          "write_s": done["write_s"] + t_end - t_store})
 
 
 def _summary(values) -> dict:

@@ -1,6 +1,6 @@
 """LIN's two-point weight extrapolation: W = W_A + α (W_B − W_A), α = (t − A)/(B − A).
 
-Differences from the public script (docs/methods.md §B1, §F9): the steps come from the config, tensors
+Differences from the public script (methods.md B1, F9): the steps come from the config, tensors
 are streamed (one read of A and B per tensor for all targets), arithmetic is float64 from the
 stored precision, and a tied embedding is extrapolated once and stays tied (the writer stores
 only what the base stores).
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from rlvr_linearity.errors import ConfigError, TrajectoryError, where
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.linearity.plan import Combine, Copy, Plan
 
 _NORM = re.compile(r"(^|\.)([^.]*norm[^.]*|ln_[^.]*)\.")
 
@@ -37,55 +37,60 @@ def alpha(target: int, base_step: int, second_step: int) -> float:
     return (int(target) - int(base_step)) / (int(second_step) - int(base_step))
 
 
+class WeightExtrapolation:
+    """LIN's weight extrapolation as a weight-space method: per tensor W_A + α_t (W_B − W_A) for
+    every target t (float64 from the stored values), norms (unless `extrapolate_norms`) and
+    non-floating tensors copied from B. Re-grounding's segment is the case A = 0 (the segment's
+    start model), B = M, target M + N."""
+
+    def __init__(self, base_step: int, second_step: int, targets, out_root: Path, *, extrapolate_norms: bool = False,
+                 dtype=None):
+        self.a_step, self.b_step = int(base_step), int(second_step)
+        self.targets = [int(t) for t in targets]
+        if not self.targets:
+            raise ConfigError("extrapolate.targets is empty: give the target steps, e.g. extrapolate.targets=[20]")
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"extrapolate.targets={self.targets}: duplicate targets")
+        self.alphas = [alpha(t, self.a_step, self.b_step) for t in self.targets]
+        self.out_root, self.extrapolate_norms, self.dtype = Path(out_root), bool(extrapolate_norms), dtype
+        self.copied: list[str] = []
+        self.extrapolated: list[str] = []
+
+    def plan(self, traj) -> Plan:
+        for s, key in ((self.a_step, "base_step"), (self.b_step, "second_step")):
+            if s not in traj.steps:
+                raise ConfigError(f"extrapolate.{key}={s}: not a step of the trajectory {traj.path} "
+                                  f"(saved: {traj.steps})")
+        base = traj.base
+        al = np.asarray(self.alphas, dtype=np.float64)[:, None]
+        tensors = {}
+        for name in base.tensor_names:
+            if not base.dtype(name).is_floating_point or (is_norm(name) and not self.extrapolate_norms):
+                tensors[name] = Copy(self.b_step)
+                self.copied.append(name)
+            else:
+                tensors[name] = Combine(self.a_step, (self.b_step,), al, exact=True)
+                self.extrapolated.append(name)
+        outputs = [self.out_root / f"step_{t}" for t in self.targets]
+        return Plan(outputs, tensors, self.dtype, label="weight extrapolation")
+
+    def report(self, traj, seconds: float) -> dict:
+        return {"base_step": self.a_step, "second_step": self.b_step,
+                "targets": [{"target": t, "alpha": a, "path": str(self.out_root / f"step_{t}")}
+                            for t, a in zip(self.targets, self.alphas)],
+                "extrapolate_norms": self.extrapolate_norms, "extrapolated": self.extrapolated,
+                "copied_from_second": self.copied, "tied_embeddings": traj.base.tied_embeddings,
+                "timings": {"total_s": seconds}}
+
+
 def run_weight(traj, base_step: int, second_step: int, targets, out_root: Path, *, extrapolate_norms: bool = False,
                dtype=None, max_elements: int = 1 << 22) -> dict:
-    """Write DIR/extrapolate/step_<t>/ for every target; return extrapolation.json's content."""
-    from tqdm import tqdm
-
-    from rlvr_linearity.linearity.gram import read_blocks
-    from rlvr_linearity.trajectory import ModelWriter
+    """Write DIR/extrapolate/step_<t>/ for every target (`WeightExtrapolation`, through the
+    executor); return extrapolation.json's content."""
+    from rlvr_linearity.linearity.executor import execute
 
     t0 = time.perf_counter()
-    a_step, b_step = int(base_step), int(second_step)
-    targets = [int(t) for t in targets]
-    if not targets:
-        raise ConfigError("extrapolate.targets is empty: give the target steps, e.g. extrapolate.targets=[20]")
-    if len(set(targets)) != len(targets):
-        raise ConfigError(f"extrapolate.targets={targets}: duplicate targets")
-    alphas = [alpha(t, a_step, b_step) for t in targets]
-    for s, key in ((a_step, "base_step"), (b_step, "second_step")):
-        if s not in traj.steps:
-            raise ConfigError(f"extrapolate.{key}={s}: not a step of the trajectory {traj.path} "
-                              f"(saved: {traj.steps})")
-    base = traj.base
-    names = list(base.tensor_names)
-    copied, extrapolated = [], []
-    al = torch.tensor(alphas, dtype=torch.float64)[:, None]
-    with ExitStack() as stack:
-        writers = [stack.enter_context(ModelWriter(Path(out_root) / f"step_{t}", template=base, dtype=dtype))
-                   for t in targets]
-        for name in tqdm(names, desc="weight extrapolation", unit="tensor", leave=False):
-            floating = base.dtype(name).is_floating_point
-            if not floating or (is_norm(name) and not extrapolate_norms):
-                value = traj.model(b_step).read(name)
-                if floating and traj.check_finite and not torch.isfinite(value).all():
-                    raise TrajectoryError(f"{where(traj.model(b_step).info(name).file, b_step, name)}: "
-                                          "NaN/Inf weights")
-                for w in writers:
-                    w.write(name, value)
-                copied.append(name)
-                continue
-            if base.numel(name) == 0:  # no rows, no blocks
-                for w in writers:
-                    w.write(name, base.read(name))
-            for start, _, block in read_blocks(traj, name, [a_step, b_step], max_elements):
-                b = block.reshape(2, -1).to(torch.float64)
-                pred = b[0] + al * (b[1] - b[0])
-                for w, p in zip(writers, pred):  # block by block: no output whole in memory
-                    w.write_rows(name, start, p)
-            extrapolated.append(name)
-    return {"base_step": a_step, "second_step": b_step,
-            "targets": [{"target": t, "alpha": a, "path": str(Path(out_root) / f"step_{t}")}
-                        for t, a in zip(targets, alphas)],
-            "extrapolate_norms": bool(extrapolate_norms), "extrapolated": extrapolated, "copied_from_second": copied,
-            "tied_embeddings": base.tied_embeddings, "timings": {"total_s": time.perf_counter() - t0}}
+    method = WeightExtrapolation(base_step, second_step, targets, out_root, extrapolate_norms=extrapolate_norms,
+                                 dtype=dtype)
+    execute(traj, method.plan(traj), max_elements=max_elements)
+    return method.report(traj, time.perf_counter() - t0)

@@ -26,7 +26,6 @@ logprob_r2.json: see rlvr_linearity.linearity.logprob.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -87,36 +86,14 @@ def _lowrank(cfg, traj, steps, out: Path) -> dict:
 
 def reconstruct(traj, grams: dict, observed: list[int], targets: list[int], rank: int, history, out_root: Path,
                 chunk_elements: int = 1 << 21) -> list[dict]:
-    """Write W_0 + Δ̃_s for each target step s: Δ̃_s = projection of the actual Δ_s onto the
-    top-`rank` subspace of the window (steps <= history, all if None), as a weighted sum of the
-    window's deltas (one streaming read of the window). Returns [{step, rank, path}]."""
-    from rlvr_linearity.linearity.lowrank import projection_weights
-    from rlvr_linearity.trajectory import ModelWriter
+    """Write W_0 + Δ̃_s for each target step s (`reconstruct.Reconstruct`, through the executor:
+    one streaming read of the window). Returns [{step, rank, history, path}]."""
+    from rlvr_linearity.linearity.executor import execute
+    from rlvr_linearity.linearity.reconstruct import Reconstruct
 
-    n_win = len(observed) if history is None else sum(1 for s in observed if s <= int(history))
-    for s in targets:
-        if s not in observed:
-            raise ConfigError(f"linearity.reconstruct_steps: step {s} is not in the trajectory's steps {observed}")
-    read_steps = [0] + observed[:n_win]  # the projection is a combination of the window's deltas
-    weights = {name: np.stack([projection_weights(g, n_win, observed.index(s), rank) for s in targets])
-               for name, g in grams.items()}
-    base = traj.model(0)
-    with ExitStack() as stack:
-        writers = [stack.enter_context(ModelWriter(out_root / f"step_{s}_rank{rank}", template=base)) for s in targets]
-        for name in writers[0].tensor_names:
-            shape = tuple(base.shape(name))
-            outs = [torch.empty(shape, dtype=torch.float32) for _ in targets]
-            wt = torch.from_numpy(weights[name])  # [targets, n_win]
-            row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            for start, stop, block in traj.iter_blocks(name, read_steps, max(row, chunk_elements)):
-                b = block.reshape(len(read_steps), -1).to(torch.float64)
-                d = b[1:] - b[0]
-                pred = b[0] + wt @ d  # [targets, C]
-                for o, p in zip(outs, pred):
-                    o.view(-1)[start * row: stop * row] = p.to(torch.float32)
-            for w, o in zip(writers, outs):
-                w.write(name, o)
-    return [{"step": s, "rank": rank, "history": history, "path": str(out_root / f"step_{s}_rank{rank}")} for s in targets]
+    method = Reconstruct(grams, observed, targets, rank, history, out_root)
+    execute(traj, method.plan(traj), max_elements=chunk_elements)
+    return method.report()
 
 
 def _problem_texts(cfg, benchmark: str) -> list[str]:

@@ -75,15 +75,15 @@ def _deltas(block: torch.Tensor) -> torch.Tensor:
 
 def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
     """g += D Dᵀ for the deltas D of a block [1 + T, ...] (row 0 the base, any float dtype as
-    stored). bf16, fp16 and float32 blocks go to the fused numba kernel (`kernel.gram_block`:
+    stored). bf16, fp16 and float32 blocks go to the fused numba kernel (`kernels.gram.gram_block`:
     widened, differenced and multiplied from L1 on every core, the upper triangle only,
     float32 sums over at most 512 columns, then float64, independent of the thread schedule):
     3.8x faster than torch's product of the deltas and about 15x more precise (relative error
     4e-8 against 7e-7, measured on bf16 blocks). float64 blocks (or no numba): one torch
     product of the float32 deltas."""
-    from rlvr_linearity.linearity import kernel
+    from rlvr_linearity.linearity.kernels.gram import gram_block
 
-    fused = kernel.gram_block(block)
+    fused = gram_block(block)
     if fused is None:
         d = _deltas(block)
         fused = torch.mm(d, d.T).numpy()
@@ -93,13 +93,13 @@ def gram_update(g: np.ndarray, block: torch.Tensor) -> None:
 def predict_update(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[:, cols] = W_0 + weights @ D for a block [1 + T, ...]: the predictions [K, n] (float32,
     ~1e-7 of the predicted delta) of every target at once, by the fused kernel
-    (`kernel.predict_block`) or, where `gram_update` uses torch, by one torch product; `out` is
+    (`kernels.predict.predict_block`) or, where `gram_update` uses torch, by one torch product; `out` is
     a reused buffer of at least K * n elements."""
-    from rlvr_linearity.linearity import kernel
+    from rlvr_linearity.linearity.kernels.predict import predict_block
 
     b2 = block.reshape(block.shape[0], -1)
     pred = out[: weights.shape[0] * b2.shape[1]].view(weights.shape[0], b2.shape[1])
-    if not kernel.predict_block(b2, weights, pred):
+    if not predict_block(b2, weights, pred):
         torch.mm(weights, _deltas(b2), out=pred).add_(b2[0])
     return pred
 

@@ -12,11 +12,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def _eigh_desc(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+REL_CUTOFF = 1e-6  # components with σ_i <= REL_CUTOFF·σ₁ carry no signal
+
+
+def eigh_desc(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (descending, clipped at 0) and eigenvectors of a symmetric PSD matrix."""
     vals, vecs = np.linalg.eigh(np.asarray(gram, dtype=np.float64))
     order = np.argsort(vals)[::-1]
     return np.clip(vals[order], 0.0, None), vecs[:, order]
+
+
+def kept_rank(sigma: np.ndarray, rank: int) -> int:
+    """How many of the top `rank` components (singular values `sigma`, descending) carry signal."""
+    return int(np.sum(sigma[: int(rank)] > REL_CUTOFF * sigma[0])) if sigma[0] > 0 else 0
 
 
 def explained_variance(gram: np.ndarray, ranks) -> dict[int, float]:
@@ -24,7 +32,7 @@ def explained_variance(gram: np.ndarray, ranks) -> dict[int, float]:
 
     NaN when the tensor never moved (trace 0).
     """
-    vals, _ = _eigh_desc(gram)
+    vals, _ = eigh_desc(gram)
     total = float(np.trace(gram))
     cum = np.cumsum(vals)
     return {int(r): (float(min(cum[min(int(r), len(vals)) - 1] / total, 1.0)) if total > 0 else float("nan"))
@@ -50,7 +58,7 @@ def rank1_coefficients(gram: np.ndarray, n_history: int) -> np.ndarray:
     Sign fixed so that the last coefficient is positive (for plots). Zeros if nothing moved.
     """
     g = np.asarray(gram, dtype=np.float64)
-    vals, vecs = _eigh_desc(g[:n_history, :n_history])
+    vals, vecs = eigh_desc(g[:n_history, :n_history])
     if vals[0] <= 0:
         return np.zeros(len(g))
     u, sigma = vecs[:, 0], np.sqrt(vals[0])
@@ -84,10 +92,12 @@ def coefficient_linearity(gram: np.ndarray, steps, history: int | None) -> dict:
 
 def projection_weights(gram: np.ndarray, n_window: int, target: int, rank: int) -> np.ndarray:
     """Weights w [n_window] with Σ_t w_t Δ_t = projection of Δ_target onto the top-`rank` right
-    singular subspace of the window's rows (M_w): V_r V_rᵀ Δ = M_wᵀ U_r Λ_r⁻¹ U_rᵀ (M_w Δ)."""
+    singular subspace of the window's rows (M_w): V_r V_rᵀ Δ = M_wᵀ U_r Λ_r⁻¹ U_rᵀ (M_w Δ).
+    RELEX's `mode=reconstruct` is the case of a target inside the window (same subspace, same
+    cut-off), written there through the window's coefficients."""
     g = np.asarray(gram, dtype=np.float64)
-    vals, vecs = _eigh_desc(g[:n_window, :n_window])
-    r = int(min(rank, int(np.sum(vals > vals[0] * 1e-12)) if vals[0] > 0 else 0))
+    vals, vecs = eigh_desc(g[:n_window, :n_window])
+    r = kept_rank(np.sqrt(vals), rank)
     if r == 0:
         return np.zeros(n_window)
     u = vecs[:, :r]

@@ -132,7 +132,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     Returns the `weights_r2.json` content: the contract's keys for the largest window plus
     `windows: {label: same keys}`.
     """
-    from rlvr_linearity.linearity import kernel
+    from rlvr_linearity.linearity.kernels import common, r2 as kernel
 
     steps = list(traj.steps if steps is None else steps)
     if steps[0] != 0:
@@ -143,7 +143,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     base = traj.model(0)
     if engine not in ("auto", "kernel", "torch"):
         raise ConfigError(f"linearity.engine={engine!r}: use auto, kernel or torch")
-    possible = str(device) == "cpu" and kernel.available() and min_unique <= 1
+    possible = str(device) == "cpu" and common.available() and min_unique <= 1
     if engine == "kernel" and not possible:
         raise ConfigError("linearity.engine=kernel needs numba, device=cpu and no min_unique filter")
     # auto: the kernel pays a one-off JIT compile (cached on disk), worth it beyond tiny models

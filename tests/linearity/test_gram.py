@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import make_trajectory
 
-from rlvr_linearity.linearity import gram, kernel
+from rlvr_linearity.linearity import gram
+from rlvr_linearity.linearity.kernels import common, predict
+from rlvr_linearity.linearity.kernels import gram as gram_kernel
 from rlvr_linearity.trajectory import open_trajectory
 
 STEPS = (1, 2, 4, 7, 8, 12)
@@ -61,14 +63,14 @@ def test_cache_keyed_by_content(tmp_path):
     assert np.allclose(gb[n], ref_gram(b, n, [1, 2, 3]), rtol=1e-5)
 
 
-@pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernels)")
+@pytest.mark.skipif(not common.available(), reason="numba not installed (fused kernels)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 6, 13])
 def test_fused_gram_and_prediction_match_float64(dtype, rows):
     """The fused kernels over several spans, a partial last chunk and step counts that are not
     multiples of the 4 x 4 tiles, against float64 on the stored values; float64 blocks go to
     torch's path, which matches as well."""
-    n = 2 * kernel.GRAM_CHUNK * kernel.GRAM_SPAN + 37
+    n = 2 * common.GRAM_CHUNK * common.GRAM_SPAN + 37
     gen = torch.Generator().manual_seed(rows)
     trend = torch.randn(n, generator=gen) * 1e-3
     block = (torch.randn(n, generator=gen) + torch.arange(rows + 1.0)[:, None] * trend
@@ -76,7 +78,7 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     x = block.double().numpy()
     d = x[1:] - x[0]
     ref = d @ d.T
-    g = kernel.gram_block(block)
+    g = gram_kernel.gram_block(block)
     assert np.array_equal(g, g.T)
     assert np.abs(g - ref).max() <= 1e-6 * np.abs(ref).max()
     w = torch.randn(6, rows, generator=gen)  # a tile of four targets and two more
@@ -84,7 +86,7 @@ def test_fused_gram_and_prediction_match_float64(dtype, rows):
     ref_pred = x[0] + w.double().numpy() @ d
     assert np.abs(pred.numpy() - ref_pred).max() <= 1e-6 * np.abs(ref_pred).max()
     wide = block.double() + 1e-9  # float64: declined by the kernels, torch's path matches too
-    assert kernel.gram_block(wide) is None and not kernel.predict_block(wide, w, torch.empty(6, n))
+    assert gram_kernel.gram_block(wide) is None and not predict.predict_block(wide, w, torch.empty(6, n))
     xw = wide.numpy()
     dw = xw[1:] - xw[0]
     gw = np.zeros((rows, rows))

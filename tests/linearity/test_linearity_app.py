@@ -13,9 +13,9 @@ import torch
 from conftest import compose_config, make_trajectory
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.linearity import kernel
+from rlvr_linearity.linearity.kernels.common import available as numba_available
 
-NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
+NEEDS_NUMBA = pytest.mark.skipif(not numba_available(), reason="numba not installed (fused kernel)")
 
 STEPS = (1, 2, 4, 7, 8, 12)
 

@@ -11,9 +11,9 @@ from safetensors.numpy import load_file
 from rlvr_linearity.linearity.names import parse_name
 from rlvr_linearity.linearity.r2 import sample_indices, sample_size
 from rlvr_linearity.linearity.weights import weight_linearity
-from rlvr_linearity.linearity import kernel
+from rlvr_linearity.linearity.kernels.common import available as numba_available
 
-NEEDS_NUMBA = pytest.mark.skipif(not kernel.available(), reason="numba not installed (fused kernel)")
+NEEDS_NUMBA = pytest.mark.skipif(not numba_available(), reason="numba not installed (fused kernel)")
 
 STEPS = [0, 2, 3, 5, 9, 10, 14]
 SHAPES = {"model.embed_tokens.weight": (50, 8), "model.layers.0.self_attn.q_proj.weight": (8, 8),

@@ -5,7 +5,7 @@ above thresholds, 2**19-bin histogram). The histogram bins are queued per thread
 in batches, one window at a time, into uint8 counters that spill into int32 ones every 256
 counts: one 512 KiB array hot at a time, which stays in a core's L2, where interleaving the
 windows' scattered increments missed it. Windows therefore cost little extra and nothing of
-size [windows, columns] is materialised. The torch path (`r2.py`) is the reference and the
+size [windows, columns] is materialised. The torch path (`linearity/r2.py`) is the reference and the
 CUDA path; both are tested against numpy.
 
 Optional: without numba the torch path runs.
@@ -13,48 +13,17 @@ Optional: without numba the torch path runs.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-try:
-    import numba as nb
-
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        # no spin-waiting workers: on a shared CPU an OpenMP pool that spins starves everything else
-        nb.config.THREADING_LAYER = "workqueue"
-except ImportError:  # pragma: no cover - numba is an optional accelerator
-    nb = None
+from .common import _bf16, kernel_input, nb
 
 TILE = 256
 QUEUE = 1 << 15  # histogram bins queued per thread and window before they are counted
 SPILL_LIMIT = 1 << 38  # counts a window's slots may hold unfolded: 256 * int32 spill counters hold 2**39
 PARALLEL_TILES = 8  # tiles per hand-out of the dynamic schedule
 
-
-def available() -> bool:
-    return nb is not None
-
-
 if nb is not None:
-    from llvmlite import ir
-    from numba.core import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _bits_to_float32(typingctx, bits):  # pragma: no cover - compiled
-        """Reinterpret a uint32 as float32 (no conversion instruction: a register bitcast)."""
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.uint32), codegen
-
-    @nb.njit(inline="always")
-    def _bf16(bits):  # pragma: no cover - compiled
-        """A bfloat16 (its uint16 bits) widened exactly to float32: the bits are float32's top half."""
-        return _bits_to_float32(np.uint32(bits) << np.uint32(16))
-
 
     @nb.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath={"nsz", "contract"})
     def r2_accumulate(x, bf16, steps, ends, xbar, sxx, thresholds, min_abs_change, hist, spill, spilled, queue,
@@ -349,213 +318,3 @@ class KernelStats:
                         np.zeros(len(self.ends), dtype=np.int64), np.zeros((len(self.ends), 2), dtype=np.int64), 0)
             self.pending[:] = 0
             self.dirty = False
-
-
-def kernel_input(block: torch.Tensor) -> tuple[np.ndarray, bool]:
-    """(2-D C-contiguous array, is-bf16-bits) for `r2_accumulate`: float32/float64 as they are,
-    bfloat16 as its uint16 bits (no copy), anything else widened to float32."""
-    block = block.reshape(block.shape[0], -1)
-    if block.dtype == torch.bfloat16:
-        return block.contiguous().view(torch.int16).numpy().view(np.uint16), True
-    if block.dtype not in (torch.float32, torch.float64):
-        block = block.float()
-    return block.contiguous().numpy(), False
-
-
-GRAM_CHUNK = 512  # columns whose deltas are formed in a thread's scratch and multiplied from L1
-GRAM_SPAN = 8  # chunks per hand-out (and per float64 partial Gram)
-
-if nb is not None:
-
-    @nb.njit(inline="always")
-    def _fill_deltas(xf, bf16, n, j0, m, t_rows, base, d):  # pragma: no cover - compiled
-        """base[:m] = row 0 and d[t, :m] = row 1 + t minus row 0 (float32) of columns j0:j0 + m of
-        the flat block xf [1 + t_rows, n] (bf16 bits or float32)."""
-        at = np.uint64(j0)  # unsigned: no negative-index wraparound (it made loads scalar inserts)
-        if bf16:
-            for k in range(m):
-                base[k] = _bf16(xf[at + np.uint64(k)])
-            for t in range(t_rows):
-                at = np.uint64((t + 1) * n + j0)
-                for k in range(m):
-                    d[t, k] = _bf16(xf[at + np.uint64(k)]) - base[k]
-        else:
-            for k in range(m):
-                base[k] = xf[at + np.uint64(k)]
-            for t in range(t_rows):
-                at = np.uint64((t + 1) * n + j0)
-                for k in range(m):
-                    d[t, k] = xf[at + np.uint64(k)] - base[k]
-
-    @nb.njit(nogil=True, cache=True, fastmath={"nsz", "contract", "reassoc"})
-    def _gram_chunk(d, rows, m, acc):  # pragma: no cover - compiled
-        """acc[i, j] += Σ_k d[i, k] d[j, k] (k < m) for the upper triangle in 4 x 4 tiles of the
-        scratch d [rows, GRAM_CHUNK] float32 (rows a multiple of 4, padding rows zero); each tile's
-        16 sums stay in vector registers over the chunk (float32: at most GRAM_CHUNK terms), then
-        go to the float64 acc. Its own function so that only these sums are reassociated."""
-        for i in range(0, rows, 4):
-            for j in range(i, rows, 4):
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
-                s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
-                for k in range(m):
-                    a0, a1, a2, a3 = d[i, k], d[i + 1, k], d[i + 2, k], d[i + 3, k]
-                    b0, b1, b2, b3 = d[j, k], d[j + 1, k], d[j + 2, k], d[j + 3, k]
-                    s00 += a0 * b0
-                    s01 += a0 * b1
-                    s02 += a0 * b2
-                    s03 += a0 * b3
-                    s10 += a1 * b0
-                    s11 += a1 * b1
-                    s12 += a1 * b2
-                    s13 += a1 * b3
-                    s20 += a2 * b0
-                    s21 += a2 * b1
-                    s22 += a2 * b2
-                    s23 += a2 * b3
-                    s30 += a3 * b0
-                    s31 += a3 * b1
-                    s32 += a3 * b2
-                    s33 += a3 * b3
-                acc[i, j] += s00
-                acc[i, j + 1] += s01
-                acc[i, j + 2] += s02
-                acc[i, j + 3] += s03
-                acc[i + 1, j] += s10
-                acc[i + 1, j + 1] += s11
-                acc[i + 1, j + 2] += s12
-                acc[i + 1, j + 3] += s13
-                acc[i + 2, j] += s20
-                acc[i + 2, j + 1] += s21
-                acc[i + 2, j + 2] += s22
-                acc[i + 2, j + 3] += s23
-                acc[i + 3, j] += s30
-                acc[i + 3, j + 1] += s31
-                acc[i + 3, j + 2] += s32
-                acc[i + 3, j + 3] += s33
-
-    @nb.njit(parallel=True, cache=True, nogil=True, fastmath={"nsz", "contract"})
-    def gram_accumulate(x, bf16, parts):  # pragma: no cover - compiled
-        """parts[s] = the upper 4 x 4 tiles of D Dᵀ over span s of the columns of x [1 + T, n]
-        (row 0 the base; bf16 bits as uint16, or float32), D = rows 1.. minus row 0, differenced
-        in float32 (exact for bf16 neighbours). One float64 partial per span, whichever thread
-        takes it: the caller sums them in span order, so the result does not depend on the
-        schedule."""
-        n_rows, n = x.shape
-        t_rows = n_rows - 1
-        padded = parts.shape[1]
-        xf = x.reshape(-1)
-        span = GRAM_CHUNK * GRAM_SPAN
-        for s in nb.prange((n + span - 1) // span):
-            d = np.zeros((padded, GRAM_CHUNK), dtype=np.float32)
-            base = np.empty(GRAM_CHUNK, dtype=np.float32)
-            acc = parts[s]
-            acc[:] = 0.0
-            for j0 in range(s * span, min(n, (s + 1) * span), GRAM_CHUNK):
-                m = min(GRAM_CHUNK, n - j0)
-                _fill_deltas(xf, bf16, n, j0, m, t_rows, base, d)
-                _gram_chunk(d, padded, m, acc)
-
-    @nb.njit(parallel=True, cache=True, nogil=True, fastmath={"nsz", "contract"})
-    def predict_accumulate(x, bf16, weights, out):  # pragma: no cover - compiled
-        """out[k] = x[0] + Σ_t weights[k, t] (x[1 + t] − x[0]) in float32 for x [1 + T, n] (bf16
-        bits as uint16, or float32) and weights [K, T'] float32 (T' >= T a multiple of 4, zero
-        beyond T): every target's prediction from one read of the block, the deltas formed chunk
-        by chunk in L1, the sums of four targets over four steps per pass (each delta loaded
-        once for four targets), the base added last."""
-        n_rows, n = x.shape
-        n_out, padded = weights.shape
-        xf = x.reshape(-1)
-        of = out.reshape(-1)
-        span = GRAM_CHUNK * GRAM_SPAN
-        for s in nb.prange((n + span - 1) // span):
-            d = np.zeros((padded, GRAM_CHUNK), dtype=np.float32)
-            base = np.empty(GRAM_CHUNK, dtype=np.float32)
-            acc = np.empty((4, GRAM_CHUNK), dtype=np.float32)
-            for j0 in range(s * span, min(n, (s + 1) * span), GRAM_CHUNK):
-                m = min(GRAM_CHUNK, n - j0)
-                _fill_deltas(xf, bf16, n, j0, m, n_rows - 1, base, d)
-                for i0 in range(0, n_out, 4):
-                    width = min(4, n_out - i0)
-                    acc[:, :m] = 0.0
-                    if width == 4:
-                        for t in range(0, padded, 4):
-                            _predict_tile(weights, i0, t, d, m, acc)
-                    else:
-                        for i in range(width):
-                            a = acc[i]
-                            for t in range(0, padded, 4):
-                                w0, w1 = weights[i0 + i, t], weights[i0 + i, t + 1]
-                                w2, w3 = weights[i0 + i, t + 2], weights[i0 + i, t + 3]
-                                for k in range(m):
-                                    a[k] += w0 * d[t, k] + w1 * d[t + 1, k] + w2 * d[t + 2, k] + w3 * d[t + 3, k]
-                    for i in range(width):
-                        o = np.uint64((i0 + i) * n + j0)
-                        for k in range(m):
-                            of[o + np.uint64(k)] = acc[i, k] + base[k]
-
-    @nb.njit(inline="always")
-    def _predict_tile(weights, i0, t, d, m, acc):  # pragma: no cover - compiled
-        """acc[i, :m] += Σ_{u < 4} weights[i0 + i, t + u] d[t + u, :m] for four targets i."""
-        w00, w01, w02, w03 = weights[i0, t], weights[i0, t + 1], weights[i0, t + 2], weights[i0, t + 3]
-        w10, w11, w12, w13 = weights[i0 + 1, t], weights[i0 + 1, t + 1], weights[i0 + 1, t + 2], weights[i0 + 1, t + 3]
-        w20, w21, w22, w23 = weights[i0 + 2, t], weights[i0 + 2, t + 1], weights[i0 + 2, t + 2], weights[i0 + 2, t + 3]
-        w30, w31, w32, w33 = weights[i0 + 3, t], weights[i0 + 3, t + 1], weights[i0 + 3, t + 2], weights[i0 + 3, t + 3]
-        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-        for k in range(m):
-            d0, d1, d2, d3 = d[t, k], d[t + 1, k], d[t + 2, k], d[t + 3, k]
-            a0[k] += w00 * d0 + w01 * d1 + w02 * d2 + w03 * d3
-            a1[k] += w10 * d0 + w11 * d1 + w12 * d2 + w13 * d3
-            a2[k] += w20 * d0 + w21 * d1 + w22 * d2 + w23 * d3
-            a3[k] += w30 * d0 + w31 * d1 + w32 * d2 + w33 * d3
-
-def _fused_input(block: torch.Tensor):
-    """(x, is-bf16, T, T rounded up to the 4 x 4 tiles) of a block [1 + T, ...] for the fused
-    Gram and prediction kernels (bf16 bits as stored, fp16 widened exactly to float32), or None
-    without numba or for float64 (its deltas are differenced before rounding, in torch)."""
-    b = block.reshape(block.shape[0], -1)
-    if nb is None or b.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return None
-    x, bf16 = kernel_input(b)
-    t = b.shape[0] - 1
-    return x, bf16, t, -(-t // 4) * 4
-
-
-def gram_block(block: torch.Tensor) -> np.ndarray | None:
-    """D Dᵀ [T, T] float64 of a block [1 + T, ...] (row 0 the base) stored as bf16, fp16 or
-    float32, by `gram_accumulate`; None without numba or for float64 (the caller's torch path)."""
-    fused = _fused_input(block)
-    if fused is None:
-        return None
-    x, bf16, t, padded = fused
-    parts = np.empty((-(-x.shape[1] // (GRAM_CHUNK * GRAM_SPAN)), padded, padded))
-    gram_accumulate(x, bf16, parts)
-    g = parts.sum(0)[:t, :t]
-    return np.triu(g) + np.triu(g, 1).T
-
-
-def predict_block(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> bool:
-    """out [K, n] = W_0 + weights [K, T] @ D for a block [1 + T, ...] stored as bf16, fp16 or
-    float32, by `predict_accumulate`; False (nothing done) without numba or for float64."""
-    fused = _fused_input(block)
-    if fused is None:
-        return False
-    x, bf16, t, padded = fused
-    w = np.zeros((weights.shape[0], padded), dtype=np.float32)
-    w[:, :t] = weights.numpy()
-    predict_accumulate(x, bf16, w, out.numpy())
-    return True
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the kernels for the block types the
-    streaming passes feed them (bf16 bits, float32, float64)."""
-    for dtype in (torch.bfloat16, torch.float32):
-        gram_block(torch.ones(3, 5, dtype=dtype))
-        predict_block(torch.ones(3, 5, dtype=dtype), torch.ones(1, 2), torch.empty(1, 5))
-    for dtype in (torch.bfloat16, torch.float32, torch.float64):
-        ks = KernelStats([0, 1, 2], [3], (0.5,), 0.0, 8)
-        ks.start_tensor()
-        ks.add(torch.arange(6, dtype=dtype).reshape(3, 2), None)
-        ks.add(torch.arange(6, dtype=dtype).reshape(3, 2), np.empty((1, 2)))
-        ks.finish_tensor()
-        ks.finish()
