@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError, EvaluationError
 from rlvr_linearity.evaluate.engines.base import Engine
+from rlvr_linearity.evaluate.engines.registry import build_engine
 
 SHUTDOWN_TIMEOUT_S = 60
 
@@ -46,9 +47,7 @@ def _worker(engine_cfg: dict, model: str, env: dict, conn) -> None:
     """One rank: build the engine, then answer (prompts, sampling) calls until None."""
     os.environ.update(env)
     try:
-        from rlvr_linearity.evaluate.engines import make_engine
-
-        engine = make_engine(OmegaConf.create({"engine": {**engine_cfg, "data_parallel_size": 1}}), model)
+        engine = build_engine(OmegaConf.create({"engine": {**engine_cfg, "data_parallel_size": 1}}), model)
         conn.send(("ready", None))
         while (call := conn.recv()) is not None:
             conn.send(("ok", engine.generate(*call)))
