@@ -70,6 +70,34 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+class EpochSampler:
+    """TRL's `RepeatSampler` made a function of the epoch, so a resumed run sees the same data order.
+
+    RepeatSampler seeds its generator once and draws one permutation per pass, so a run resumed
+    in epoch e > 0 would draw epoch 0's order again. The Trainer calls `set_epoch(e)` (through
+    accelerate) before each pass; this reseeds and replays e permutations, which is exactly the
+    generator state an uninterrupted run reaches (one pass per epoch), so its order is unchanged.
+    """
+
+    def __init__(self, inner):
+        self.inner, self.epoch = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        import torch
+
+        if self.inner.shuffle:
+            self.inner.generator.manual_seed(self.inner.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.inner.num_samples, generator=self.inner.generator)
+        return iter(self.inner)
+
+
 def base_model_dir(cfg) -> str:
     """`train.model`: "tiny" builds/caches the demo model; else a local dir (absolute) or hub id."""
     model = str(cfg.train.model)
@@ -190,8 +218,12 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
         logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
         report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
         disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
+    class ResumableGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            return EpochSampler(super()._get_train_sampler(dataset))
+
     reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)))
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+    trainer = ResumableGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           processing_class=tokenizer,
                           callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
     # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
