@@ -4,7 +4,9 @@ Writes `DIR/trajectory/checkpoint-N/` (model.safetensors in float32, config, tok
 optimizer state kept only in the newest checkpoint (enough to resume), `trajectory.json`
 (base model, saved steps, trainer, config) rewritten after every save, and one JSON line of
 training metrics per step in `DIR/train_metrics.jsonl`. A killed run resumes from its newest
-checkpoint that still has optimizer state.
+checkpoint that still has optimizer and RNG state, and then trains bit for bit as the uninterrupted
+run would (the Trainer restores weights, optimizer, scheduler and RNG; `EpochSampler` the data
+order): same weights at every step, same metrics but wall-clock times (tests/test_train_trl.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import shutil
 import time
 from pathlib import Path
 
-from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.errors import ConfigError, TrajectoryError
 from rlvr_linearity.pipeline.stages import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 PRUNE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
 
 
@@ -231,8 +233,11 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     trainer.create_model_card = lambda *args, **kwargs: None
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if saved_steps(traj_dir)[-1:] != [steps]:  # the final step is always saved
-        trainer.save_model(str(traj_dir / f"checkpoint-{steps}"))
+    # The Trainer saves the final step itself (save_strategy="steps" saves at max_steps), through
+    # the callbacks' on_save: trajectory.json, pruning and live forecasting's final.json.
+    if saved_steps(traj_dir)[-1:] != [steps]:
+        raise TrajectoryError(f"{traj_dir}: training stopped at step {trainer.state.global_step} of {steps} "
+                              "without saving its final step")
     for s in saved_steps(traj_dir)[:-1]:
         for f in PRUNE_FILES:
             (traj_dir / f"checkpoint-{s}" / f).unlink(missing_ok=True)
