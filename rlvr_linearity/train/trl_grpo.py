@@ -220,14 +220,17 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
         logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
         report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
         disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
+
     class ResumableGRPOTrainer(GRPOTrainer):
+        """GRPO whose data order survives a resume (see EpochSampler)."""
+
         def _get_train_sampler(self, dataset=None):
             return EpochSampler(super()._get_train_sampler(dataset))
 
     reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)))
     trainer = ResumableGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                          processing_class=tokenizer,
-                          callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
+                                   processing_class=tokenizer,
+                                   callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
     # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
     # URL each time (a warning per step offline); the trajectory needs none.
     trainer.create_model_card = lambda *args, **kwargs: None
