@@ -15,6 +15,7 @@ A forecasting failure never stops training: it is logged once and forecasting is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,26 @@ log = logging.getLogger(__name__)
 def _enabled(cfg) -> bool:
     fc = cfg.get("forecast") if cfg is not None else None
     return bool(fc and fc.get("enabled", False))
+
+
+@contextlib.contextmanager
+def _rng_preserved():
+    """Leave the CPU random state (python, numpy, torch) as it was: forecasting runs between a
+    checkpoint save and the next step, and its evaluator seeds torch. Without this, live forecasting
+    changes the samples training draws next, and a resumed run (which restores the state saved
+    with the checkpoint) no longer equals an uninterrupted one."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 class _Live:
@@ -42,7 +63,8 @@ class _Live:
         if self.failed:
             return []
         try:
-            return self._saved()
+            with _rng_preserved():
+                return self._saved()
         except Exception as err:  # forecasting must not kill a training run
             self.failed = True
             log.exception("live forecasting failed and is turned off for this run: %s", err)

@@ -4,7 +4,9 @@ Writes `DIR/trajectory/checkpoint-N/` (model.safetensors in float32, config, tok
 optimizer state kept only in the newest checkpoint (enough to resume), `trajectory.json`
 (base model, saved steps, trainer, config) rewritten after every save, and one JSON line of
 training metrics per step in `DIR/train_metrics.jsonl`. A killed run resumes from its newest
-checkpoint that still has optimizer state.
+checkpoint that still has optimizer and RNG state, and then trains bit for bit as the uninterrupted
+run would (the Trainer restores weights, optimizer, scheduler and RNG; `EpochSampler` the data
+order): same weights at every step, same metrics but wall-clock times (tests/test_train_trl.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import shutil
 import time
 from pathlib import Path
 
-from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.errors import ConfigError, TrajectoryError
 from rlvr_linearity.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 PRUNE_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin")
 
 
@@ -68,6 +70,34 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
+
+
+class EpochSampler:
+    """TRL's `RepeatSampler` made a function of the epoch, so a resumed run sees the same data order.
+
+    RepeatSampler seeds its generator once and draws one permutation per pass, so a run resumed
+    in epoch e > 0 would draw epoch 0's order again. The Trainer calls `set_epoch(e)` (through
+    accelerate) before each pass; this reseeds and replays e permutations, which is exactly the
+    generator state an uninterrupted run reaches (one pass per epoch), so its order is unchanged.
+    """
+
+    def __init__(self, inner):
+        self.inner, self.epoch = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        import torch
+
+        if self.inner.shuffle:
+            self.inner.generator.manual_seed(self.inner.seed)
+            for _ in range(self.epoch):
+                torch.randperm(self.inner.num_samples, generator=self.inner.generator)
+        return iter(self.inner)
 
 
 def base_model_dir(cfg) -> str:
@@ -178,30 +208,39 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
-    seed = int(t.get("seed", cfg.get("seed", 42)))
+    seed = int(t.seed)
     args = GRPOConfig(
         output_dir=str(traj_dir), use_cpu=True, use_vllm=False, bf16=False, fp16=False,
         max_steps=steps, learning_rate=float(t.lr), lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=float(t.get("weight_decay", 0.0)), max_grad_norm=float(t.get("grad_clip", 1.0)),
+        weight_decay=float(t.weight_decay), max_grad_norm=float(t.grad_clip),
         per_device_train_batch_size=group * prompts, gradient_accumulation_steps=1, num_generations=group,
         steps_per_generation=1, num_iterations=1, temperature=float(t.temperature),
         max_completion_length=int(t.max_completion_length), beta=float(t.beta),
-        loss_type=str(t.get("loss_type", "dapo")), scale_rewards=t.get("scale_rewards", "group"),
+        loss_type=str(t.loss_type), scale_rewards=t.scale_rewards,
         logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
         report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
         disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
-    reward = BoxedAnswerReward(timeout=float(t.get("reward_timeout", 5.0)), workers=int(t.get("reward_workers", 1)),
-                               grader=str(t.reward_grader))
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                          processing_class=tokenizer,
-                          callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
+
+    class ResumableGRPOTrainer(GRPOTrainer):
+        """GRPO whose data order survives a resume (see EpochSampler)."""
+
+        def _get_train_sampler(self, dataset=None):
+            return EpochSampler(super()._get_train_sampler(dataset))
+
+    reward = BoxedAnswerReward(timeout=float(t.reward_timeout), workers=int(t.reward_workers), grader=str(t.reward_grader))
+    trainer = ResumableGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                                   processing_class=tokenizer,
+                                   callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
     # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
     # URL each time (a warning per step offline); the trajectory needs none.
     trainer.create_model_card = lambda *args, **kwargs: None
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if saved_steps(traj_dir)[-1:] != [steps]:  # the final step is always saved
-        trainer.save_model(str(traj_dir / f"checkpoint-{steps}"))
+    # The Trainer saves the final step itself (save_strategy="steps" saves at max_steps), through
+    # the callbacks' on_save: trajectory.json, pruning and live forecasting's final.json.
+    if saved_steps(traj_dir)[-1:] != [steps]:
+        raise TrajectoryError(f"{traj_dir}: training stopped at step {trainer.state.global_step} of {steps} "
+                              "without saving its final step")
     for s in saved_steps(traj_dir)[:-1]:
         for f in PRUNE_FILES:
             (traj_dir / f"checkpoint-{s}" / f).unlink(missing_ok=True)

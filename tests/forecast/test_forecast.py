@@ -181,6 +181,33 @@ def test_verl_checkpoint_callback(tmp_path, monkeypatch):
     assert [e["step"] for e in events if e["event"] == "metrics"] == [1, 2, 3]
 
 
+def test_forecasting_leaves_the_random_state_alone(tmp_path, monkeypatch):
+    """Forecasting runs between a checkpoint save and the next training step: whatever it seeds or
+    draws (the HF evaluator calls torch.manual_seed), training then draws what it would without it."""
+    import random
+
+    import numpy as np
+
+    from rlvr_linearity.forecast.hooks import _Live
+
+    def reseeding(self):
+        torch.manual_seed(0), random.seed(0), np.random.seed(0)
+        torch.rand(3), random.random(), np.random.rand()
+        return [{"observed_step": 1}]
+
+    def draws():
+        return torch.rand(4), random.random(), np.random.rand()
+
+    monkeypatch.setattr(_Live, "_saved", reseeding)
+    live = _Live(None, tmp_path, tmp_path / "trajectory", None, None)
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    expected = draws()
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    assert live.saved() == [{"observed_step": 1}]
+    got = draws()
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_verl_config_names_the_callback_when_enabled(enabled, tmp_path, monkeypatch):
     """`rlvr train trainer=verl forecast.enabled=true`: verl's composed and validated config names

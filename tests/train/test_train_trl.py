@@ -133,3 +133,85 @@ def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert load_file(traj / "checkpoint-3" / "model.safetensors").keys() == weights[3].keys()
     assert len((out / "train_metrics.jsonl").read_text().splitlines()) == 3
+
+
+# A `rlvr train` process that SIGKILLs itself at one point of one step: in a callback event
+# (on_step_end: the step is taken, nothing saved; on_log: its metrics line is written; on_save:
+# its checkpoint is complete), or "mid_save" (weights written; optimizer, RNG and trainer state not).
+_KILLED_TRAIN = r"""
+import os, signal, sys
+from transformers import Trainer, TrainerCallback
+import rlvr_linearity.forecast.hooks as hooks
+from rlvr_linearity.cli import main
+
+when, step = sys.argv[1], int(sys.argv[2])
+
+def kill(now):
+    if now == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if when == "mid_save":
+    save = Trainer._save_optimizer_and_scheduler
+    def _save(self, output_dir):
+        kill(self.state.global_step)
+        return save(self, output_dir)
+    Trainer._save_optimizer_and_scheduler = _save
+else:
+    Kill = type("Kill", (TrainerCallback,), {when: lambda self, args, state, control, **kw: kill(state.global_step)})
+    callbacks = hooks.trl_callbacks
+    hooks.trl_callbacks = lambda *a, **k: [*callbacks(*a, **k), Kill()]
+main(["train", *sys.argv[3:]])
+"""
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_bitwise(tiny_dir, rlvr_cache, tmp_path):
+    """kill -9 at three points, each rerun resuming the last: every checkpoint's weights, the final
+    optimizer state and every step's metrics equal an uninterrupted run's bit for bit. 7 problems,
+    2 per step: an epoch is 3 steps, so the resumes land mid-epoch 1, on an epoch boundary and in
+    epoch 2 (the data order of later epochs is what a resume used to get wrong)."""
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    args = ["trainer=trl", "train.steps=8", "train.group_size=4", "train.prompts_per_step=2",
+            "train.max_completion_length=8", "train.lr=0.003", "logger=none", *task, *tiny]
+    env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache), "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+
+    def train(out, when="none", step=0):
+        log = tmp_path / f"{out.name}-{when}-{step}.log"
+        with open(log, "w") as f:  # a file, not a pipe: two runs at once never block on output
+            proc = subprocess.Popen([sys.executable, "-c", _KILLED_TRAIN, when, str(step), *args,
+                                     f"output_dir={out}"], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        return proc, log
+
+    def finish(run, returncode):
+        proc, log = run
+        assert proc.wait(timeout=600) == returncode, log.read_text()[-3000:]
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = train(whole)  # alongside the killed runs
+    for when, step, newest in (("on_log", 5, 4), ("mid_save", 7, 7), ("on_save", 7, 7)):
+        finish(train(killed, when, step), -9)
+        # what the kill left behind: the newest checkpoint dir, complete or not
+        assert max(int(d.name.split("-")[1]) for d in (killed / "trajectory").glob("checkpoint-*")) == newest
+    finish(train(killed), 0)
+    finish(uninterrupted, 0)
+
+    for run in (whole, killed):
+        assert json.loads((run / "trajectory" / "trajectory.json").read_text())["steps"] == list(range(1, 9))
+    for s in range(1, 9):
+        a = load_file(whole / "trajectory" / f"checkpoint-{s}" / "model.safetensors")
+        b = load_file(killed / "trajectory" / f"checkpoint-{s}" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"step {s} differs"
+    opt = [torch.load(run / "trajectory" / "checkpoint-8" / "optimizer.pt", weights_only=True)["state"]
+           for run in (whole, killed)]
+    assert opt[0].keys() == opt[1].keys()
+    assert all(torch.equal(opt[0][p][k], opt[1][p][k]) for p in opt[0] for k in opt[0][p])
+
+    def metrics(run):  # everything but wall-clock times
+        rows = [json.loads(line) for line in (run / "train_metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+
+    whole_metrics = metrics(whole)
+    assert [r["step"] for r in whole_metrics] == list(range(1, 9))
+    assert metrics(killed) == whole_metrics
+    assert len({r["reward_mean"] for r in whole_metrics}) > 1  # rewards vary: sampling shapes the weights
