@@ -203,6 +203,23 @@ def test_attention_is_sdpa_unless_asked_and_verl_loads_it(math_files, tmp_path, 
         == "flash_attention_2"
 
 
+def test_sdpa_keeps_packed_sequences_apart(tiny_model_dir):
+    """verl's padding removal (train.use_remove_padding) packs a micro-batch into one row and calls
+    the model with attention_mask=None, restarting position_ids and use_cache=False; with sdpa,
+    transformers must mask across the packed sequences as flash-attn's varlen kernel does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), attn_implementation="sdpa",
+                                                 dtype=torch.float32).eval()
+    a, b = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[11, 12, 13]])
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
+                       attention_mask=None, use_cache=False).logits
+        alone = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], 1)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_flash_attention_needs_flash_attn_at_launch(math_files, tmp_path, monkeypatch):
     import importlib.util
 
@@ -438,6 +455,18 @@ def test_ray_node_resources_and_head_ip(monkeypatch):
     assert rc.head_ip() == socket.gethostbyname(socket.gethostname())
     monkeypatch.setattr(rc, "head_host", lambda: "localhost")
     assert rc.head_ip() == "127.0.0.1"
+
+
+def test_ray_start_arguments_parse_with_rays_own_cli():
+    from rlvr_linearity.train import ray_cluster as rc
+
+    scripts = pytest.importorskip("ray.scripts.scripts")
+    head = scripts.start.make_context("start", rc.ray_start_args(True, "10.0.0.1", 6380, 64, 8)[1:]).params
+    assert (head["head"], head["node_ip_address"], head["port"], head["num_cpus"], head["num_gpus"]) \
+        == (True, "10.0.0.1", 6380, 64, 8)
+    worker = scripts.start.make_context("start", rc.ray_start_args(False, "10.0.0.1", 6380, 32, 4)[1:]).params
+    assert (worker["head"], worker["address"], worker["num_cpus"], worker["num_gpus"]) \
+        == (False, "10.0.0.1:6380", 32, 4)
 
 
 def test_launcher_gives_ray_the_gpus_per_node(math_files, tmp_path, monkeypatch):
