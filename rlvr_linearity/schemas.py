@@ -21,6 +21,8 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.evaluate.grading import GRADERS
 
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+# Attention implementations verl's FSDP actor can load (transformers' names).
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
 
 
 def _fail(key: str, why: str) -> None:
@@ -421,6 +423,7 @@ class VerlTrainConfig:
     gpus_per_node: Optional[int] = MISSING
     ray_port: int = MISSING
     strategy: str = MISSING
+    attn_implementation: str = MISSING
     param_offload: bool = MISSING
     optimizer_offload: bool = MISSING
     gradient_checkpointing: bool = MISSING
@@ -444,7 +447,11 @@ class VerlTrainConfig:
         _check_common_train(self, key)
         _one_of(self.lr_scheduler, f"{key}.lr_scheduler", ("constant", "cosine"))
         _one_of(self.reward_grader, f"{key}.reward_grader", (*GRADERS, "verl_math"))
-        _one_of(self.rollout.engine, f"{key}.rollout.engine", ("vllm", "sglang"))
+        _require(self.rollout.engine != "sglang", f"{key}.rollout.engine",
+                 "sglang is not installable with verl 0.9.1 (verl[sglang] pins transformers 5.9.0, sglang "
+                 "0.5.12 pins 5.6.0); use vllm")
+        _one_of(self.rollout.engine, f"{key}.rollout.engine", ("vllm",))
+        _one_of(self.attn_implementation, f"{key}.attn_implementation", ATTENTION)
         _one_of(self.resume_mode, f"{key}.resume_mode", ("auto", "disable", "resume_path"))
         _require(self.prompts_per_step % self.mini_batch_size == 0, f"{key}.mini_batch_size",
                  f"{self.mini_batch_size} does not divide prompts_per_step {self.prompts_per_step}")

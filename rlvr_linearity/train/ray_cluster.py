@@ -1,11 +1,14 @@
 """A Ray cluster over the nodes of a Slurm job, then one command on its head.
 
 `hydra/launcher=slurm_multinode` runs one task per node, each calling `run_on_ray_cluster`.
-Rank 0 (SLURM_NODEID / SLURM_PROCID 0) runs `ray start --head`, waits until every node has
-joined, runs the command with RAY_ADDRESS pointing at the cluster (verl's `ray.init` then
-connects instead of starting a local Ray), writes a `done` marker and stops Ray. The other
-ranks `ray start --address=<head>:<port>`, wait for the marker in the shared run directory,
-and stop their Ray. Outside Slurm, or on one node, the command just runs.
+Rank 0 (SLURM_NODEID / SLURM_PROCID 0) runs `ray start --head --node-ip-address=<head ip>`,
+waits until every node has joined, runs the command with RAY_ADDRESS pointing at the cluster
+(verl's `ray.init` then connects instead of starting a local Ray), writes a `done` marker and
+stops Ray. The other ranks `ray start --address=<head ip>:<port>`, wait for the marker in the
+shared run directory, and stop their Ray. Every node declares its Slurm share (`--num-cpus`:
+SLURM_CPUS_PER_TASK; `--num-gpus`: the GPUs per node) rather than what Ray would detect on the
+whole machine, as verl's examples/slurm/ray_on_slurm.slurm does. Outside Slurm, or on one
+node, the command just runs.
 
 Usage outside the framework (an sbatch script with `srun --ntasks-per-node=1`):
     python -m rlvr_linearity.train.ray_cluster --dir $RUN/ray -- python -m verl.trainer.main_ppo ...
@@ -39,6 +42,27 @@ def head_host() -> str:
     return socket.gethostname()
 
 
+def head_ip() -> str:
+    """The head's IPv4 address (what its host name resolves to, as `hostname --ip-address`)."""
+    import socket
+
+    return socket.gethostbyname(head_host())
+
+
+def slurm_cpus() -> int:
+    """CPUs of this job on this node: SLURM_CPUS_PER_TASK (one task per node), else the CPUs we may use."""
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        if (os.environ.get(var) or "").isdigit():
+            return int(os.environ[var])
+    return len(os.sched_getaffinity(0))
+
+
+def ray_start_args(head: bool, ip: str, port: int, cpus: int, gpus: int) -> list[str]:
+    """`ray start` arguments of the head (it binds to `ip`) or of a worker (it joins `ip:port`)."""
+    where = ["--head", f"--node-ip-address={ip}", f"--port={port}"] if head else [f"--address={ip}:{port}"]
+    return ["start", *where, f"--num-cpus={cpus}", f"--num-gpus={gpus}"]
+
+
 def _ray(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], check=True)
 
@@ -51,7 +75,7 @@ def _alive_nodes(address: str) -> int:
 
 
 def run_on_ray_cluster(command: list[str], state_dir: Path, nodes: int = 1, port: int = 6379,
-                       env: dict | None = None) -> int | None:
+                       env: dict | None = None, gpus_per_node: int = 1) -> int | None:
     """Run `command` on the head of a Ray cluster spanning the job's nodes.
 
     Returns the command's exit code on the head (or on a single node), None on worker nodes.
@@ -62,12 +86,13 @@ def run_on_ray_cluster(command: list[str], state_dir: Path, nodes: int = 1, port
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     done = state_dir / "done"
-    address = f"{head_host()}:{port}"
+    ip, cpus = head_ip(), slurm_cpus()
+    address = f"{ip}:{port}"
     if slurm_rank() != 0:
         deadline = time.time() + JOIN_TIMEOUT_S
         while True:  # the head may not be up yet
             try:
-                _ray("start", f"--address={address}")
+                _ray(*ray_start_args(False, ip, port, cpus, gpus_per_node))
                 break
             except subprocess.CalledProcessError:
                 if time.time() > deadline:
@@ -80,7 +105,7 @@ def run_on_ray_cluster(command: list[str], state_dir: Path, nodes: int = 1, port
             subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"])
         return None
     done.unlink(missing_ok=True)
-    _ray("start", "--head", f"--port={port}")
+    _ray(*ray_start_args(True, ip, port, cpus, gpus_per_node))
     try:
         deadline = time.time() + JOIN_TIMEOUT_S
         while (alive := _alive_nodes(address)) < nodes:
@@ -98,12 +123,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", required=True, help="shared directory for the done marker")
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("SLURM_JOB_NUM_NODES", 1)))
     parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--gpus-per-node", type=int, default=None,
+                        help="default: SLURM_GPUS_ON_NODE, else the visible CUDA devices")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
-    rc = run_on_ray_cluster(command, Path(args.dir), nodes=args.nodes, port=args.port)
+    from types import SimpleNamespace
+
+    from rlvr_linearity.train.verl_launcher import cluster_shape
+
+    nodes, gpus = cluster_shape(SimpleNamespace(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
+    rc = run_on_ray_cluster(command, Path(args.dir), nodes=nodes, port=args.port, gpus_per_node=gpus)
     sys.exit(rc or 0)
 
 

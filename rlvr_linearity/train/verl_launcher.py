@@ -134,6 +134,8 @@ def _actor_overrides(cfg) -> dict:
         "actor_rollout_ref.model.use_remove_padding": bool(t.use_remove_padding),
         "actor_rollout_ref.model.enable_gradient_checkpointing": bool(t.gradient_checkpointing),
         "actor_rollout_ref.model.trust_remote_code": bool(cfg.trajectory.trust_remote_code),
+        # verl reads it in HFModelConfig (default flash_attention_2); the reference model shares it
+        "+actor_rollout_ref.model.override_config.attn_implementation": str(t.attn_implementation),
         "actor_rollout_ref.actor.strategy": str(t.strategy),
         "actor_rollout_ref.actor.optim.lr": float(t.lr),
         "actor_rollout_ref.actor.optim.lr_scheduler_type": str(t.lr_scheduler),
@@ -274,6 +276,15 @@ def write_verl_config(cfg, out_dir: Path) -> Path:
     return path
 
 
+def check_attention_installed(impl: str) -> None:
+    """flash_attention_2 is only usable where flash-attn is installed (checked where training runs)."""
+    import importlib.util
+
+    if impl == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("train.attn_implementation=flash_attention_2 needs flash-attn, which is not installed "
+                          "(pip install flash-attn --no-build-isolation, or verl's image); or use sdpa")
+
+
 def main_ppo_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(config_path.parent),
             "--config-name", config_path.stem]
@@ -294,12 +305,13 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
         tracker.summary({"verl_config": str(config_path), "launched": bool(cfg.train.launch)})
     if not cfg.train.launch:
         return traj
+    check_attention_installed(str(cfg.train.attn_implementation))
     from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
 
     env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl"), **_wandb_env(cfg, out_dir, tracker)}
-    nodes, _ = cluster_shape(cfg.train)
+    nodes, gpus = cluster_shape(cfg.train)
     rc = run_on_ray_cluster(main_ppo_command(config_path), out_dir / "ray_cluster", nodes=nodes,
-                            port=int(cfg.train.ray_port), env=env)
+                            port=int(cfg.train.ray_port), env=env, gpus_per_node=gpus)
     if rc is None:  # a Ray worker node: the head collects the results
         return traj
     if rc != 0:
@@ -334,17 +346,13 @@ def _wandb_env(cfg, out_dir: Path, tracker) -> dict:
 
 def describe_trajectory(cfg, out_dir: Path) -> dict:
     """`trajectory/trajectory.json` (base model, saved steps) and `train_metrics.jsonl` from verl's files."""
+    from rlvr_linearity.trajectory.discover import discover
+
     out_dir = Path(out_dir)
     traj = out_dir / "trajectory"
-    tracker_file = traj / "latest_checkpointed_iteration.txt"
-    latest = int(tracker_file.read_text().strip()) if tracker_file.exists() else 0
-    steps = sorted(
-        int(p.name.removeprefix("global_step_"))
-        for p in traj.glob("global_step_*")
-        if p.name.removeprefix("global_step_").isdigit()
-        and int(p.name.removeprefix("global_step_")) <= latest
-        and (p / "actor" / "huggingface" / "model.safetensors").exists()
-    )
+    # trajectory discovery's rule: saved (<= verl's tracker) with a complete hf_model export, one
+    # model.safetensors or an index of shards; nothing saved at all is its "no checkpoints" error
+    steps = [f.step for f in discover(traj) if f.layout == "verl"]
     info = {"base": str(cfg.train.model), "steps": steps, "layout": "verl", "trainer": "verl"}
     write_json_atomic(traj / "trajectory.json", info)
     metrics = out_dir / "verl_metrics.jsonl"

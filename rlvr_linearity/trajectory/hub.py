@@ -1,10 +1,13 @@
-"""Models and trajectories from the Hugging Face hub.
+"""Models and trajectories from the Hugging Face hub, through huggingface_hub's own cache.
 
 A base model given as a hub id is fetched with `snapshot_download` (weights in safetensors,
 config, tokenizer and chat template only). A hub trajectory is a repository whose revisions
-`<prefix>N` (RELEX: `step_N`) are the checkpoints; each needed revision is downloaded once into
-`<cache>/hub/<org>--<name>/step_N/`, through a temp dir that is verified, then renamed, so an
-interrupted download is resumed (huggingface_hub's own cache) and never taken as complete.
+`<prefix>N` (RELEX: `step_N`) are the checkpoints. Each needed revision is fetched with
+`snapshot_download(revision=...)` into the Hugging Face cache (HF_HUB_CACHE: blobs shared
+between revisions, interrupted files resumed, HF_HUB_OFFLINE, `hf cache ls/rm`), validated, and
+only then linked as `<cache>/hub/<org>--<name>/step_N -> <snapshot>`. The link marks a complete,
+valid step: a half-downloaded revision never gets one, a corrupt one is deleted from the HF cache
+(so the next run downloads it again), and offline the linked steps are what is available.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path
 
@@ -29,7 +31,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _snapshot_download(**kw) -> str:
-    """huggingface_hub.snapshot_download (one indirection so tests can replace the hub)."""
+    """huggingface_hub.snapshot_download into the HF cache (HF_HUB_CACHE; HF_HUB_OFFLINE honoured)."""
     from huggingface_hub import snapshot_download
 
     return snapshot_download(**kw)
@@ -74,7 +76,8 @@ def _cached_steps(root: Path, prefix: str) -> list[int]:
 
 
 def hub_steps(repo: str, prefix: str, cache_root: Path) -> list[int]:
-    """Steps available as revisions `<prefix>N` (offline: the ones already cached, with a warning)."""
+    """Steps available as revisions `<prefix>N` (offline: the ones already linked, with a warning;
+    other revisions in the HF cache are used when asked for by trajectory.steps)."""
     rx = re.compile(rf"^{re.escape(prefix)}(\d+)$")
     try:
         revs = _list_revisions(repo)
@@ -94,31 +97,34 @@ def hub_steps(repo: str, prefix: str, cache_root: Path) -> list[int]:
 
 def fetch_hub_trajectory(repo: str, steps: list[int], cache: Path, prefix: str = "step_",
                          progress: bool = True) -> Path:
-    """Download revisions `<prefix>N` for `steps` (skipping complete ones); returns the local
-    trajectory dir holding `step_N/` model directories."""
+    """Fetch revisions `<prefix>N` for `steps` into the HF cache (skipping linked ones); returns the
+    local trajectory dir whose `step_N` entries link to the validated snapshots."""
     root = hub_cache_dir(cache, repo)
     root.mkdir(parents=True, exist_ok=True)
+    # is_dir() follows the link: a step whose snapshot was removed (`hf cache rm`) is fetched again
     todo = [s for s in steps if not (root / f"step_{s}").is_dir()]
     for s in tqdm(todo, desc=f"download {repo}", unit="step", disable=not progress or not todo):
-        final = root / f"step_{s}"
-        tmp = root / f".tmp-step_{s}-{uuid.uuid4().hex[:8]}"
         rev = f"{prefix}{s}"
         try:
-            _snapshot_download(repo_id=repo, revision=rev, allow_patterns=ALLOW, local_dir=str(tmp))
+            snapshot = Path(_snapshot_download(repo_id=repo, revision=rev, allow_patterns=ALLOW))
         except Exception as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise TrajectoryError(f"trajectory.hub_repo {repo}, step {s}: download of revision {rev} failed "
                                   f"(offline?) [{_offline_hint(e)}]") from None
         try:
-            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's local_dir metadata
-            ModelFiles(tmp, step=s)  # config present, headers readable, sizes match
+            ModelFiles(snapshot, step=s)  # config present, headers readable, sizes match
         except TrajectoryError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise TrajectoryError(f"trajectory.hub_repo {repo}, revision {rev}: downloaded files invalid: {e}") from None
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished the same step first
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not final.is_dir():
-                raise
+            _delete_from_hf_cache(snapshot)
+            raise TrajectoryError(f"trajectory.hub_repo {repo}, revision {rev}: downloaded files invalid "
+                                  f"(deleted from the Hugging Face cache): {e}") from None
+        link = root / f".tmp-step_{s}-{uuid.uuid4().hex[:8]}"
+        link.symlink_to(snapshot, target_is_directory=True)
+        os.replace(link, root / f"step_{s}")  # atomic; a concurrent fetch of the same step links the same
     return root
+
+
+def _delete_from_hf_cache(snapshot: Path) -> None:
+    """Remove one revision (its snapshot, refs and unshared blobs) with huggingface_hub's cache API."""
+    from huggingface_hub import scan_cache_dir
+
+    storage = snapshot.parent.parent  # <HF cache>/models--org--name/snapshots/<commit>
+    scan_cache_dir(storage.parent).delete_revisions(snapshot.name).execute()

@@ -92,6 +92,7 @@ def test_paper_presets_compose_and_validate(preset, math_files, tmp_path):
         assert v.reward.custom_reward_function.reward_kwargs == {"grader": "math_verify"}
     assert v.algorithm.adv_estimator == "grpo"
     assert a.model.path == cfg.train.model
+    assert a.model.override_config.attn_implementation == "sdpa"  # installed everywhere, unlike flash-attn
     assert v.trainer.nnodes * v.trainer.n_gpus_per_node >= 8
     assert Path(v.data.train_files).is_file() and Path(v.data.val_files).is_file()
 
@@ -180,6 +181,69 @@ def test_bad_settings_are_config_errors(overrides, message, math_files, tmp_path
     cfg = _cfg(*base, *overrides)
     with pytest.raises(ConfigError, match=message):
         vl.write_verl_config(cfg, tmp_path / "run")
+
+
+def test_attention_is_sdpa_unless_asked_and_verl_loads_it(math_files, tmp_path, tiny_model_dir):
+    """verl defaults to flash_attention_2 (not in the gpu extra): the composed config sets the
+    attention, and verl's own HFModelConfig builds the model config with it."""
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import HFModelConfig
+
+    train, _ = math_files
+    model = tiny_model_dir()
+    for extra, expected in [([], "sdpa"), (["train.attn_implementation=eager"], "eager")]:
+        cfg = _cfg("trainer=verl", f"train.model={model}", "train.dataset=deepscaler", *_local_data(train), *extra)
+        v = _saved(vl.write_verl_config(cfg, tmp_path / expected))
+        assert v.actor_rollout_ref.model.override_config.attn_implementation == expected
+        hf = omega_conf_to_dataclass(v.actor_rollout_ref.model, HFModelConfig)
+        assert hf.hf_config._attn_implementation == expected
+    bare = vl.compose_verl_config([f"actor_rollout_ref.model.path={model}"])  # what verl would do alone
+    assert omega_conf_to_dataclass(bare.actor_rollout_ref.model, HFModelConfig).hf_config._attn_implementation \
+        == "flash_attention_2"
+
+
+def test_sdpa_keeps_packed_sequences_apart(tiny_model_dir):
+    """verl's padding removal (train.use_remove_padding) packs a micro-batch into one row and calls
+    the model with attention_mask=None, restarting position_ids and use_cache=False; with sdpa,
+    transformers must mask across the packed sequences as flash-attn's varlen kernel does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir(), attn_implementation="sdpa",
+                                                 dtype=torch.float32).eval()
+    a, b = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[11, 12, 13]])
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
+                       attention_mask=None, use_cache=False).logits
+        alone = torch.cat([model(input_ids=a).logits, model(input_ids=b).logits], 1)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_flash_attention_needs_flash_attn_at_launch(math_files, tmp_path, monkeypatch):
+    import importlib.util
+
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/m", "train.dataset=deepscaler", *_local_data(train),
+               "train.attn_implementation=flash_attention_2")
+    assert _saved(vl.write_verl_config(cfg, tmp_path / "ok")).actor_rollout_ref.model.override_config \
+        .attn_implementation == "flash_attention_2"  # writing the config needs no flash-attn
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    with pytest.raises(ConfigError, match="flash_attention_2 needs flash-attn"):
+        vl.launch_verl(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "trajectory").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.rollout.engine=sglang"], r"train.rollout.engine: sglang is not installable with verl 0.9.1"),
+    (["train.rollout.engine=hf"], r"train.rollout.engine: 'hf' is not one of vllm"),
+    (["train.attn_implementation=flash"], r"train.attn_implementation: 'flash' is not one of sdpa, "),
+])
+def test_rollout_engine_and_attention_are_checked_at_validation(overrides, message):
+    from rlvr_linearity.schemas import validate
+
+    cfg = _cfg("trainer=verl", "train.model=/m", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
 
 
 def test_format_value_round_trips_through_hydra():
@@ -307,18 +371,26 @@ def test_reward_grader_selects_the_training_reward(grader, math_files, tmp_path)
 def test_describe_trajectory_lists_complete_steps_and_converts_metrics(tmp_path):
     out = tmp_path / "run"
     traj = out / "trajectory"
-    for step, complete in [(1, True), (2, True), (3, False), (4, True)]:
+    for step, export in [(1, "single"), (2, "sharded"), (3, None), (4, "single"), (5, "shards_only")]:
         hf = traj / f"global_step_{step}" / "actor" / "huggingface"
         hf.mkdir(parents=True)
-        if complete:
+        if export == "single":
             (hf / "model.safetensors").write_bytes(b"x")
-    (traj / "latest_checkpointed_iteration.txt").write_text("3")  # step 4 is a save in progress
+        if export in ("sharded", "shards_only"):  # a large model's export: shards, then their index
+            for i in (1, 2):
+                (hf / f"model-0000{i}-of-00002.safetensors").write_bytes(b"x")
+        if export == "sharded":
+            (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    # step 4 is a save in progress beyond the tracker; step 5's index is not written yet
+    (traj / "latest_checkpointed_iteration.txt").write_text("5")
+    (traj / "global_step_6" / "actor" / "huggingface").mkdir(parents=True)
+    (traj / "global_step_6" / "actor" / "huggingface" / "model.safetensors").write_bytes(b"x")
     (out / "verl_metrics.jsonl").write_text(
         json.dumps({"step": 1, "data": {"critic/score/mean": 0.25, "critic/rewards/mean": 0.25,
                                         "response_length/mean": 12.0}}) + "\n")
     cfg = OmegaConf.create({"train": {"model": "/models/base"}})
     info = vl.describe_trajectory(cfg, out)
-    assert info["steps"] == [1, 2]
+    assert info["steps"] == [1, 2, 4]
     assert json.loads((traj / "trajectory.json").read_text())["base"] == "/models/base"
     (m,) = [json.loads(line) for line in (out / "train_metrics.jsonl").read_text().splitlines()]
     assert m["step"] == 1 and m["accuracy"] == 0.25 and m["response_length"] == 12.0
@@ -341,24 +413,72 @@ def test_ray_cluster_head_and_worker_roles(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(rc, "_ray", lambda *a: calls.append(a))
-    monkeypatch.setattr(rc, "head_host", lambda: "node-a")
+    monkeypatch.setattr(rc, "head_ip", lambda: "10.0.0.1")
     alive = iter([1, 2])
     monkeypatch.setattr(rc, "_alive_nodes", lambda address: next(alive))
     monkeypatch.setattr(rc.time, "sleep", lambda s: None)
     monkeypatch.setattr(rc.subprocess, "run", _fake_run(calls))
     monkeypatch.setenv("SLURM_NODEID", "0")
-    code = rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000, env={"X": "1"})
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
+    code = rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000, env={"X": "1"}, gpus_per_node=8)
     assert code == 0 and (tmp_path / "ray" / "done").exists()
-    assert calls[0] == ("start", "--head", "--port=7000")
+    # verl's examples/slurm/ray_on_slurm.slurm: the head binds to its IP; every node declares its share
+    assert calls[0] == ("start", "--head", "--node-ip-address=10.0.0.1", "--port=7000", "--num-cpus=64",
+                        "--num-gpus=8")
     (cmd, env), stop = calls[1], calls[2]
-    assert cmd == ["train"] and env["RAY_ADDRESS"] == "node-a:7000" and env["X"] == "1"
+    assert cmd == ["train"] and env["RAY_ADDRESS"] == "10.0.0.1:7000" and env["X"] == "1"
     assert stop[0][-2:] == ["stop", "--force"]
 
     calls.clear()
     monkeypatch.setenv("SLURM_NODEID", "1")
-    assert rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000) is None
-    assert calls[0] == ("start", "--address=node-a:7000") and calls[1][0][-2:] == ["stop", "--force"]
+    assert rc.run_on_ray_cluster(["train"], tmp_path / "ray", nodes=2, port=7000, gpus_per_node=8) is None
+    assert calls[0] == ("start", "--address=10.0.0.1:7000", "--num-cpus=64", "--num-gpus=8")
+    assert calls[1][0][-2:] == ["stop", "--force"]
     assert len(calls) == 2  # the worker never runs the command
+
+
+def test_ray_node_resources_and_head_ip(monkeypatch):
+    """CPUs from the Slurm task (else the CPUs this process may use); the head's IP from its name."""
+    import os
+    import socket
+
+    from rlvr_linearity.train import ray_cluster as rc
+
+    for var in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    assert rc.slurm_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "48")
+    assert rc.slurm_cpus() == 48
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
+    assert rc.slurm_cpus() == 16
+    assert rc.head_ip() == socket.gethostbyname(socket.gethostname())
+    monkeypatch.setattr(rc, "head_host", lambda: "localhost")
+    assert rc.head_ip() == "127.0.0.1"
+
+
+def test_ray_start_arguments_parse_with_rays_own_cli():
+    from rlvr_linearity.train import ray_cluster as rc
+
+    scripts = pytest.importorskip("ray.scripts.scripts")
+    head = scripts.start.make_context("start", rc.ray_start_args(True, "10.0.0.1", 6380, 64, 8)[1:]).params
+    assert (head["head"], head["node_ip_address"], head["port"], head["num_cpus"], head["num_gpus"]) \
+        == (True, "10.0.0.1", 6380, 64, 8)
+    worker = scripts.start.make_context("start", rc.ray_start_args(False, "10.0.0.1", 6380, 32, 4)[1:]).params
+    assert (worker["head"], worker["address"], worker["num_cpus"], worker["num_gpus"]) \
+        == (False, "10.0.0.1:6380", 32, 4)
+
+
+def test_launcher_gives_ray_the_gpus_per_node(math_files, tmp_path, monkeypatch):
+    from rlvr_linearity.train import ray_cluster as rc
+
+    seen = {}
+    monkeypatch.setattr(rc, "run_on_ray_cluster", lambda cmd, d, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(vl, "describe_trajectory", lambda cfg, out: {"steps": []})
+    train, _ = math_files
+    cfg = _cfg("trainer=verl", "train.model=/m", "train.dataset=deepscaler", "train.nodes=2",
+               "train.gpus_per_node=4", "train.ray_port=7001", *_local_data(train))
+    vl.launch_verl(cfg, tmp_path / "run")
+    assert (seen["nodes"], seen["gpus_per_node"], seen["port"]) == (2, 4, 7001)
 
 
 def _fake_run(calls):
