@@ -1,6 +1,6 @@
 """LIN's two-point weight extrapolation: W = W_A + α (W_B − W_A), α = (t − A)/(B − A).
 
-Differences from the public script (methods.md B1, F9): the steps come from the config, tensors
+Differences from the public script (docs/methods.md §B1, §F9): the steps come from the config, tensors
 are streamed (one read of A and B per tensor for all targets), arithmetic is float64 from the
 stored precision, and a tied embedding is extrapolated once and stays tied (the writer stores
 only what the base stores).

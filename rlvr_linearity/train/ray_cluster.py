@@ -27,6 +27,24 @@ from pathlib import Path
 JOIN_TIMEOUT_S = float(os.environ.get("RLVR_RAY_JOIN_TIMEOUT", "600"))
 
 
+def cluster_shape(t) -> tuple[int, int]:
+    """(nodes, gpus per node): explicit keys, else the Slurm allocation, else this machine."""
+    nodes = t.nodes or int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+    gpus = t.gpus_per_node
+    if not gpus:
+        env = os.environ.get("SLURM_GPUS_ON_NODE")
+        if env and env.isdigit():
+            gpus = int(env)
+        else:
+            try:
+                import torch
+
+                gpus = torch.cuda.device_count() or 1
+            except Exception:  # pragma: no cover - torch is a dependency
+                gpus = 1
+    return int(nodes), int(gpus)
+
+
 def slurm_rank() -> int:
     return int(os.environ.get("SLURM_NODEID") or os.environ.get("SLURM_PROCID") or 0)
 
@@ -131,8 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     if not command:
         parser.error("no command given")
     from types import SimpleNamespace
-
-    from rlvr_linearity.train.verl_launcher import cluster_shape
 
     nodes, gpus = cluster_shape(SimpleNamespace(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
     rc = run_on_ray_cluster(command, Path(args.dir), nodes=nodes, port=args.port, gpus_per_node=gpus)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.io import write_json_atomic, write_lines_atomic, write_text_atomic
+from rlvr_linearity.train.ray_cluster import cluster_shape, run_on_ray_cluster
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +70,6 @@ def format_value(value) -> str:
     # Hydra's quoted strings: backslashes are literal except before a quote or at the end.
     text = re.sub(r"\\+(?=')|\\+$", lambda m: m.group(0) * 2, text)
     return "'" + text.replace("'", "\\'") + "'"
-
-
-def cluster_shape(t) -> tuple[int, int]:
-    """(nodes, gpus per node): explicit keys, else the Slurm allocation, else this machine."""
-    nodes = t.nodes or int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
-    gpus = t.gpus_per_node
-    if not gpus:
-        env = os.environ.get("SLURM_GPUS_ON_NODE")
-        if env and env.isdigit():
-            gpus = int(env)
-        else:
-            try:
-                import torch
-
-                gpus = torch.cuda.device_count() or 1
-            except Exception:  # pragma: no cover - torch is a dependency
-                gpus = 1
-    return int(nodes), int(gpus)
 
 
 def verl_overrides(cfg, out_dir: Path, train_file: Path, val_file: Path) -> list[str]:
@@ -306,7 +288,6 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
     if not cfg.train.launch:
         return traj
     check_attention_installed(str(cfg.train.attn_implementation))
-    from rlvr_linearity.train.ray_cluster import run_on_ray_cluster
 
     env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl"), **_wandb_env(cfg, out_dir, tracker)}
     nodes, gpus = cluster_shape(cfg.train)
