@@ -107,12 +107,12 @@ def pipeline_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         vs = r.get("vs_trained") or {}
         rows.append([f"{name} {src}", str(r["target"]), f"{r['accuracy']:.3f}", _ci(r),
                      f"{vs['diff']:+.3f}" if vs else "–", _ci(vs, "diff_ci95") if vs else "–",
-                     f"{vs['p_value']:.3f}" if vs else "–"])
+                     (f"{vs['p_value']:.3f}" if vs["p_value"] >= 0.001 else "<0.001") if vs else "–"])
     return columns, rows
 
 
 def print_pipeline(results: dict, file=None) -> None:
     columns, rows = pipeline_rows(results)
     if rows:
-        _print_table(f"Results ({results.get('benchmark')}; − trained: paired difference from the trained "
-                     "checkpoint at the same step)", columns, rows, file)
+        _print_table(f"Results on {results.get('benchmark')} (− trained: paired difference from the trained "
+                     "checkpoint at that step)", columns, rows, file)

@@ -10,7 +10,7 @@ from rlvr_linearity.figures.style import PALETTE, figure, save
 
 
 def plot_training_curve(metrics: list[dict], path: str | Path, pdf: bool = False) -> Path | None:
-    """Mean reward per GRPO step (± its std over the batch), from train_metrics.jsonl rows; the
+    """Mean reward per GRPO step and its moving average, from train_metrics.jsonl rows; the
     training accuracy only when it is not the reward itself (a 0/1 correctness reward)."""
     rows = [m for m in metrics if m.get("step") is not None and m.get(_reward_key(m)) is not None]
     if not rows:
@@ -18,10 +18,10 @@ def plot_training_curve(metrics: list[dict], path: str | Path, pdf: bool = False
     fig, ax = figure()
     steps = np.array([m["step"] for m in rows])
     reward = np.array([m[_reward_key(m)] for m in rows], float)
-    ax.plot(steps, reward, marker="o", ms=3, label="mean reward")
-    if all(m.get("reward_std") is not None for m in rows):
-        std = np.array([m["reward_std"] for m in rows], float)
-        ax.fill_between(steps, reward - std, reward + std, alpha=0.15, lw=0, label="± std over the batch")
+    ax.plot(steps, reward, marker="o", ms=2, lw=0.8, alpha=0.6, label="mean reward per step")
+    w = min(10, len(reward))
+    if w > 2:  # the trend under the per-batch noise
+        ax.plot(steps[w - 1:], np.convolve(reward, np.ones(w) / w, mode="valid"), lw=2, label=f"{w}-step moving average")
     acc = [m.get("accuracy") for m in rows]
     if all(a is not None for a in acc) and not np.allclose(acc, reward):
         ax.plot(steps, acc, marker="s", ms=3, label="train accuracy")
