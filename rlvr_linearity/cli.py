@@ -31,9 +31,11 @@ def _usage() -> str:
 
 def run_command(command: str, cfg) -> object:
     """Run one command on a resolved config: tracking around the command's `run(cfg, tracker)`."""
+    from rlvr_linearity.console import quiet
     from rlvr_linearity.tracking import start_tracking
     from rlvr_linearity.paths import resolve_output_dir
 
+    quiet(cfg.verbose)
     module = importlib.import_module(COMMANDS[command][0])
     out = resolve_output_dir(cfg)
     with start_tracking(cfg, command, out) as tracker:
@@ -89,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"rlvr: error: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
+
+    if {"--shell-completion", "-sc"} & set(argv):
+        # Hydra's completion script names the program it was generated for (rlvr-<command>),
+        # not `rlvr <command>`: it would install and then fail, so it is not offered.
+        _fail(command, "shell completion is not supported; `rlvr <command> --help` lists the main keys")
 
     import hydra
     from hydra.errors import HydraException

@@ -604,6 +604,7 @@ class RlvrConfig:
     experiment_name: Optional[str] = MISSING
     seed: int = MISSING
     debug: bool = MISSING
+    verbose: bool = MISSING
     watch: bool = False  # `rlvr linearity watch=true`: follow a run's checkpoints (docs/forecast.md)
     benchmarks: list[str] = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

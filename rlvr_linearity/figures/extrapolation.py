@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from rlvr_linearity.figures.style import PALETTE, figure, save
+from rlvr_linearity.figures.style import PALETTE, figure, save, zoom_floor
 
 
 def _window(res: dict, label: str | None) -> dict | None:
@@ -26,12 +26,14 @@ def plot_explained_variance_histogram(res: dict, path, window: str | None = None
     if not ev:
         return None
     rank = res.get("parameters", {}).get("rank", 1)
+    lo = zoom_floor(ev)
     fig, ax = figure()
-    ax.hist(np.clip(ev, 0, 1), bins=40, range=(0, 1), color=PALETTE[0], alpha=0.85)
+    ax.hist(np.clip(ev, lo, 1), bins=40, range=(lo, 1), color=PALETTE[0], alpha=0.85)
     ax.axvline(float(np.median(ev)), color=PALETTE[1], ls="--", lw=1, label=f"median {np.median(ev):.3f}")
-    ax.set_xlabel(f"explained variance of rank {rank}")
+    ax.set_xlabel(f"explained variance of rank {rank}" + (f" (axis from {lo:.2f})" if lo > 0 else ""))
     ax.set_ylabel("tensors")
-    ax.set_title(f"RELEX window {w['label']} ({len(w['steps'])} steps, {len(ev)} tensors)")
+    ax.set_title(f"RELEX window {w['label']}: steps {w['steps'][0]}–{w['steps'][-1]} "
+                 f"(cut at {w['steps'][-1]}), {len(ev)} tensors", fontsize=10)
     ax.legend()
     return save(fig, path)
 
@@ -61,7 +63,8 @@ def plot_relex_coefficient(res: dict, path, tensor: str | None = None, window: s
         grid = np.linspace(x.min(), max(x.max(), t.max()), 200)
         ax.plot(grid, np.polyval(np.polyfit(x, c, deg), grid), "--", lw=1, color=PALETTE[1],
                 label=f"{params.get('fit', 'linear')} fit on steps")
-    ax.plot(t, chat, "*", ms=9, color=PALETTE[2], label="targets")
+    ax.plot(t, chat, "*", ms=9, mfc="none", color=PALETTE[2], label="predicted at targets (on the fit)")
+    ax.axvline(x.max(), color="grey", ls=":", lw=1, label=f"window cut (step {x.max():g})")
     ax.set_xlabel("step")
     ax.set_ylabel("rank-1 coefficient")
     ax.set_title(f"{tensor} (window {w['label']})", fontsize=9)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from rlvr_linearity.figures.style import PALETTE, figure, save
+from rlvr_linearity.figures.style import PALETTE, figure, save, zoom_floor
 
 
 def plot_r2_histogram(values, frac_above: float | None, path, title: str, xlabel: str = "R²", weights=None, bins=50):
@@ -75,24 +76,32 @@ def plot_r2_heatmap(res: dict, path):
 
 
 def plot_weight_examples(res: dict, path):
-    """A few weights' values vs step with their OLS lines."""
+    """A few weights' values vs step with their OLS lines (full tensor names, wrapped)."""
     ex = res.get("examples") or []
     if not ex:
         return None
-    fig, axes = figure(3.2 * len(ex), 2.8, ncols=len(ex), squeeze=False)
+    fig, axes = figure(3.6 * len(ex), 3.2, ncols=len(ex), squeeze=False, layout="constrained")
     for ax, e in zip(axes[0], ex):
-        _trajectory(ax, e["steps"], e["values"], f"{e['tensor'].split('.', 1)[-1][:28]}[{e['index']}]\nR² = {e['r2']:.3f}")
+        name = textwrap.fill(f"{e['tensor'].removeprefix('model.')}[{e['index']}]", 30)
+        _trajectory(ax, e["steps"], e["values"], f"{name}\nR² = {e['r2']:.3f}")
+    axes[0][0].set_ylabel("weight value")
+    fig.suptitle("Example weight trajectories with their least-squares lines", fontsize=10)
     return save(fig, path)
 
 
 def _trajectory(ax, steps, values, title):
+    from matplotlib.ticker import MaxNLocator
+
     x, y = np.asarray(steps, float), np.asarray(values, float)
-    ax.plot(x, y, "o", ms=3, color=PALETTE[0])
+    ax.plot(x, y, "o", ms=3, color=PALETTE[0], label="checkpoint")
     if np.ptp(x) > 0:
         b, a = np.polyfit(x, y, 1)
-        ax.plot(x, a + b * x, "--", color=PALETTE[1], lw=1)
+        ax.plot(x, a + b * x, "--", color=PALETTE[1], lw=1, label="linear fit")
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useOffset=False)
 
 
 def plot_logprob_histogram(res: dict, path, kind: str = "logprob"):
@@ -125,10 +134,12 @@ def plot_explained_variance(res: dict, path):
     for i, r in enumerate(res["ranks"]):
         ax.plot(range(len(names)), [win["per_tensor"][n][str(r)] for n in names], ".", ms=4,
                 color=PALETTE[i % len(PALETTE)], label=f"rank {r}")
-    ax.set_ylim(0, 1.02)
+    lo = zoom_floor([v for n in names for v in win["per_tensor"][n].values()])
+    ax.set_ylim(lo, 1.0 + (1.0 - lo) * 0.02)
     ax.set_xlabel("tensor (model order)")
-    ax.set_ylabel("explained variance")
-    ax.set_title(f"Explained variance by tensor ({len(win['steps'])} steps)")
+    ax.set_ylabel("explained variance" + (f" (axis from {lo:.2f})" if lo > 0 else ""))
+    ax.set_title(f"Explained variance by tensor, steps {win['steps'][0]}–{win['steps'][-1]} "
+                 f"(cut at {win['steps'][-1]})", fontsize=10)
     ax.legend()
     return save(fig, path)
 
@@ -145,6 +156,7 @@ def plot_rank1_coefficients(res: dict, path, tensor: str | None = None):
     ax.plot(x[:n], y[:n], "o", ms=4, color=PALETTE[0], label="history (fit)")
     if n < len(x):
         ax.plot(x[n:], y[n:], "s", ms=4, color=PALETTE[2], label="held out")
+        ax.axvline((x[n - 1] + x[n]) / 2, color="grey", ls=":", lw=1, label=f"window cut (step {x[n - 1]:g})")
     if c.get("slope") is not None:
         ax.plot(x, c["intercept"] + c["slope"] * x, "--", color=PALETTE[1], lw=1,
                 label=f"fit R²={c['r2_in_sample']:.3f}" + (f", held-out R²={c['r2_out_of_sample']:.3f}"
@@ -153,6 +165,28 @@ def plot_rank1_coefficients(res: dict, path, tensor: str | None = None):
     ax.set_ylabel("rank-1 coefficient")
     ax.set_title(f"Rank-1 coefficient: {tensor or 'whole model'}")
     ax.legend()
+    return save(fig, path)
+
+
+def plot_r2_vs_window(res: dict, path):
+    """Median and mean per-weight R², and the fraction above 0.7, against the window's length
+    (steps from 0 to its end): how far training stays linear."""
+    wins = sorted(((len(w["steps"]), w["steps"][-1], w) for w in (res.get("windows") or {}).values()
+                   if w.get("steps") and w.get("median") is not None), key=lambda t: t[1])
+    if len(wins) < 2:
+        return None
+    fig, ax = figure()
+    ends = [t[1] for t in wins]
+    ax.plot(ends, [t[2]["median"] for t in wins], marker="o", ms=4, label="median R²")
+    ax.plot(ends, [t[2]["mean"] for t in wins], marker="s", ms=4, label="mean R²")
+    frac = [(t[2].get("frac_above") or {}).get("0.7") for t in wins]
+    if all(f is not None for f in frac):
+        ax.plot(ends, frac, marker="^", ms=4, ls="--", label="fraction of weights with R² > 0.7")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("window end (steps 0 … end)")
+    ax.set_ylabel("R²")
+    ax.set_title("Weight linearity vs window length")
+    ax.legend(fontsize=8)
     return save(fig, path)
 
 

@@ -9,6 +9,7 @@ so they can be tested, and used by the pipeline, without drawing.
 
 from __future__ import annotations
 
+import textwrap
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -124,12 +125,19 @@ def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True)
     ax.bar(x + 0.2, ours, 0.4, color=PALETTE[0], label="logits extrapolation")
     for xi, o, rv in zip(x, ours, rel):
         ax.text(xi + 0.2, o, pct(rv), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, [lbl.split(" (")[0].replace(" ", "\n") for lbl in labels])
+    ax.set_xticks(x, [_tick(lbl) for lbl in labels], fontsize=8)
     ax.set_ylabel("accuracy")
     ax.set_title("Output-space (logits) extrapolation vs standard RL")
     ax.legend()
     png = save(fig, out_dir / "lin_table1.png", pdf)
     return {"png": png, "md": md, "json": js}
+
+
+def _tick(label: str) -> str:
+    """"AIME24 (avg@64)" -> "AIME24\navg@64": the parenthesis kept (it tells apart runs of one
+    benchmark at several targets), wrapped under the name."""
+    name, _, rest = label.partition(" (")
+    return name.replace(" ", "\n") + ("\n" + textwrap.fill(rest.rstrip(")"), 16) if rest else "")
 
 
 # -- LIN Table 2 and Fig. 6: re-grounding ----------------------------------------------------

@@ -63,3 +63,13 @@ def save(fig, path: str | Path, pdf: bool = False) -> Path:
             tmp.replace(target)
     plt.close(fig)
     return path
+
+
+def zoom_floor(values, margin: float = 0.01) -> float:
+    """A lower axis limit that shows where values near 1 differ (explained variance of 0.93 vs
+    0.99), instead of squashing them against the top of a 0–1 axis: the smallest value less a
+    margin, rounded down to 0.01, at least 0."""
+    finite = [float(v) for v in values if v is not None and v == v]
+    if not finite:
+        return 0.0
+    return max(0.0, int((min(finite) - margin) * 100) / 100)

@@ -46,6 +46,7 @@ class Pipeline:
         self.dry_run = bool(cfg.pipeline.dry_run)
         self.plan: list[tuple[Stage, bool]] = []  # (stage, cached) in order, for dry runs and reports
         self.timings: dict[str, float] = {}
+        self.stage_dirs: dict[str, Path] = {}  # label -> stage directory (evaluations' samples.jsonl)
 
     # -- running --------------------------------------------------------------------------
     def run_stage(self, stage: Stage) -> StageResult | None:
@@ -61,8 +62,7 @@ class Pipeline:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(result.path, target_is_directory=True)
-        if self.tracker is not None:
-            self.tracker.log({f"stage/{label}/seconds": result.seconds, f"stage/{label}/cached": result.cached})
+        self.stage_dirs[label] = result.path
         return result
 
     # -- stages ---------------------------------------------------------------------------
@@ -162,6 +162,53 @@ class Pipeline:
         res = self.run_stage(Stage("evaluate", config, [ident, label], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
+    def correctness(self, label: str, benchmark: str) -> dict[str, list[bool]] | None:
+        """problem_id -> per-sample correctness of an evaluated model (its samples.jsonl)."""
+        d = self.stage_dirs.get(f"eval_{label}")
+        path = d / "evaluate" / benchmark / "samples.jsonl" if d else None
+        if path is None or not path.exists():
+            return None
+        out: dict[str, list[bool]] = {}
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    out.setdefault(str(rec["problem_id"]), []).append(bool(rec["correct"]))
+        return out
+
+    def vs_trained(self, label: str, target: int, benchmark: str) -> dict | None:
+        """Paired comparison of a prediction with the trained checkpoint at its target step."""
+        from rlvr_linearity.evaluate.metrics import paired_comparison
+
+        pred, trained = self.correctness(label, benchmark), self.correctness(f"step_{target}", benchmark)
+        if not pred or not trained or not set(pred) & set(trained):
+            return None
+        return paired_comparison(pred, trained, seed=int(self.cfg.sampling.seed))
+
+    def prediction_errors(self, traj: str | None, ident: str, rows: list[dict]) -> None:
+        """Weight-space error (relative L2, cosine of deltas from step 0) of every prediction
+        whose target was trained, added to its row; one cached stage over all of them."""
+        if self.dry_run:
+            return
+        traj_obj = self.open_trajectory(traj)
+        todo = {f"{i}": (r["path"], r["target"]) for i, r in enumerate(rows)
+                if r.get("path") and r["target"] in traj_obj.steps and r["target"] != 0}
+        if not todo:
+            return
+
+        def fn(d: Path) -> dict:
+            from rlvr_linearity.extrapolate.error import prediction_error
+            from rlvr_linearity.trajectory.files import ModelFiles
+
+            return {i: prediction_error(traj_obj.base, traj_obj.model(t), ModelFiles(path, t))
+                    for i, (path, t) in todo.items()}
+
+        config = {"predictions": {i: [str(Path(p).relative_to(self.cache.root)) if Path(p).is_relative_to(self.cache.root)
+                                      else p, t] for i, (p, t) in todo.items()}}
+        res = self.run_stage(Stage("prediction_error", config, [ident], fn, label="prediction_error"))
+        for i, err in res.result.items():
+            rows[int(i)]["weight_error"] = err
+
     def _on(self, traj: str | None, out_dir: Path, cfg=None):
         """The config a stage runs with: the trained trajectory (if any) and the stage's dir."""
         cfg = cfg if cfg is not None else self.cfg
@@ -199,6 +246,12 @@ def _accuracy(metrics: dict | None, benchmark: str) -> float | None:
     return entry.get("accuracy")
 
 
+def _scored(metrics: dict | None, benchmark: str) -> dict:
+    """accuracy and its bootstrap interval, as results.json rows carry them."""
+    return {"accuracy": _accuracy(metrics, benchmark),
+            "accuracy_ci95": ((metrics or {}).get(benchmark) or {}).get("accuracy_ci95")}
+
+
 def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     """Run (or, with `pipeline.dry_run`, list) every stage; write results.json and report.md."""
     start = time.perf_counter()
@@ -218,16 +271,21 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         rlvr = []
         for step, path in steps:
             metrics = p.evaluate_model(f"step_{step}", path, ident)
-            rlvr.append({"step": step, "accuracy": _accuracy(metrics, bench), "path": path})
+            rlvr.append({"step": step, **_scored(metrics, bench), "path": path})
         base = next((r for r in rlvr if r["step"] == 0), None)
-        results["base"] = {"step": 0, "accuracy": base["accuracy"] if base else None}
+        results["base"] = {"step": 0, "accuracy": base["accuracy"] if base else None,
+                           "accuracy_ci95": base["accuracy_ci95"] if base else None}
         results["rlvr"] = [r for r in rlvr if r["step"] != 0]
         for r in relex:
-            r["accuracy"] = _accuracy(p.evaluate_model(f"relex_h{r['history']}_t{r['target']}", r["path"], ident), bench)
+            label = f"relex_h{r['history']}_t{r['target']}"
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), bench))
+            r["vs_trained"] = p.vs_trained(label, r["target"], bench)
         for r in weight:
             label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
-            r["accuracy"] = _accuracy(p.evaluate_model(label, r["path"], ident), bench)
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), bench))
+            r["vs_trained"] = p.vs_trained(label, r["target"], bench)
         results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, bench) if "logits" in stages else []
+    p.prediction_errors(traj_path, ident, relex + weight)
     results["relex"] = relex
     results["weight_extrapolation"] = weight
     if lin is not None:
@@ -250,10 +308,9 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         write_report(cfg, out_dir, results)
         write_json_atomic(Path(out_dir) / "results.json", results)
     if tracker is not None:
-        tracker.summary({"base_accuracy": results.get("base", {}).get("accuracy"), **{f"time/{k}": v for k, v in results["timings"].items()}})
-        tracker.table("rlvr", results.get("rlvr", []))
-        tracker.table("relex", relex)
-        tracker.table("weight_extrapolation", weight)
+        from rlvr_linearity.pipeline.story import tell
+
+        tell(tracker, p, results, Path(out_dir), bench)
     return results
 
 
@@ -283,6 +340,8 @@ def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, bench: str) -> 
             alpha = (t - a) / (b - a)
             engine = {"name": "logits_extrapolation", "models": [str(traj.model(a).path), str(traj.model(b).path)],
                       "alpha": alpha, "device": section(cfg, "engine").get("device", "auto")}
-            metrics = p.evaluate_model(f"logits_{a}_{b}_t{t}", None, ident, engine=engine)
-            out.append({"base_step": a, "second_step": b, "target": t, "alpha": alpha, "accuracy": _accuracy(metrics, bench)})
+            label = f"logits_{a}_{b}_t{t}"
+            metrics = p.evaluate_model(label, None, ident, engine=engine)
+            out.append({"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, bench),
+                        "vs_trained": p.vs_trained(label, t, bench)})
     return out

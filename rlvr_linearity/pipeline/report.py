@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlvr_linearity.figures.pipeline import plot_accuracy_vs_step, plot_training_curve
+from rlvr_linearity.figures.linearity import plot_r2_vs_window
+from rlvr_linearity.figures.pipeline import (plot_accuracy_vs_step, plot_prediction_error, plot_training_curve,
+                                             plot_training_dynamics)
 from rlvr_linearity.io import write_text_atomic
 
 
@@ -24,6 +26,27 @@ def _trained_accuracy(results: dict) -> dict[int, float]:
     if (results.get("base") or {}).get("accuracy") is not None:
         acc[0] = results["base"]["accuracy"]
     return acc
+
+
+def fmt_ci(ci, digits: int = 3) -> str:
+    return "" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def paired_words(vs: dict) -> str:
+    """"diff +0.020 [−0.040, 0.080], McNemar p = 0.63" for a `vs_trained` comparison."""
+    test = "McNemar" if vs["test"] == "mcnemar_exact" else "paired bootstrap"
+    return f"diff {vs['diff']:+.3f}{fmt_ci(vs['diff_ci95'])}, {test} p = {vs['p_value']:.2g}"
+
+
+def _significance(rows: list[dict], alpha: float = 0.05) -> str:
+    """How many predictions differ from the trained checkpoint by the paired test."""
+    tested = [r["vs_trained"] for r in rows if r.get("vs_trained")]
+    if not tested:
+        return ""
+    above = sum(v["p_value"] < alpha and v["diff"] > 0 for v in tested)
+    below = sum(v["p_value"] < alpha and v["diff"] < 0 for v in tested)
+    return (f" By a paired test on the same problems (p < {alpha}), {above} of {len(tested)} are significantly "
+            f"above, {below} significantly below, {len(tested) - above - below} indistinguishable.")
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -60,11 +83,20 @@ def verdict(results: dict) -> list[str]:
             diffs = [r["accuracy"] - acc[r["target"]] for r in at_trained]
             mean = sum(diffs) / len(diffs)
             best = max(at_trained, key=lambda r: r["accuracy"] - acc[r["target"]])
-            word = "matches or beats" if mean >= -0.01 else "falls short of"
+            tested = [r["vs_trained"] for r in at_trained if r.get("vs_trained")]
+            if tested:  # worded by the paired tests: a shortfall only counts when significant
+                below = any(v["p_value"] < 0.05 and v["diff"] < 0 for v in tested)
+                above = any(v["p_value"] < 0.05 and v["diff"] > 0 for v in tested)
+                word = ("falls short of" if below and not above else "beats" if above and not below
+                        else "is mixed against" if above else "is indistinguishable from")
+            else:
+                word = "matches or beats" if mean >= -0.01 else "falls short of"
+            vs = f", {paired_words(best['vs_trained'])}" if best.get("vs_trained") else ""
             lines.append(
-                f"{name} {word} the trained checkpoint at the same step on average ({mean * 100:+.1f} points over "
+                f"{name} {word} the trained checkpoint at the same step ({mean * 100:+.1f} points on average over "
                 f"{len(at_trained)} predictions); best: {source(best)} → step {best['target']} scored "
-                f"{best['accuracy']:.3f} vs {acc[best['target']]:.3f} trained.")
+                f"{best['accuracy']:.3f}{fmt_ci(best.get('accuracy_ci95'))} vs {acc[best['target']]:.3f} trained{vs}."
+                + _significance(at_trained))
         beyond = [r for r in scored if r["target"] > last]
         if beyond:
             top = max(beyond, key=lambda r: r["accuracy"])
@@ -126,10 +158,19 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     images: list[tuple[str, str]] = []
 
     metrics = _read_jsonl(stages / "train" / "train_metrics.jsonl")
-    if (p := plot_training_curve(metrics, figs / "training_reward.png")) is not None:
-        images.append(("Training reward", p.name))
-    if (p := plot_accuracy_vs_step(results, figs / "accuracy_vs_step.png")) is not None:
-        images.append(("Accuracy of trained and extrapolated checkpoints", p.name))
+    lin_dir = Path((results.get("linearity") or {}).get("dir") or "") / "linearity"
+    weights = json.loads((lin_dir / "weights_r2.json").read_text()) if (lin_dir / "weights_r2.json").is_file() else {}
+    for title, name, draw in (
+        ("Training reward", "training_reward.png", lambda p: plot_training_curve(metrics, p)),
+        ("Training dynamics: KL, entropy, completion length", "training_dynamics.png",
+         lambda p: plot_training_dynamics(metrics, p)),
+        ("Accuracy of trained and extrapolated checkpoints", "accuracy_vs_step.png",
+         lambda p: plot_accuracy_vs_step(results, p)),
+        ("Weight-space error of the predictions", "prediction_error.png", lambda p: plot_prediction_error(results, p)),
+        ("Weight R² vs window length", "r2_vs_window.png", lambda p: plot_r2_vs_window(weights, p)),
+    ):
+        if (p := draw(figs / name)) is not None:
+            images.append((title, p.name))
     for m in (results.get("paper_figures") or {}).get("made") or []:  # drawn by figures.regenerate
         png = next((o for o in m["outputs"] if o.endswith(".png")), None)
         if png:
@@ -143,8 +184,10 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
               f"n={cfg.sampling.n}, temperature={cfg.sampling.temperature}. Trajectory: `{results.get('trajectory')}`.", ""]
     lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
 
-    lines += ["## Trained checkpoints (RLVR)", ""]
-    lines += md_table(["step", "accuracy"], [[str(s), fmt(a)] for s, a in sorted(acc.items())]) + [""]
+    ci = {r["step"]: r.get("accuracy_ci95") for r in [results.get("base") or {}, *results.get("rlvr", [])] if "step" in r}
+    lines += ["## Trained checkpoints (RLVR)", "", "Accuracy with its 95% bootstrap interval over problems.", ""]
+    lines += md_table(["step", "accuracy", "95% CI"], [[str(s), fmt(a), fmt_ci(ci.get(s)).strip() or "–"]
+                                                       for s, a in sorted(acc.items())]) + [""]
 
     lin = results.get("linearity")
     if lin:
@@ -157,9 +200,19 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     ):
         if not rows:
             continue
-        lines += [f"## {title}", ""]
-        body = [[str(r[c]) for c in cols] + [fmt(r.get("accuracy")), fmt(acc.get(r["target"]))] for r in rows]
-        lines += md_table(cols + ["accuracy", "trained at target"], body) + [""]
+        lines += [f"## {title}", "", "Accuracy with its 95% bootstrap interval; the difference from the trained "
+                  "checkpoint at the target step is paired on the same problems (exact McNemar for one sample per "
+                  "problem, else a paired bootstrap); weight error: relative L2 and cosine of the predicted vs "
+                  "trained change from step 0.", ""]
+        body = []
+        for r in rows:
+            vs, err = r.get("vs_trained"), r.get("weight_error") or {}
+            body.append([str(r[c]) for c in cols] + [
+                fmt(r.get("accuracy")) + fmt_ci(r.get("accuracy_ci95")), fmt(acc.get(r["target"])),
+                (f"{vs['diff']:+.3f}{fmt_ci(vs['diff_ci95'])}" if vs else "–"), (f"{vs['p_value']:.2g}" if vs else "–"),
+                fmt(err.get("rel_l2")), fmt(err.get("cosine"))])
+        lines += md_table(cols + ["accuracy [95% CI]", "trained at target", "− trained [95% CI]", "p (paired)",
+                                  "weight rel. L2", "weight cosine"], body) + [""]
 
     if images:
         lines += ["## Figures", "", "Paper figures are drawn by the same code as `rlvr figures figures.inputs=[DIR]`; "

@@ -162,6 +162,38 @@ class Tracker:
 
         self._to_wandb(send)
 
+    def curve(self, prefix: str, rows: list[dict], step_key: str = "step") -> None:
+        """Numeric series of `rows` against their own axis `<prefix>/step` (W&B `define_metric`),
+        so training curves and accuracy vs step plot as lines whatever else the run logged."""
+        self._write({"event": "curve", "prefix": prefix, "rows": rows})
+        if not rows:
+            return
+
+        def send(run):
+            run.define_metric(f"{prefix}/step")
+            run.define_metric(f"{prefix}/*", step_metric=f"{prefix}/step")
+            for row in jsonable(rows):
+                values = {f"{prefix}/{k}": v for k, v in row.items()
+                          if k != step_key and isinstance(v, (int, float)) and not isinstance(v, bool)}
+                run.log({f"{prefix}/step": row[step_key], **values})
+
+        self._to_wandb(send)
+
+    def reference(self, name: str, kind: str, path: str | Path) -> None:
+        """A directory (trajectory, predicted checkpoint) as a W&B artifact by reference: its
+        location is recorded, nothing is uploaded or hashed."""
+        path = Path(path).resolve()
+        self._write({"event": "artifact", "name": name, "type": kind, "path": str(path)})
+
+        def send(run):
+            import wandb
+
+            artifact = wandb.Artifact("".join(c if c.isalnum() or c in "-_." else "_" for c in name), type=kind)
+            artifact.add_reference(path.as_uri(), checksum=False)
+            run.log_artifact(artifact)
+
+        self._to_wandb(send)
+
     def figure(self, name: str, path: str | Path) -> None:
         """A figure already saved as an image file."""
         self._write({"event": "figure", "name": name, "path": str(path)})

@@ -87,14 +87,21 @@ def chat_prompt(tokenizer, prompt: str) -> str:
                                          add_generation_prompt=True)
 
 
+def _boxed_integer_match(responses: list[str], golds: list[str]) -> list[bool]:
+    """Exact match of the last `\\boxed{...}` content against the gold (spaces ignored): the
+    SFT target of the cached base model, so its cache key stays valid."""
+    from rlvr_linearity.evaluate.answers import find_boxed
+
+    return [(b := find_boxed(r or "")) is not None and b.replace(" ", "") == str(g).strip()
+            for r, g in zip(responses, golds)]
+
+
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 16, batch_size: int = 64,
                     grade=None) -> float:
     """Greedy accuracy of `model` on task rows (exact integer in the last `\\boxed{}` by default;
     pass `grade(responses, golds) -> list[bool]` to use another grader)."""
-    from rlvr_linearity.train.rewards import boxed_integer_match
-
-    grade = grade or boxed_integer_match
+    grade = grade or _boxed_integer_match
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side

@@ -171,6 +171,7 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from rlvr_linearity.console import quiet_trainer
     from rlvr_linearity.tasks.arithmetic import make_split
     from rlvr_linearity.train.rewards import BoxedAnswerReward
 
@@ -234,6 +235,8 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
     # URL each time (a warning per step offline); the trajectory needs none.
     trainer.create_model_card = lambda *args, **kwargs: None
+    if not cfg.verbose:  # the step metrics go to train_metrics.jsonl and W&B, not the terminal
+        quiet_trainer(trainer)
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     # The Trainer saves the final step itself (save_strategy="steps" saves at max_steps), through

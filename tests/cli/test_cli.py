@@ -96,3 +96,18 @@ cli.entry()
     assert res.returncode == 2 and "unknown command" in res.stderr
     assert res.stdout.count("x") == 100000
     assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+
+
+def test_command_help_shows_main_keys_and_examples_not_schema_groups():
+    res = rlvr("evaluate", "--help")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "evaluate.model=" in out and "Examples:" in out and "rlvr evaluate " in out and "verbose=true" in out
+    assert "_schema" not in out and len(out.splitlines()) < 40
+    pipe = rlvr("pipeline", "--help").stdout
+    assert "pipeline.stages=" in pipe and "experiment=demo" in pipe and "_schema" not in pipe
+
+
+def test_shell_completion_is_refused_in_one_line():
+    res = rlvr("evaluate", "--shell-completion", "install=bash")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not supported" in res.stderr

@@ -155,3 +155,55 @@ def test_real_command_writes_offline_wandb_run(logger, tmp_path):
     events = _events(out)
     assert events[0]["event"] == "config" and events[-1] == {**events[-1], "event": "end", "failed": False}
     assert (out / "linearity" / "weights_r2.json").exists()
+
+
+def test_offline_run_reads_back_curves_figures_tables_and_references(tmp_path, monkeypatch):
+    """What the pipeline's story sends, read back from the offline run's transaction log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from omegaconf import OmegaConf
+    from wandb_records import read_run
+
+    from rlvr_linearity.tracking import Tracker
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = OmegaConf.create({"logger": {"backend": "wandb", "project": "p", "entity": None, "group": None, "name": None,
+                                       "tags": [], "mode": "offline", "dir": None},
+                            "experiment_name": "x", "seed": 7})
+    out = tmp_path / "run"
+    out.mkdir()
+    t = Tracker(cfg, "pipeline", out)
+    t.curve("train", [{"step": s, "reward_mean": s / 10, "kl": 0.01 * s, "note": "text"} for s in (1, 2, 3)])
+    t.curve("eval", [{"step": 0, "trained": 0.3}, {"step": 5, "trained": 0.5, "relex_h3": 0.45}])
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    fig.savefig(out / "a.png")
+    plt.close(fig)
+    t.figure("figures/a", out / "a.png")
+    t.table("samples", [{"model": "base", "response": "\\boxed{3}", "correct": True}])
+    (out / "traj").mkdir()
+    (out / "traj" / "model.safetensors").write_bytes(b"x" * 10)
+    t.reference("trajectory", "trajectory", out / "traj")
+    t.summary({"time/total": 3.0})
+    t.finish()
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    run = read_run(run_dir)
+    assert run["config"]["seed"] == 7 and run["config"]["experiment_name"] == "x"
+    assert ("train/*", "train/step") in run["metrics"] and ("eval/*", "eval/step") in run["metrics"]
+    train = [h for h in run["history"] if "train/step" in h]
+    assert [(h["train/step"], h["train/reward_mean"]) for h in train] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert all("train/note" not in h for h in train)  # only numbers become series
+    assert [h.get("eval/relex_h3") for h in run["history"] if "eval/step" in h] == [None, 0.45]
+    image = next(h for h in run["history"] if "figures/a/_type" in h)
+    assert image["figures/a/_type"] == "image-file" and (run_dir / "files" / image["figures/a/path"]).is_file()
+    table = next(h for h in run["history"] if "samples/_type" in h)
+    data = json.loads((run_dir / "files" / table["samples/path"]).read_text())
+    assert data["columns"] == ["correct", "model", "response"] and data["data"] == [[True, "base", "\\boxed{3}"]]
+    assert run["summary"]["time/total"] == 3.0
+    traj = [a for a in run["artifacts"] if a[1] == "trajectory"]
+    assert traj and traj[0][2] == [(out / "traj" / "model.safetensors").resolve().as_uri()]  # listed, not hashed
+    assert not list((run_dir / "files").rglob("model.safetensors"))  # referenced, not copied

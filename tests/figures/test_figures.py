@@ -318,3 +318,53 @@ def test_malformed_rows_name_file_and_row(tmp_path, name, content, match):
     with pytest.raises(ConfigError, match=match) as err:
         regenerate([tmp_path / "in"], tmp_path / "out")
     assert name in str(err.value)
+
+
+def test_pipeline_figures_new_panels(tmp_path):
+    from rlvr_linearity.figures.linearity import plot_r2_vs_window
+    from rlvr_linearity.figures.pipeline import plot_prediction_error, plot_training_curve, plot_training_dynamics
+
+    rows = [{"step": s, "reward_mean": 0.1 * s, "accuracy": 0.1 * s, "entropy": 0.2, "completion_length_mean": 7}
+            for s in range(1, 13)]
+    assert plot_training_dynamics(rows, tmp_path / "d.png").stat().st_size > 1000
+    assert plot_training_dynamics([{"step": 1, "reward_mean": 1}], tmp_path / "none.png") is None
+    curve = plot_training_curve(rows, tmp_path / "r.png")
+    assert curve.stat().st_size > 1000
+    err = {"relex": [{"history": 3, "target": t, "weight_error": {"rel_l2": 0.1 * t, "cosine": 1 - 0.01 * t}}
+                     for t in (4, 6)], "weight_extrapolation": []}
+    assert plot_prediction_error(err, tmp_path / "e.png").stat().st_size > 1000
+    assert plot_prediction_error({"relex": [{"history": 3, "target": 4}]}, tmp_path / "n.png") is None
+    weights = {"windows": {"3": {"steps": [0, 1, 2, 3], "median": 0.9, "mean": 0.8, "frac_above": {"0.7": 0.7}},
+                           "all": {"steps": list(range(7)), "median": 0.8, "mean": 0.7, "frac_above": {"0.7": 0.6}}}}
+    assert plot_r2_vs_window(weights, tmp_path / "w.png").stat().st_size > 1000
+
+
+def test_training_curve_draws_accuracy_only_when_it_differs_from_the_reward(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from rlvr_linearity.figures.pipeline import plot_training_curve
+
+    labels = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
+    same = [{"step": s, "reward_mean": 0.5, "accuracy": 0.5} for s in range(1, 4)]
+    plot_training_curve(same, tmp_path / "a.png")
+    assert "train accuracy" not in labels
+    plot_training_curve([{**r, "accuracy": 0.2} for r in same], tmp_path / "b.png")
+    assert "train accuracy" in labels
+
+
+def test_lin_table1_ticks_tell_targets_of_one_benchmark_apart():
+    from rlvr_linearity.figures.paper import _tick
+
+    a, b = _tick("arithmetic (t′=30, vs RL step 30)"), _tick("arithmetic (t′=45, vs RL step 45)")
+    assert a != b and a.startswith("arithmetic\n") and "t′=30" in a
+    assert _tick("AIME24 (avg@64)") == "AIME24\navg@64"
+
+
+def test_explained_variance_axis_zooms_to_values_near_one():
+    from rlvr_linearity.figures.style import zoom_floor
+
+    assert zoom_floor([0.95, 0.99, 1.0]) == 0.94
+    assert zoom_floor([0.2, 0.99]) == 0.19
+    assert zoom_floor([]) == 0.0 and zoom_floor([0.005]) == 0.0

@@ -36,3 +36,46 @@ def test_notebook_executes_on_fixture_results(tmp_path, monkeypatch, name, expec
     assert expected <= {p.name for p in tmp_path.glob("*.png")}
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {}))
     assert images >= len(expected)
+
+
+def _tiny_run(root: Path) -> Path:
+    """A run directory with a 4-step trajectory, results.json pointing at it, the fixture's
+    weights_r2.json and a per-weight weights_r2.safetensors whose least linear weight is known."""
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    traj = root / "trajectory"
+    for s in range(4):
+        d = traj / f"checkpoint-{s}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        save_file({"w": torch.arange(6, dtype=torch.float32) + s * torch.tensor([1, 1, 1, 1, 1, -2.0])},
+                  str(d / "model.safetensors"))
+    (traj / "trajectory.json").write_text(json.dumps({"base": str(traj / "checkpoint-0"), "steps": [1, 2, 3]}))
+    results = json.loads((FIX / "run_a" / "results.json").read_text())
+    results["trajectory"] = str(traj)
+    (root / "results.json").write_text(json.dumps(results))
+    (root / "linearity").mkdir()
+    shutil.copy(FIX / "run_a" / "linearity" / "weights_r2.json", root / "linearity" / "weights_r2.json")
+    save_file({"w": torch.tensor([1.0, 0.99, 0.98, 0.97, 0.96, 0.2])}, str(root / "linearity" / "weights_r2.safetensors"))
+    return root
+
+
+def test_explore_notebook_loads_dataframes_and_plots_a_weight(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path / "mine")
+    nb = nbformat.read(REPO / "notebooks" / "explore.ipynb", as_version=4)
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+    monkeypatch.setenv("RLVR_RESULTS", os.pathsep.join([str(run), str(FIX / "run_a"), str(FIX / "run_b")]))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                     for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "mine" in text and "run_a" in text  # both runs in the comparison
+    assert "self_attn" in text and "median" in text  # the per-tensor queries
+    last = nb.cells[-1].outputs  # the least linear weight of the per-weight file, read from the trajectory
+    assert any("image/png" in o.get("data", {}) for o in last)
+    assert "w[5] over steps 0..3: slope -2 per step" in "".join(o.get("text", "") for o in last)

@@ -66,6 +66,35 @@ def test_demo_pipeline_small(tmp_path):
         assert f"figures/{png}" in report
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run"
 
+    # statistics: intervals on every accuracy, paired tests and weight error against the trained step
+    assert all(len(x["accuracy_ci95"]) == 2 for x in [r["base"], *r["rlvr"], *r["relex"]])
+    at_trained = [x for x in r["relex"] + r["weight_extrapolation"] if x["target"] in (2, 4, 6)]
+    assert at_trained and all(x["vs_trained"]["test"] == "mcnemar_exact" and 0 <= x["vs_trained"]["p_value"] <= 1
+                              and x["weight_error"]["rel_l2"] >= 0 and -1 <= x["weight_error"]["cosine"] <= 1
+                              for x in at_trained)
+    assert all("vs_trained" not in x or x["vs_trained"] is None for x in r["relex"] if x["target"] == 9)
+    assert "p (paired)" in report and "paired test" in report
+
+    # terminal: a results table, no library bars, step dicts or stage lines
+    assert "− trained" in res.stdout and "report at" in res.stdout
+    for noise in ("Writing model shards", "Loading weights", "{'loss'", "stage train: running"):
+        assert noise not in res.stdout + res.stderr, noise
+
+    # W&B: the offline run read back holds the curves, accuracy vs step, figures, samples and references
+    from wandb_records import read_run
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    wb = read_run(run_dir)
+    assert ("train/*", "train/step") in wb["metrics"] and ("eval/*", "eval/step") in wb["metrics"]
+    assert sorted(h["train/step"] for h in wb["history"] if "train/reward_mean" in h) == list(range(1, 7))
+    assert [h["eval/step"] for h in wb["history"] if "eval/trained" in h] == [0, 2, 4, 6]
+    figs = {k.split("/")[1] for h in wb["history"] for k in h if k.startswith("figures/") and k.endswith("/_type")}
+    assert {"accuracy_vs_step", "training_reward", "prediction_error"} <= figs
+    assert any("samples/_type" in h for h in wb["history"])
+    assert "time/total" in wb["summary"] and not any(k.startswith("stage/") for h in wb["history"] for k in h)
+    assert {a[1] for a in wb["artifacts"]} >= {"trajectory", "predicted-checkpoint"}
+    assert wb["config"]["experiment_name"] == "demo"
+
     again = run_demo(out, cache)  # every stage reused: no stage runs twice
     assert again.returncode == 0, again.stderr[-3000:]
     r2 = json.loads((out / "results.json").read_text())
