@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 from omegaconf import OmegaConf
 
 from rlvr_linearity.evaluate.engines.hf import HFEngine
@@ -63,7 +64,6 @@ def test_vllm_sampling_params_accepted_by_vllm(vllm_python):
     n > 1 (which vLLM refuses as such) becomes one sample repeated n times."""
     import json
     import subprocess
-    import sys
 
     cases = [{"n": 4, "temperature": 0.0, "top_p": 0.9, "top_k": 20, "max_tokens": 99, "seed": 3},
              {"n": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "max_tokens": 99, "seed": 3, "stop": ["\n\n"]},
@@ -84,7 +84,7 @@ except ValueError as err:
     out.append(str(err))
 print(json.dumps(out))
 """
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(REPO_ROOT)
     done = subprocess.run([vllm_python, "-c", script, json.dumps(cases)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": root}, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
