@@ -132,134 +132,174 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     Returns the `weights_r2.json` content: the contract's keys for the largest window plus
     `windows: {label: same keys}`.
     """
-    from rlvr_linearity.linearity.kernels import common, r2 as kernel
-
     steps = list(traj.steps if steps is None else steps)
     if steps[0] != 0:
         steps = [0] + steps
-    wins = window_lengths(steps, windows)
-    lengths = [n for _, n in wins]
     names = list(traj.tensor_names if names is None else names)
-    base = traj.model(0)
+    filters = {"sample_fraction": sample_fraction, "min_samples": min_samples, "min_abs_change": min_abs_change,
+               "min_unique": min_unique, "seed": sample_seed}
+    run = _WeightPass(traj, steps, names, window_lengths(steps, windows), tuple(thresholds), device, filters,
+                      use_kernel=_use_kernel(traj, steps, names, engine, device, min_unique), sub_chunk=sub_chunk,
+                      per_weight_path=per_weight_path, examples=examples)
+    # block copies and small torch ops are memory-bound: one torch thread, no OpenMP spin-waiting
+    # (measured 30x faster reads on a shared 2-core machine); the kernel has its own threads
+    threads = torch.get_num_threads()
+    if str(device) == "cpu":
+        torch.set_num_threads(1)
+    blocks = prefetch(tensor_stream(names, lambda name: run.read(name, chunk_elements)))
+    try:
+        for name, group in tqdm(by_tensor(blocks), total=len(names), desc="weight R²", unit="tensor",
+                                disable=not progress):
+            run.tensor(name, group)
+    except BaseException:
+        if run.writer is not None:
+            run.writer.abort()
+        raise
+    finally:
+        blocks.close()
+        torch.set_num_threads(threads)
+    return run.result()
+
+
+def _use_kernel(traj, steps, names, engine: str, device: str, min_unique: int) -> bool:
+    """Whether the fused numba kernel does the pass (see weight_linearity's `engine`)."""
+    from rlvr_linearity.linearity.kernels import common
+
     if engine not in ("auto", "kernel", "torch"):
         raise ConfigError(f"linearity.engine={engine!r}: use auto, kernel or torch")
     possible = str(device) == "cpu" and common.available() and min_unique <= 1
     if engine == "kernel" and not possible:
         raise ConfigError("linearity.engine=kernel needs numba, device=cpu and no min_unique filter")
     # auto: the kernel pays a one-off JIT compile (cached on disk), worth it beyond tiny models
+    base = traj.model(0)
     work = len(steps) * sum(int(np.prod(base.shape(n), dtype=np.int64)) for n in names)
-    use_kernel = possible and (engine == "kernel" or (engine == "auto" and work >= KERNEL_MIN_WORK))
-    # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
-    own_check = use_kernel and sample_fraction is None and bool(getattr(traj, "check_finite", False))
-    # block copies and small torch ops are memory-bound: one torch thread, no OpenMP spin-waiting
-    # (measured 30x faster reads on a shared 2-core machine); the kernel has its own threads
-    threads = torch.get_num_threads()
-    if str(device) == "cpu":
-        torch.set_num_threads(1)
-    design = WindowDesign.build(steps, lengths, device)
-    cpu_design = design if str(device) == "cpu" else WindowDesign.build(steps, lengths, "cpu")
-    ks = kernel.KernelStats(steps, lengths, thresholds, min_abs_change, HIST_BINS) if use_kernel else None
-    glob = [R2Stats(tuple(thresholds)) for _ in wins]
-    rows: list[list[dict]] = [[] for _ in wins]
-    writer = PerWeightWriter(per_weight_path, {n: tuple(base.shape(n)) for n in names}) if per_weight_path else None
-    n_weights = 0
-    example_rows: list[dict] = []
-    i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
-    rng = np.random.default_rng(sample_seed)
-    example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
+    return possible and (engine == "kernel" or (engine == "auto" and work >= KERNEL_MIN_WORK))
 
-    def read(name):  # the kernel widens bf16 bits itself; fp16 is widened by the reader
-        wide = traj.block_dtype(name, steps)
-        as_f32 = ks is not None and wide == torch.float16
-        return traj.iter_blocks(name, steps, chunk_elements, dtype=torch.float32 if as_f32 else None,
-                                reuse=PREFETCH_RING, check_finite=False if own_check else None)
 
-    blocks = prefetch(tensor_stream(names, read))
-    try:
-        for name, group in tqdm(by_tensor(blocks), total=len(names), desc="weight R²", unit="tensor",
-                                disable=not progress):
-            shape = tuple(base.shape(name))
-            numel = int(np.prod(shape, dtype=np.int64))
-            row_size = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            k = sample_size(numel, sample_fraction, min_samples)
-            idx = sample_indices(numel, k, sample_seed, name) if k < numel else None
-            idx_t = torch.from_numpy(idx) if idx is not None else None
-            n_weights += k
-            tstats = [R2Stats(tuple(thresholds)) for _ in wins]
-            exact = k <= SMALL_TENSOR or writer is not None  # kernel: keep values instead of histograms
-            if ks is not None:
-                ks.start_tensor()
-            for start, stop, block in group:
-                block = block.reshape(len(steps), -1)
-                lo = start * row_size
-                if idx_t is not None:
-                    a, b = np.searchsorted(idx, [lo, stop * row_size])
-                    if a == b:
-                        if writer is not None:
-                            writer.write(torch.full(((stop - start) * row_size,), float("nan")))
-                        continue
-                    cols = idx_t[a:b] - lo
-                    block = block[:, cols]
-                if ks is not None:
-                    out = np.empty((len(wins), block.shape[1])) if exact else None
-                    if not ks.add(block, out) and own_check:
-                        _raise_not_finite(traj, steps, name, block, start, stop)
-                    last = None
-                    if out is not None:
-                        for j in range(len(wins)):
-                            tstats[j].add(torch.from_numpy(out[j]))
-                        last = torch.from_numpy(out[-1])
-                else:
-                    last = _block_r2_stats(block.to(design.m.device, non_blocking=True), design, lengths,
-                                           min_abs_change, min_unique, tstats, sub_chunk, keep_last=writer is not None)
-                if writer is not None:
-                    full = last
-                    if idx_t is not None:
-                        full = torch.full(((stop - start) * row_size,), float("nan"), dtype=torch.float64)
-                        full[cols] = last.cpu()
-                    writer.write(full)
-                if name in example_tensors and block.shape[1]:
-                    col = int(rng.integers(block.shape[1]))
-                    one = block[:, col: col + 1].clone().cpu()
-                    r2 = block_r2(block_deltas(one), cpu_design)[-1, 0]
-                    if not torch.isnan(r2):
-                        example_tensors.discard(name)
-                        example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if idx_t is not None else col),
-                                             "steps": steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
-            kernel_hist = ks is not None and not exact
-            if kernel_hist:  # counts and medians reduced by the kernel, folded into its globals
-                n, tot, above = ks.tensor_counts()
-                med = ks.finish_tensor()
-                tstats = [R2Stats.counts_only(thresholds, n[j], tot[j], above[j], med) for j in range(len(wins))]
-            module, layer = parse_name(name)
-            for j in range(len(wins)):
-                s = tstats[j].summary()
-                rows[j].append({"name": name, "numel": numel, "n_defined": s["n_defined"], "mean": s["mean"],
-                                "median": s["median"] if j == len(wins) - 1 else None,  # largest window only
-                                "frac_above_0.7": s["frac_above"].get("0.7"), "module": module, "layer": layer,
-                                "_sum": tstats[j].total, "_above": tstats[j].above[i07] if i07 is not None else 0})
-                if not kernel_hist:
-                    glob[j].merge(tstats[j])
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        blocks.close()
-        torch.set_num_threads(threads)
-    if writer is not None:
-        writer.close()
-    if ks is not None:
-        ks.finish()
-        for j in range(len(wins)):
-            glob[j].add_hist(ks.glob_n[j], ks.glob_sum[j], ks.glob_above[j], ks.glob[j])
-    per_window = {label: _window_result(steps, n, glob[j], rows[j], n_weights) for j, (label, n) in enumerate(wins)}
-    top = dict(per_window[wins[-1][0]])
-    top["windows"] = per_window
-    top["n_numel"] = sum(r["numel"] for r in rows[-1])
-    top["filters"] = {"sample_fraction": sample_fraction, "min_samples": min_samples if sample_fraction else None,
-                      "min_abs_change": min_abs_change, "min_unique": min_unique, "seed": sample_seed}
-    top["thresholds"] = [_key(t) for t in thresholds]
-    top["median_error_bound"] = 0.0 if glob[-1]._values is not None else MEDIAN_ERROR_BOUND
-    top["examples"] = example_rows
-    return top
+class _WeightPass:
+    """The state of one streaming pass: per-window statistics (global and per tensor), the
+    per-weight file, and a few example weights; `tensor` takes one tensor's blocks."""
+
+    def __init__(self, traj, steps, names, wins, thresholds, device, filters: dict, *, use_kernel: bool,
+                 sub_chunk: int, per_weight_path: Path | None, examples: int):
+        from rlvr_linearity.linearity.kernels import r2 as kernel
+
+        self.traj, self.steps, self.wins, self.thresholds = traj, steps, wins, thresholds
+        self.lengths = [n for _, n in wins]
+        self.filters, self.sub_chunk = filters, sub_chunk
+        self.min_abs_change, self.min_unique = filters["min_abs_change"], filters["min_unique"]
+        self.base = traj.model(0)
+        # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
+        self.own_check = use_kernel and filters["sample_fraction"] is None and bool(getattr(traj, "check_finite", False))
+        self.design = WindowDesign.build(steps, self.lengths, device)
+        self.cpu_design = self.design if str(device) == "cpu" else WindowDesign.build(steps, self.lengths, "cpu")
+        self.ks = (kernel.KernelStats(steps, self.lengths, thresholds, self.min_abs_change, HIST_BINS)
+                   if use_kernel else None)
+        self.glob = [R2Stats(thresholds) for _ in wins]
+        self.rows: list[list[dict]] = [[] for _ in wins]
+        self.writer = (PerWeightWriter(per_weight_path, {n: tuple(self.base.shape(n)) for n in names})
+                       if per_weight_path else None)
+        self.n_weights = 0
+        self.example_rows: list[dict] = []
+        self.i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
+        self.rng = np.random.default_rng(filters["seed"])
+        self.example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
+
+    def read(self, name: str, chunk_elements: int):
+        """The tensor's blocks; the kernel widens bf16 bits itself, fp16 is widened by the reader."""
+        wide = self.traj.block_dtype(name, self.steps)
+        as_f32 = self.ks is not None and wide == torch.float16
+        return self.traj.iter_blocks(name, self.steps, chunk_elements, dtype=torch.float32 if as_f32 else None,
+                                     reuse=PREFETCH_RING, check_finite=False if self.own_check else None)
+
+    def tensor(self, name: str, group) -> None:
+        shape = tuple(self.base.shape(name))
+        numel = int(np.prod(shape, dtype=np.int64))
+        row_size = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        k = sample_size(numel, self.filters["sample_fraction"], self.filters["min_samples"])
+        idx = sample_indices(numel, k, self.filters["seed"], name) if k < numel else None
+        self.n_weights += k
+        tstats = [R2Stats(self.thresholds) for _ in self.wins]
+        exact = k <= SMALL_TENSOR or self.writer is not None  # kernel: keep values instead of histograms
+        if self.ks is not None:
+            self.ks.start_tensor()
+        for start, stop, block in group:
+            self._block(name, start, stop, block.reshape(len(self.steps), -1), row_size, idx, tstats, exact)
+        kernel_hist = self.ks is not None and not exact
+        if kernel_hist:  # counts and medians reduced by the kernel, folded into its globals
+            n, tot, above = self.ks.tensor_counts()
+            med = self.ks.finish_tensor()
+            tstats = [R2Stats.counts_only(self.thresholds, n[j], tot[j], above[j], med) for j in range(len(self.wins))]
+        module, layer = parse_name(name)
+        for j in range(len(self.wins)):
+            s = tstats[j].summary()
+            self.rows[j].append({"name": name, "numel": numel, "n_defined": s["n_defined"], "mean": s["mean"],
+                                 "median": s["median"] if j == len(self.wins) - 1 else None,  # largest window only
+                                 "frac_above_0.7": s["frac_above"].get("0.7"), "module": module, "layer": layer,
+                                 "_sum": tstats[j].total, "_above": tstats[j].above[self.i07] if self.i07 is not None else 0})
+            if not kernel_hist:
+                self.glob[j].merge(tstats[j])
+
+    def _block(self, name, start, stop, block, row_size, idx, tstats, exact) -> None:
+        """R² of one block's columns (the sampled ones), into the tensor's statistics."""
+        lo = start * row_size
+        cols = None
+        if idx is not None:
+            a, b = np.searchsorted(idx, [lo, stop * row_size])
+            if a == b:
+                if self.writer is not None:
+                    self.writer.write(torch.full(((stop - start) * row_size,), float("nan")))
+                return
+            cols = torch.from_numpy(idx[a:b]) - lo
+            block = block[:, cols]
+        if self.ks is not None:
+            out = np.empty((len(self.wins), block.shape[1])) if exact else None
+            if not self.ks.add(block, out) and self.own_check:
+                _raise_not_finite(self.traj, self.steps, name, block, start, stop)
+            last = None
+            if out is not None:
+                for j in range(len(self.wins)):
+                    tstats[j].add(torch.from_numpy(out[j]))
+                last = torch.from_numpy(out[-1])
+        else:
+            last = _block_r2_stats(block.to(self.design.m.device, non_blocking=True), self.design, self.lengths,
+                                   self.min_abs_change, self.min_unique, tstats, self.sub_chunk,
+                                   keep_last=self.writer is not None)
+        if self.writer is not None:
+            full = last
+            if cols is not None:
+                full = torch.full(((stop - start) * row_size,), float("nan"), dtype=torch.float64)
+                full[cols] = last.cpu()
+            self.writer.write(full)
+        if name in self.example_tensors and block.shape[1]:
+            self._example(name, block, lo, cols)
+
+    def _example(self, name, block, lo, cols) -> None:
+        """One random weight of the tensor, its values per step and its R² (the report's examples)."""
+        col = int(self.rng.integers(block.shape[1]))
+        one = block[:, col: col + 1].clone().cpu()
+        r2 = block_r2(block_deltas(one), self.cpu_design)[-1, 0]
+        if not torch.isnan(r2):
+            self.example_tensors.discard(name)
+            self.example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if cols is not None else col),
+                                      "steps": self.steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
+
+    def result(self) -> dict:
+        """The `weights_r2.json` content (see weight_linearity)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.ks is not None:
+            self.ks.finish()
+            for j in range(len(self.wins)):
+                self.glob[j].add_hist(self.ks.glob_n[j], self.ks.glob_sum[j], self.ks.glob_above[j], self.ks.glob[j])
+        per_window = {label: _window_result(self.steps, n, self.glob[j], self.rows[j], self.n_weights)
+                      for j, (label, n) in enumerate(self.wins)}
+        f = self.filters
+        top = dict(per_window[self.wins[-1][0]])
+        top["windows"] = per_window
+        top["n_numel"] = sum(r["numel"] for r in self.rows[-1])
+        top["filters"] = {**f, "min_samples": f["min_samples"] if f["sample_fraction"] else None}
+        top["thresholds"] = [_key(t) for t in self.thresholds]
+        top["median_error_bound"] = 0.0 if self.glob[-1]._values is not None else MEDIAN_ERROR_BOUND
+        top["examples"] = self.example_rows
+        return top
