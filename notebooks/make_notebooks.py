@@ -37,6 +37,15 @@ def show(path):
     if path is not None:
         display(Image(filename=str(path)))'''
 
+def missing_figures(paper: str) -> list:
+    """The closing cells: the paper's figures and tables these results cannot make yet."""
+    return [
+        new_markdown_cell("## Which paper figures these results cannot make yet"),
+        new_code_cell('''index = regenerate([RESULTS], OUT / "all")
+display(Markdown("\\n".join(f"- **{m['title']}**: needs {m['needs']}; `{m['command']}`" for m in index["missing"] if m["paper"] == "%s") or "nothing missing"))''' % paper),
+    ]
+
+
 LIN = [
     new_markdown_cell("# LIN: linear dynamics of RLVR training (arXiv 2601.04537)\n\n"
                       "Loads a results directory (`RLVR_RESULTS`, default the demo's `outputs/demo`) and draws the "
@@ -75,9 +84,7 @@ if rows:
             display(Markdown(made[key].read_text()))
     show(made.get("lin_table2"))
     show(made.get("lin_fig6"))'''),
-    new_markdown_cell("## Which paper figures these results cannot make yet"),
-    new_code_cell('''index = regenerate([RESULTS], OUT / "all")
-display(Markdown("\\n".join(f"- **{m['title']}**: needs {m['needs']}; `{m['command']}`" for m in index["missing"] if m["paper"] == "LIN") or "nothing missing"))'''),
+    *missing_figures("LIN"),
 ]
 
 RELEX = [
@@ -102,9 +109,7 @@ RELEX = [
     new_code_cell('''for _, res in results:
     show(paper.plot_relex_accuracy(res, OUT / "relex_accuracy_vs_target.png"))
     show(paper.plot_relex_ablations(res, OUT / "relex_ablations.png"))'''),
-    new_markdown_cell("## Which paper figures these results cannot make yet"),
-    new_code_cell('''index = regenerate([RESULTS], OUT / "all")
-display(Markdown("\\n".join(f"- **{m['title']}**: needs {m['needs']}; `{m['command']}`" for m in index["missing"] if m["paper"] == "RELEX") or "nothing missing"))'''),
+    *missing_figures("RELEX"),
 ]
 
 

@@ -140,7 +140,42 @@ def read_json(path: Path, step, what: str) -> dict:
     return data
 
 
-class ModelFiles:
+class TensorTable:
+    """What a checkpoint's tensors are, from its `_info` {name: info with .shape, .dtype} (file
+    order), `path`, `step` and `config`: shared by safetensors models and verl's FSDP shards."""
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """Stored names in file order (shard by shard, data-offset order)."""
+        return list(self._info)
+
+    def info(self, name: str) -> TensorInfo:
+        try:
+            return self._info[name]
+        except KeyError:
+            raise TrajectoryError(f"{where(self.path, self.step, name)}: tensor missing") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.info(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype stored in the file (not config.json's)."""
+        return self.info(name).dtype
+
+    def numel(self, name: str) -> int:
+        n = 1
+        for d in self.info(name).shape:
+            n *= d
+        return n
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """config.tie_word_embeddings and no separate lm_head stored."""
+        cfg = self.config if "tie_word_embeddings" in self.config else self.config.get("text_config") or {}
+        return bool(cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info
+
+
+class ModelFiles(TensorTable):
     """A HF model directory (config.json + single or sharded safetensors), opened lazily.
 
     Headers are parsed (and checked against file sizes) on construction, so a truncated file
@@ -205,35 +240,6 @@ class ModelFiles:
     def __repr__(self) -> str:
         return f"ModelFiles({str(self.path)!r}, step={self.step})"
 
-    @property
-    def tensor_names(self) -> list[str]:
-        """Stored names in file order (shard by shard, data-offset order)."""
-        return list(self._info)
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._info[name]
-        except KeyError:
-            raise TrajectoryError(f"{where(self.path, self.step, name)}: tensor missing") from None
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.info(name).shape
-
-    def dtype(self, name: str) -> torch.dtype:
-        """The dtype stored in the file (not config.json's)."""
-        return self.info(name).dtype
-
-    def numel(self, name: str) -> int:
-        n = 1
-        for d in self.info(name).shape:
-            n *= d
-        return n
-
-    @property
-    def tied_embeddings(self) -> bool:
-        """config.tie_word_embeddings and no separate lm_head stored."""
-        cfg = self.config if "tie_word_embeddings" in self.config else self.config.get("text_config") or {}
-        return bool(cfg.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info
 
     def _handle(self, file: Path):
         h = self._handles.get(file)

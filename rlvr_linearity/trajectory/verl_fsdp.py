@@ -23,7 +23,7 @@ import torch
 
 from rlvr_linearity.errors import TrajectoryError, where
 
-from .files import file_identity, read_json
+from .files import TensorTable, file_identity, read_json
 
 SHARD_RX = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 STORAGES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
@@ -172,7 +172,7 @@ class _Info:
     shape: tuple[int, ...]
 
 
-class FsdpShardFiles:
+class FsdpShardFiles(TensorTable):
     """ModelFiles-compatible view of `global_step_N/actor/` FSDP shards (full fp32)."""
 
     def __init__(self, actor_dir, step=None):
@@ -248,32 +248,6 @@ class FsdpShardFiles:
 
     def __repr__(self) -> str:
         return f"FsdpShardFiles({str(self.path)!r}, step={self.step})"
-
-    @property
-    def tensor_names(self) -> list[str]:
-        return list(self._info)
-
-    def info(self, name: str) -> _Info:
-        try:
-            return self._info[name]
-        except KeyError:
-            raise TrajectoryError(f"{where(self.path, self.step, name)}: tensor missing") from None
-
-    def shape(self, name):
-        return self.info(name).shape
-
-    def dtype(self, name):
-        return self.info(name).dtype
-
-    def numel(self, name) -> int:
-        n = 1
-        for d in self.shape(name):
-            n *= d
-        return n
-
-    @property
-    def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", False)) and "lm_head.weight" not in self._info
 
     def read(self, name: str) -> torch.Tensor:
         """The whole tensor, assembled from every rank's shards (the last one is kept for read_rows)."""
