@@ -161,6 +161,7 @@ class LinearityConfig:
 
 # ------------------------------------------------------------------------------ extrapolate
 FITS = ("linear", "polynomial")
+RELEX_FITS = FITS + ("sin_fft",)
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -178,6 +179,10 @@ class RelexConfig:
     fit: str = MISSING
     degree: int = MISSING
     mode: str = MISSING
+    axis: str = MISSING
+    target_scale: float = MISSING
+    fit_window: Optional[int] = MISSING
+    ar_window: Optional[int] = MISSING
     dtype: Optional[str] = MISSING
     cache: bool = MISSING
     gram_steps: str = MISSING
@@ -196,9 +201,14 @@ class RelexConfig:
         for w in self.windows or []:
             _require(w >= 1, f"{key}.windows", f"{w}: windows are steps >= 1")
         _require(self.rank >= 1, f"{key}.rank", f"rank {self.rank}: ranks start at 1")
-        _one_of(self.fit, f"{key}.fit", FITS)
+        _one_of(self.fit, f"{key}.fit", RELEX_FITS)
         _require(self.degree >= 0, f"{key}.degree", f"{self.degree} is negative")
-        _one_of(self.mode, f"{key}.mode", ("extrapolate", "reconstruct"))
+        _one_of(self.mode, f"{key}.mode", ("extrapolate", "reconstruct", "fit_reconstruct"))
+        _one_of(self.axis, f"{key}.axis", ("step", "position"))
+        _require(self.target_scale > 0, f"{key}.target_scale", f"{self.target_scale}: must be > 0")
+        for name in ("fit_window", "ar_window"):
+            v = getattr(self, name)
+            _require(v is None or v >= 1, f"{key}.{name}", f"{v}: need at least 1, or null")
         _one_of(self.dtype, f"{key}.dtype", DTYPES)
         _one_of(self.gram_steps, f"{key}.gram_steps", ("window", "all"))
         _require(self.memory_budget >= 0, f"{key}.memory_budget", f"{self.memory_budget} is negative")

@@ -50,8 +50,11 @@ def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
     res = run_relex(traj, windows, list(ex.targets), root, rank=int(ex.rank), fit=str(ex.fit),
                     degree=int(ex.degree), mode=str(ex.mode), dtype=ex.dtype,
                     cache_dir=cache_dir(cfg) / "grams" if ex.cache else None, memory_budget=int(ex.memory_budget),
-                    gram_steps=traj.steps if ex.gram_steps == "all" else None)
+                    gram_steps=traj.steps if ex.gram_steps == "all" else None, axis=str(ex.axis),
+                    target_scale=float(ex.target_scale), fit_window=ex.fit_window, ar_window=ex.ar_window)
     params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
+              "axis": str(ex.axis), "target_scale": float(ex.target_scale), "fit_window": ex.fit_window,
+              "ar_window": ex.ar_window,
               "history": ex.history, "window": section(cfg, "extrapolate.window"), "last": ex.last,
               "windows": section(cfg, "extrapolate.windows")}
     steps = res["windows"][0]["steps"] if len(res["windows"]) == 1 else res["steps_read"]
