@@ -67,6 +67,17 @@ class SamplingConfig:
 
 
 @dataclass
+class BenchmarkSamplingConfig:
+    """One benchmark's own sampling (`evaluate.benchmark_sampling.<name>`); null keeps `sampling.*`."""
+
+    n: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = None
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING
 
@@ -240,8 +251,14 @@ class EvaluateConfig:
     grader: Optional[str] = MISSING
     grading_timeout: float = MISSING
     grading_workers: int = MISSING
+    benchmark_sampling: dict[str, BenchmarkSamplingConfig] = MISSING
 
     def check(self, key: str = "evaluate") -> None:
+        from rlvr_linearity.evaluate.benchmarks import available
+
+        known = available()
+        for name in self.benchmark_sampling:
+            _one_of(name, f"{key}.benchmark_sampling", known)
         _require(self.max_problems is None or self.max_problems >= 1, f"{key}.max_problems",
                  f"{self.max_problems}: need at least 1")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size}: need at least 1")
