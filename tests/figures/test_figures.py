@@ -169,7 +169,7 @@ def test_functions_tolerate_missing_optional_keys(tmp_path):
 def test_logits_rows_from_results_compare_with_rl_at_the_target(fx):
     rows = tables.logits_rows_from_results(fx["results"])
     rlvr = {r["step"]: r["accuracy"] for r in fx["results"]["rlvr"]}
-    assert rows == [{"benchmark": "arithmetic (t′=10, vs RL step 10)", "std_rl": rlvr[10], "ours": 0.54}]
+    assert rows == [{"benchmark": "arithmetic", "setting": "t′=10, vs RL step 10", "std_rl": rlvr[10], "ours": 0.54}]
 
 
 # -- the command ------------------------------------------------------------------------------
