@@ -254,11 +254,6 @@ class EvaluateConfig:
     benchmark_sampling: dict[str, BenchmarkSamplingConfig] = MISSING
 
     def check(self, key: str = "evaluate") -> None:
-        from rlvr_linearity.evaluate.benchmarks import available
-
-        known = available()
-        for name in self.benchmark_sampling:
-            _one_of(name, f"{key}.benchmark_sampling", known)
         _require(self.max_problems is None or self.max_problems >= 1, f"{key}.max_problems",
                  f"{self.max_problems}: need at least 1")
         _require(self.batch_size >= 1, f"{key}.batch_size", f"{self.batch_size}: need at least 1")
