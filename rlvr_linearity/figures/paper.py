@@ -108,7 +108,7 @@ def plot_weight_extrapolation(results: dict, path, pdf: bool = False, reference:
 def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True) -> dict[str, Path] | None:
     """LIN Table 1 from [{benchmark, std_rl, ours, setting?}]: Markdown + JSON table (a column per
     benchmark) and a bar figure (a group per benchmark and setting, and each setting's average)."""
-    rows = [r for r in rows if r.get("std_rl") and r.get("ours") is not None]
+    rows = [r for r in rows if r.get("std_rl") is not None and r.get("ours") is not None]
     if not rows:
         return None
     settings = table1_settings(rows)

@@ -66,16 +66,21 @@ def box_stats(values=None, counts=None, label: str = "") -> dict | None:
 
 # -- LIN Table 1: logits extrapolation --------------------------------------------------------
 def relative_improvements(rows: list[dict]) -> dict:
-    """Per-benchmark relative change (ours / std − 1) and the Average row in BOTH conventions:
+    """Per-benchmark relative change (ours / std − 1; None when std is 0) and the Average row in BOTH conventions:
     `rel_of_average` (relative change of the averaged score: the paper's "+4.2%") and
     `mean_of_relative` (mean of the per-benchmark relative changes: 6.1% on the paper's values)."""
     if not rows:
         raise ValueError("no benchmark rows")
-    out = [{**r, "rel": r["ours"] / r["std_rl"] - 1.0} for r in rows]
+
+    def rel(ours: float, std: float) -> float | None:  # undefined against a zero baseline
+        return ours / std - 1.0 if std else None
+
+    out = [{**r, "rel": rel(r["ours"], r["std_rl"])} for r in rows]
     std = float(np.mean([r["std_rl"] for r in rows]))
     ours = float(np.mean([r["ours"] for r in rows]))
-    return {"rows": out, "average": {"std_rl": std, "ours": ours, "rel_of_average": ours / std - 1.0,
-                                     "mean_of_relative": float(np.mean([r["rel"] for r in out]))}}
+    defined = [r["rel"] for r in out if r["rel"] is not None]
+    return {"rows": out, "average": {"std_rl": std, "ours": ours, "rel_of_average": rel(ours, std),
+                                     "mean_of_relative": float(np.mean(defined)) if defined else None}}
 
 
 def logits_rows_from_results(results: dict) -> list[dict]:
