@@ -67,6 +67,17 @@ class SamplingConfig:
 
 
 @dataclass
+class BenchmarkSamplingConfig:
+    """One benchmark's own sampling (`evaluate.benchmark_sampling.<name>`); null keeps `sampling.*`."""
+
+    n: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = None
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING
 
@@ -250,6 +261,7 @@ class EvaluateConfig:
     grader: Optional[str] = MISSING
     grading_timeout: float = MISSING
     grading_workers: int = MISSING
+    benchmark_sampling: dict[str, BenchmarkSamplingConfig] = MISSING
 
     def check(self, key: str = "evaluate") -> None:
         _require(self.max_problems is None or self.max_problems >= 1, f"{key}.max_problems",

@@ -4,12 +4,13 @@ Samples are appended to `DIR/evaluate/<benchmark>/samples.jsonl` one problem at 
 samples together, fsynced), so an interrupted run resumes by skipping the problems already there
 and ends with the same metrics as an uninterrupted one. `samples.key.json` beside it names what
 produced the samples (model identity, responses-file content, benchmark data, grader, sampling,
-prompt, engine): a run with anything different starts the benchmark afresh instead of reusing
+prompt, engine; the sampling is the benchmark's effective one, `benchmark_sampling`): a run with anything different starts the benchmark afresh instead of reusing
 them. `metrics.json` is written atomically last, and never holds NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -106,6 +107,26 @@ def model_identity(model: str | None) -> dict | None:
     return {"path": str(root), "files": files, "weights": weights}
 
 
+def benchmark_sampling(name: str, cfg) -> dict:
+    """The sampling benchmark `name` is evaluated with: `sampling.*`, overridden by the keys its
+    registry file's `sampling:` sets, overridden by the keys `evaluate.benchmark_sampling.<name>`
+    sets (null keeps the layer below), so one run can mix greedy MATH with avg@8 OOD sets."""
+    from rlvr_linearity.schemas import BenchmarkSamplingConfig, SamplingConfig
+
+    out = OmegaConf.to_container(cfg.sampling, resolve=True)
+    own = cfg.evaluate.benchmark_sampling.get(name)
+    layers = [(f"conf/evaluate/benchmark/{name}.yaml: sampling", benchmark_spec(name).get("sampling") or {}),
+              (f"evaluate.benchmark_sampling.{name}", OmegaConf.to_container(own, resolve=True) if own else {})]
+    allowed = {f.name for f in dataclasses.fields(BenchmarkSamplingConfig)}
+    for where, layer in layers:
+        unknown = sorted(set(layer) - allowed)
+        if unknown:
+            raise EvaluationError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+        out.update({k: v for k, v in layer.items() if v is not None})
+    SamplingConfig(**out).check(f"sampling of benchmark {name}")
+    return out
+
+
 def samples_key(name: str, problems: list[Problem], cfg, grader: str, model: dict | None) -> dict:
     """Everything that decides a benchmark's samples and grades (see the module docstring)."""
     ev = cfg.evaluate
@@ -115,7 +136,7 @@ def samples_key(name: str, problems: list[Problem], cfg, grader: str, model: dic
         "grader": grader,
         "model": model,
         "responses": _file_digest(ev.responses) if ev.get("responses") else None,
-        "sampling": OmegaConf.to_container(cfg.sampling, resolve=True),
+        "sampling": benchmark_sampling(name, cfg),
         "prompt": ev.get("prompt"),
         "batch_size": ev.get("batch_size"),
         "engine": OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") is not None else None,
@@ -213,7 +234,7 @@ def _generations(name: str, cfg, engine_factory, chunks):
         return
     engine = engine_factory()
     template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
-    base = OmegaConf.to_container(cfg.sampling, resolve=True)
+    base = benchmark_sampling(name, cfg)
     yield from engine.generate_many(
         ([render(template, p, engine.tokenizer) for p in batch], {**base, "seed": int(base.get("seed") or 0) + start})
         for start, batch in chunks)
@@ -230,7 +251,8 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
     samples_path = bdir / "samples.jsonl"
     _start(bdir, samples_key(name, problems, cfg, grader, model), bool(cfg.evaluate.get("resume", True)))
     done = _read_done(samples_path)
-    n = int(cfg.sampling.n)
+    sampling = benchmark_sampling(name, cfg)
+    n = int(sampling["n"])
     if given is not None:
         known = {p.problem_id for p in problems}
         unknown = [pid for pid in given if pid not in known]
@@ -282,20 +304,21 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
     ids = [p.problem_id for p in problems if p.problem_id in done]
     if not ids:
         raise EvaluationError(f"benchmark {name}: nothing was graded")
-    seed = int(cfg.sampling.get("seed", 0) or 0)
+    seed = int(sampling["seed"] or 0)
     metrics = benchmark_metrics({pid: [bool(r["correct"]) for r in done[pid]] for pid in ids}, seed=seed)
-    return {**metrics, "grader": grader}
+    return {**metrics, "grader": grader, "sampling": sampling}
 
 
 def evaluate(cfg, out_dir) -> dict:
     """Evaluate one model (or a responses file) on `benchmarks`; returns metrics.json's content."""
     out_dir = Path(out_dir)
     names = list(cfg.benchmarks)
-    for name in names:
-        benchmark_spec(name)  # unknown benchmark (or grader): fail before any work
-        grader_name(name, cfg)
     if int(cfg.sampling.n) < 1:
         raise EvaluationError(f"sampling.n must be >= 1, got {cfg.sampling.n}")
+    for name in names:
+        benchmark_spec(name)  # unknown benchmark, grader or sampling: fail before any work
+        grader_name(name, cfg)
+        benchmark_sampling(name, cfg)
     model = None if cfg.evaluate.get("responses") else resolve_model(cfg)
     if cfg.evaluate.get("responses") is None and cfg.engine.get("name", "hf") != "logits_extrapolation" and not model:
         raise EvaluationError("no model given: set evaluate.model=PATH, evaluate.step=N or evaluate.responses=FILE")

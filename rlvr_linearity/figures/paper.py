@@ -19,8 +19,7 @@ from rlvr_linearity.figures import paper_numbers as pn
 from rlvr_linearity.figures.extrapolation import plot_accuracy_vs_target
 from rlvr_linearity.figures.style import PALETTE, also_pdf, figure, save
 from rlvr_linearity.figures.tables import (box_stats, budget_table, common_benchmarks, default_thresholds, method_label,
-                                           pct, relative_improvements, speedups, write_fig6_table, write_table1,
-                                           write_table2)
+                                           pct, speedups, table1_settings, write_fig6_table, write_table1, write_table2)
 
 
 # -- LIN Fig. 2: robustness over settings --------------------------------------------------
@@ -107,18 +106,22 @@ def plot_weight_extrapolation(results: dict, path, pdf: bool = False, reference:
 
 # -- LIN Table 1: logits extrapolation --------------------------------------------------------
 def table1(rows: list[dict], out_dir, pdf: bool = False, reference: bool = True) -> dict[str, Path] | None:
-    """LIN Table 1 from [{benchmark, std_rl, ours}]: Markdown + JSON table and a bar figure."""
-    rows = [r for r in rows if r.get("std_rl") and r.get("ours") is not None]
+    """LIN Table 1 from [{benchmark, std_rl, ours, setting?}]: Markdown + JSON table (a column per
+    benchmark) and a bar figure (a group per benchmark and setting, and each setting's average)."""
+    rows = [r for r in rows if r.get("std_rl") is not None and r.get("ours") is not None]
     if not rows:
         return None
-    res = relative_improvements(rows)
+    settings = table1_settings(rows)
     out_dir = Path(out_dir)
-    md, js = write_table1(res, out_dir, reference)
-    a = res["average"]
-    labels = [r["benchmark"] for r in res["rows"]] + ["Average"]
-    std = [r["std_rl"] for r in res["rows"]] + [a["std_rl"]]
-    ours = [r["ours"] for r in res["rows"]] + [a["ours"]]
-    rel = [r["rel"] for r in res["rows"]] + [a["rel_of_average"]]
+    md, js = write_table1(settings, out_dir, reference)
+    labels, std, ours, rel = [], [], [], []
+    for st in settings:
+        tag = f" ({st['setting']})" if st["setting"] else ""
+        a = st["average"]
+        labels += [f"{r['benchmark']}{tag}" for r in st["rows"]] + [f"Average{tag}"]
+        std += [r["std_rl"] for r in st["rows"]] + [a["std_rl"]]
+        ours += [r["ours"] for r in st["rows"]] + [a["ours"]]
+        rel += [r["rel"] for r in st["rows"]] + [a["rel_of_average"]]
     fig, ax = figure(max(4.5, 1.3 * len(labels) + 1), 3.6)
     x = np.arange(len(labels))
     ax.bar(x - 0.2, std, 0.4, color=PALETTE[7], label="Std. RL")

@@ -66,52 +66,90 @@ def box_stats(values=None, counts=None, label: str = "") -> dict | None:
 
 # -- LIN Table 1: logits extrapolation --------------------------------------------------------
 def relative_improvements(rows: list[dict]) -> dict:
-    """Per-benchmark relative change (ours / std − 1) and the Average row in BOTH conventions:
+    """Per-benchmark relative change (ours / std − 1; None when std is 0) and the Average row in BOTH conventions:
     `rel_of_average` (relative change of the averaged score: the paper's "+4.2%") and
     `mean_of_relative` (mean of the per-benchmark relative changes: 6.1% on the paper's values)."""
     if not rows:
         raise ValueError("no benchmark rows")
-    out = [{**r, "rel": r["ours"] / r["std_rl"] - 1.0} for r in rows]
+
+    def rel(ours: float, std: float) -> float | None:  # undefined against a zero baseline
+        return ours / std - 1.0 if std else None
+
+    out = [{**r, "rel": rel(r["ours"], r["std_rl"])} for r in rows]
     std = float(np.mean([r["std_rl"] for r in rows]))
     ours = float(np.mean([r["ours"] for r in rows]))
-    return {"rows": out, "average": {"std_rl": std, "ours": ours, "rel_of_average": ours / std - 1.0,
-                                     "mean_of_relative": float(np.mean([r["rel"] for r in out]))}}
+    defined = [r["rel"] for r in out if r["rel"] is not None]
+    return {"rows": out, "average": {"std_rl": std, "ours": ours, "rel_of_average": rel(ours, std),
+                                     "mean_of_relative": float(np.mean(defined)) if defined else None}}
 
 
 def logits_rows_from_results(results: dict) -> list[dict]:
-    """Table 1 rows from a pipeline results.json: each logits-extrapolation run against the RLVR
-    checkpoint at its target step (or, if that was not trained, at its second step)."""
-    rlvr = {r["step"]: r["accuracy"] for r in results.get("rlvr") or [] if r.get("accuracy") is not None}
+    """Table 1 rows from a pipeline results.json, one per (logits-extrapolation run, benchmark):
+    the run against the RLVR checkpoint at its target step (or, if that was not trained, at its
+    second step); `setting` names the run. Every benchmark of the rows' `metrics`, else the
+    first benchmark's `accuracy` (results written before per-benchmark metrics)."""
+    first = results.get("benchmark", "test")
+    rlvr = {r["step"]: r for r in results.get("rlvr") or [] if r.get("accuracy") is not None}
+
+    def scores(row: dict) -> dict[str, float | None]:
+        if row.get("metrics"):
+            return {b: (m or {}).get("accuracy") for b, m in row["metrics"].items()}
+        return {first: row.get("accuracy")}
+
     out = []
     for r in results.get("logits_extrapolation") or []:
         if r.get("accuracy") is None:
             continue
         ref = r["target"] if r["target"] in rlvr else r.get("second_step")
-        if ref in rlvr:
-            out.append({"benchmark": f"{results.get('benchmark', 'test')} (t′={r['target']}, vs RL step {ref})",
-                        "std_rl": rlvr[ref], "ours": r["accuracy"]})
+        if ref not in rlvr:
+            continue
+        trained = scores(rlvr[ref])
+        for bench, ours in scores(r).items():
+            if ours is not None and trained.get(bench) is not None:
+                out.append({"benchmark": bench, "setting": f"t′={r['target']}, vs RL step {ref}",
+                            "std_rl": trained[bench], "ours": ours})
     return out
 
 
-def write_table1(res: dict, out_dir: Path, reference: bool = True) -> tuple[Path, Path]:
-    """`lin_table1.md` (with the paper's column when `reference`) and `lin_table1.json` from
-    `relative_improvements`."""
-    paper = {bench_key(k): v for k, v in pn.LIN_TABLE1.items()}
+def table1_settings(rows: list[dict]) -> list[dict]:
+    """Rows grouped by `setting` (one logits-extrapolation run; "" when unnamed), each with its
+    `relative_improvements`, in the order first seen."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("setting") or "", []).append(r)
+    return [{"setting": k, **relative_improvements(v)} for k, v in groups.items()]
+
+
+def write_table1(settings: list[dict], out_dir: Path, reference: bool = True) -> tuple[Path, Path]:
+    """`lin_table1.md`, one column per benchmark and the Average, as the paper lays it out (with
+    the paper's rows when `reference`), and `lin_table1.json` ({benchmarks, settings})."""
+    benches = list(dict.fromkeys(r["benchmark"] for st in settings for r in st["rows"]))
     md_rows = []
-    for r in res["rows"]:
-        p = paper.get(bench_key(r["benchmark"])) if reference else None
-        md_rows.append([r["benchmark"], f"{r['std_rl']:.4f}", f"{r['ours']:.4f}", pct(r["rel"]),
-                        f"{p[0]:.4f} → {p[1]:.4f} ({p[2]:+.1f}%)" if p else ""])
-    a = res["average"]
-    md_rows.append(["**Average**", f"{a['std_rl']:.4f}", f"{a['ours']:.4f}",
-                    f"{pct(a['rel_of_average'])} (of the average) / {pct(a['mean_of_relative'])} (mean of relative)",
-                    f"{pn.LIN_TABLE1_AVERAGE[0]:.4f} → {pn.LIN_TABLE1_AVERAGE[1]:.4f} (+4.2% / 6.1%)" if reference else ""])
+    for st in settings:
+        by = {r["benchmark"]: r for r in st["rows"]}
+        a, tag = st["average"], f" ({st['setting']})" if st["setting"] else ""
+
+        def cells(key, form, by=by):
+            return [form(by[b][key]) if b in by else "—" for b in benches]
+
+        md_rows.append([f"Std. RL{tag}", *cells("std_rl", "{:.4f}".format), f"{a['std_rl']:.4f}"])
+        md_rows.append([f"Ours{tag}", *cells("ours", "{:.4f}".format), f"{a['ours']:.4f}"])
+        md_rows.append([f"Rel. improvement{tag}", *cells("rel", pct),
+                        f"{pct(a['rel_of_average'])} (of the average) / {pct(a['mean_of_relative'])} (mean of relative)"])
+    if reference:
+        paper = {bench_key(k): v for k, v in pn.LIN_TABLE1.items()}
+        got = [paper.get(bench_key(b)) for b in benches]
+        avg = pn.LIN_TABLE1_AVERAGE
+        md_rows.append(["Paper: Std. RL", *[f"{p[0]:.4f}" if p else "" for p in got], f"{avg[0]:.4f}"])
+        md_rows.append(["Paper: Ours", *[f"{p[1]:.4f}" if p else "" for p in got], f"{avg[1]:.4f}"])
+        md_rows.append(["Paper: Rel. improvement", *[f"{p[2]:+.1f}%" if p else "" for p in got],
+                        f"+{avg[2]:.1f}% / {pn.LIN_TABLE1_MEAN_OF_RELATIVE:.1f}%"])
     md = write_markdown_table(out_dir / "lin_table1.md", "LIN Table 1: logits extrapolation",
-                              ["Benchmark", "Std. RL", "Ours", "Rel. improvement", "Paper"], md_rows,
-                              "Average row: relative change of the averaged score (the paper's convention in "
+                              ["", *benches, "Average"], md_rows,
+                              "Average column: relative change of the averaged score (the paper's convention in "
                               "Table 1) and the mean of the per-benchmark relative changes.")
     js = out_dir / "lin_table1.json"
-    write_json_atomic(js, res)
+    write_json_atomic(js, {"benchmarks": benches, "settings": settings})
     return md, js
 
 

@@ -246,10 +246,28 @@ def _accuracy(metrics: dict | None, benchmark: str) -> float | None:
     return entry.get("accuracy")
 
 
-def _scored(metrics: dict | None, benchmark: str) -> dict:
-    """accuracy and its bootstrap interval, as results.json rows carry them."""
-    return {"accuracy": _accuracy(metrics, benchmark),
-            "accuracy_ci95": ((metrics or {}).get(benchmark) or {}).get("accuracy_ci95")}
+def per_benchmark(metrics: dict | None, benches: list[str]) -> dict:
+    """`metrics` of a results.json row: every benchmark's metrics.json entry (accuracy, pass@k,
+    avg@n, n_samples, accuracy_ci95, grader, sampling), in `benchmarks` order."""
+    return {b: (metrics or {}).get(b) for b in benches}
+
+
+def _scored(metrics: dict | None, benches: list[str]) -> dict:
+    """A results.json row's scores: the first benchmark's accuracy and bootstrap interval (the
+    compatible top-level keys) and every benchmark's metrics."""
+    first = benches[0]
+    return {"accuracy": _accuracy(metrics, first),
+            "accuracy_ci95": ((metrics or {}).get(first) or {}).get("accuracy_ci95"),
+            "metrics": per_benchmark(metrics, benches)}
+
+
+def _compare(p: "Pipeline", row: dict, label: str, benches: list[str]) -> None:
+    """Paired comparison with the trained checkpoint at the row's target, per benchmark (the
+    first benchmark's also as the row's `vs_trained`)."""
+    for b in benches:
+        if row["metrics"].get(b) is not None:
+            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, row["target"], b)}
+    row["vs_trained"] = (row["metrics"].get(benches[0]) or {}).get("vs_trained")
 
 
 def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
@@ -257,7 +275,8 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     start = time.perf_counter()
     p = Pipeline(cfg, out_dir, tracker)
     stages = list(cfg.pipeline.stages)
-    bench = list(cfg.benchmarks)[0]
+    benches = [str(b) for b in cfg.benchmarks]
+    bench = benches[0]
 
     traj_path, ident = p.trajectory()
     lin = p.linearity(traj_path, ident) if "linearity" in stages else None
@@ -265,26 +284,26 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     weight = p.weight(traj_path, ident) if "weight" in stages else []
 
     given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
-    results: dict[str, Any] = {"benchmark": bench, "trajectory": traj_path or given}
+    results: dict[str, Any] = {"benchmark": bench, "benchmarks": benches, "trajectory": traj_path or given}
     if "evaluate" in stages:
         steps = _eval_steps(p, traj_path)
         rlvr = []
         for step, path in steps:
             metrics = p.evaluate_model(f"step_{step}", path, ident)
-            rlvr.append({"step": step, **_scored(metrics, bench), "path": path})
+            rlvr.append({"step": step, **_scored(metrics, benches), "path": path})
         base = next((r for r in rlvr if r["step"] == 0), None)
-        results["base"] = {"step": 0, "accuracy": base["accuracy"] if base else None,
-                           "accuracy_ci95": base["accuracy_ci95"] if base else None}
+        results["base"] = {"step": 0, **({k: base[k] for k in ("accuracy", "accuracy_ci95", "metrics")} if base
+                                         else _scored(None, benches))}
         results["rlvr"] = [r for r in rlvr if r["step"] != 0]
         for r in relex:
             label = f"relex_h{r['history']}_t{r['target']}"
-            r.update(_scored(p.evaluate_model(label, r["path"], ident), bench))
-            r["vs_trained"] = p.vs_trained(label, r["target"], bench)
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
+            _compare(p, r, label, benches)
         for r in weight:
             label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
-            r.update(_scored(p.evaluate_model(label, r["path"], ident), bench))
-            r["vs_trained"] = p.vs_trained(label, r["target"], bench)
-        results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, bench) if "logits" in stages else []
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
+            _compare(p, r, label, benches)
+        results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, benches) if "logits" in stages else []
     p.prediction_errors(traj_path, ident, relex + weight)
     results["relex"] = relex
     results["weight_extrapolation"] = weight
@@ -327,7 +346,7 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
 
 
-def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, bench: str) -> list[dict]:
+def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
     pcfg = cfg.pipeline.logits
     out = []
     if not pcfg.pairs or not pcfg.targets:
@@ -342,6 +361,7 @@ def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, bench: str) -> 
                       "alpha": alpha, "device": section(cfg, "engine").get("device", "auto")}
             label = f"logits_{a}_{b}_t{t}"
             metrics = p.evaluate_model(label, None, ident, engine=engine)
-            out.append({"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, bench),
-                        "vs_trained": p.vs_trained(label, t, bench)})
+            row = {"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, benches)}
+            _compare(p, row, label, benches)
+            out.append(row)
     return out

@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.config import derive, section
-from rlvr_linearity.pipeline.chain import Pipeline, Stage
+from rlvr_linearity.pipeline.chain import Pipeline, Stage, per_benchmark
 from rlvr_linearity.pipeline.regrounding_configs import configurations
 from rlvr_linearity.pipeline.regrounding_report import write_report
 from rlvr_linearity.io import stage_key, write_json_atomic
@@ -67,6 +67,11 @@ class Regrounding:
     def evaluate(self, label: str, model: str | None, ident: str) -> dict[str, float] | None:
         return _accuracy(self.p.evaluate_model(label, model, ident))
 
+    def point(self, label: str, model: str | None, ident: str, **fields) -> dict:
+        """An evaluated point: `accuracy` per benchmark and every benchmark's `metrics`."""
+        m = self.p.evaluate_model(label, model, ident)
+        return {**fields, "accuracy": _accuracy(m), "metrics": per_benchmark(m, [str(b) for b in self.cfg.benchmarks])}
+
     def eval_due(self, real_step: int) -> bool:
         return bool(self.eval_every) and real_step % self.eval_every == 0
 
@@ -95,7 +100,7 @@ class Regrounding:
         traj_path, ident = bp.trajectory()
         bounds = {k * c["M"] for c in self.confs for k in range(1, c["iterations"] + 1)}
         wanted = sorted({s for s in range(1, self.budget + 1) if self.eval_due(s) or s in bounds} | {self.budget})
-        points = [{"real_steps": 0, "virtual_step": 0, "accuracy": self.evaluate("step_0", base_model, ident)}]
+        points = [self.point("step_0", base_model, ident, real_steps=0, virtual_step=0)]
         if self.p.dry_run:
             for s in wanted:
                 self.evaluate(f"step_{s}", None, ident)
@@ -105,19 +110,18 @@ class Regrounding:
             if s not in traj.steps:
                 log.warning("regrounding: plain GRPO has no checkpoint at step %d (train.save_every); not evaluated", s)
                 continue
-            points.append({"real_steps": s, "virtual_step": s,
-                           "accuracy": self.evaluate(f"step_{s}", str(traj.model(s).path), ident)})
+            points.append(self.point(f"step_{s}", str(traj.model(s).path), ident, real_steps=s, virtual_step=s))
         self.baseline_trajectory = traj_path
         return [p for p in points if p["accuracy"]]
 
     # -- re-grounding -------------------------------------------------------------------------------
-    def method(self, c: dict, base_model: str | None, base_ident: str, base_acc) -> dict:
+    def method(self, c: dict, base_model: str | None, base_ident: str, base_point: dict) -> dict:
         from rlvr_linearity.train.regrounding import extrapolate_segment, last_checkpoint, train_segment
 
         M, N, slug = c["M"], c["N"], _slug(c["label"])
         train_key = {k: v for k, v in section(self.cfg, "train").items() if k not in ("model", "steps")}
         start, ident, previous = base_model, base_ident, None
-        points = [{"real_steps": 0, "virtual_step": 0, "accuracy": base_acc, "kind": "base"}]
+        points = [{**base_point, "kind": "base"}]
         segments = []
         for k in range(c["iterations"]):
             v0, r0 = k * (M + N), k * M
@@ -146,8 +150,8 @@ class Regrounding:
                 inner = [j for j in inner if j in traj.steps]  # saved (train.save_every)
             for j in inner:
                 path = str(traj.model(j).path) if traj is not None else None
-                acc = self.evaluate(f"rg_{slug}_seg{k}_step_{j}", path, seg.key)
-                points.append({"real_steps": r0 + j, "virtual_step": v0 + j, "accuracy": acc, "kind": "trained"})
+                points.append(self.point(f"rg_{slug}_seg{k}_step_{j}", path, seg.key, real_steps=r0 + j,
+                                         virtual_step=v0 + j, kind="trained"))
             last = res.result["last"] if res else None
             seg_row["trained_accuracy"] = self.evaluate(f"rg_{slug}_seg{k}_step_{M}", last, seg.key)
 
@@ -163,12 +167,13 @@ class Regrounding:
             res_ex = self.p.run_stage(ex)
             start = res_ex.result["path"] if res_ex else None
             ident, previous = ex.key, (Path(last) if last else None)
-            acc = self.evaluate(f"rg_{slug}_seg{k}_extrapolated", start, ex.key)
-            seg_row["extrapolated_accuracy"] = acc
+            pt = self.point(f"rg_{slug}_seg{k}_extrapolated", start, ex.key, real_steps=r0 + M,
+                            virtual_step=v0 + M + N, kind="extrapolated")
+            seg_row["extrapolated_accuracy"] = pt["accuracy"]
             seg_row["extrapolate_seconds"] = res_ex.seconds if res_ex else None
             seg_row["model"] = start
             segments.append(seg_row)
-            points.append({"real_steps": r0 + M, "virtual_step": v0 + M + N, "accuracy": acc, "kind": "extrapolated"})
+            points.append(pt)
         points = [p for p in points if p["accuracy"]]
         return {"label": c["label"], "M": M, "N": N, "alpha": c["alpha"], "iterations": c["iterations"],
                 "optimizer": c["optimizer"], "data": c["data"], "points": points, "segments": segments}
@@ -180,8 +185,8 @@ class Regrounding:
             raise ConfigError(f"train.backend: unknown backend {self.backend!r} (use trl or verl)")
         base_model, base_ident = self.base()
         std = self.baseline(base_model) if bool(self.rg.baseline) else []
-        base_acc = std[0]["accuracy"] if std else self.evaluate("base", base_model, base_ident)
-        methods = [self.method(c, base_model, base_ident, base_acc) for c in self.confs]
+        base_point = std[0] if std else self.point("base", base_model, base_ident, real_steps=0, virtual_step=0)
+        methods = [self.method(c, base_model, base_ident, base_point) for c in self.confs]
         benches = [str(b) for b in self.cfg.benchmarks]
         data = {"benchmark": benches[0], "budget": self.budget, "std_rl": std, "methods": methods,
                 "settings": {"eval_every": self.eval_every, "backend": self.backend,

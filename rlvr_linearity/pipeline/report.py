@@ -28,6 +28,25 @@ def _trained_accuracy(results: dict) -> dict[int, float]:
     return acc
 
 
+def bench_entry(row: dict, bench: str, first: str) -> dict:
+    """A row's metrics on `bench` (results written before per-benchmark metrics: the top-level
+    accuracy stands for the first benchmark)."""
+    if row.get("metrics"):
+        return (row["metrics"].get(bench) or {})
+    return {"accuracy": row.get("accuracy"), "accuracy_ci95": row.get("accuracy_ci95")} if bench == first else {}
+
+
+def _sampling_words(results: dict, benches: list[str], cfg) -> str:
+    """Each benchmark with the sampling it was evaluated with (its own, or `sampling.*`)."""
+    base = results.get("base") or {}
+    parts = []
+    for b in benches:
+        sp = bench_entry(base, b, benches[0]).get("sampling") or {"n": cfg.sampling.n,
+                                                                   "temperature": cfg.sampling.temperature}
+        parts.append(f"`{b}` (n={sp['n']}, temperature={sp['temperature']})")
+    return ", ".join(parts)
+
+
 def fmt_ci(ci, digits: int = 3) -> str:
     return "" if not ci else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
@@ -180,14 +199,25 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     acc = _trained_accuracy(results)
     bench = results.get("benchmark", "test")
     lines = [f"# rlvr-linearity report: {cfg.get('experiment_name') or 'pipeline'}", ""]
-    lines += [f"Benchmark: `{bench}` (held-out split), sampling: "
-              f"n={cfg.sampling.n}, temperature={cfg.sampling.temperature}. Trajectory: `{results.get('trajectory')}`.", ""]
+    benches = list(results.get("benchmarks") or [bench])
+    lines += [f"{'Benchmarks' if len(benches) > 1 else 'Benchmark'} (held-out split) with their sampling: "
+              f"{_sampling_words(results, benches, cfg)}. Trajectory: `{results.get('trajectory')}`."
+              + (f" Verdicts and plots use `{bench}`; the tables have a column per benchmark." if len(benches) > 1
+                 else ""), ""]
     lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
 
-    ci = {r["step"]: r.get("accuracy_ci95") for r in [results.get("base") or {}, *results.get("rlvr", [])] if "step" in r}
+    trained = {r["step"]: r for r in [results.get("base") or {}, *results.get("rlvr", [])] if "step" in r}
     lines += ["## Trained checkpoints (RLVR)", "", "Accuracy with its 95% bootstrap interval over problems.", ""]
-    lines += md_table(["step", "accuracy", "95% CI"], [[str(s), fmt(a), fmt_ci(ci.get(s)).strip() or "–"]
-                                                       for s, a in sorted(acc.items())]) + [""]
+    header = ["step"] + [h for b in benches for h in ((f"{b} accuracy", "95% CI") if len(benches) > 1
+                                                       else ("accuracy", "95% CI"))]
+    body = []
+    for s in sorted(set(acc) | {k for k, r in trained.items() if r.get("metrics")}):
+        cells = [str(s)]
+        for b in benches:
+            e = bench_entry(trained.get(s) or {}, b, bench)
+            cells += [fmt(e.get("accuracy")), fmt_ci(e.get("accuracy_ci95")).strip() or "–"]
+        body.append(cells)
+    lines += md_table(header, body) + [""]
 
     lin = results.get("linearity")
     if lin:
@@ -205,14 +235,25 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
                   "problem, else a paired bootstrap); weight error: relative L2 and cosine of the predicted vs "
                   "trained change from step 0.", ""]
         body = []
+        others = benches[1:]
         for r in rows:
             vs, err = r.get("vs_trained"), r.get("weight_error") or {}
+            extra = []
+            for b in others:  # the other benchmarks: accuracy and its paired difference from trained
+                e = bench_entry(r, b, bench)
+                bvs = e.get("vs_trained")
+                extra += [fmt(e.get("accuracy")) + fmt_ci(e.get("accuracy_ci95")),
+                          fmt(bench_entry(trained.get(r["target"]) or {}, b, bench).get("accuracy")),
+                          f"{bvs['diff']:+.3f}, p = {bvs['p_value']:.2g}" if bvs else "–"]
             body.append([str(r[c]) for c in cols] + [
                 fmt(r.get("accuracy")) + fmt_ci(r.get("accuracy_ci95")), fmt(acc.get(r["target"])),
                 (f"{vs['diff']:+.3f}{fmt_ci(vs['diff_ci95'])}" if vs else "–"), (f"{vs['p_value']:.2g}" if vs else "–"),
-                fmt(err.get("rel_l2")), fmt(err.get("cosine"))])
-        lines += md_table(cols + ["accuracy [95% CI]", "trained at target", "− trained [95% CI]", "p (paired)",
-                                  "weight rel. L2", "weight cosine"], body) + [""]
+                fmt(err.get("rel_l2")), fmt(err.get("cosine"))] + extra)
+        first = f"{bench} " if others else ""
+        lines += md_table(cols + [f"{first}accuracy [95% CI]", "trained at target", "− trained [95% CI]", "p (paired)",
+                                  "weight rel. L2", "weight cosine"]
+                          + [h for b in others for h in (f"{b} accuracy [95% CI]", f"{b} trained at target",
+                                                         f"{b} − trained (paired)")], body) + [""]
 
     if images:
         lines += ["## Figures", "", "Paper figures are drawn by the same code as `rlvr figures figures.inputs=[DIR]`; "

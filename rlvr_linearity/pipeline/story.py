@@ -1,7 +1,8 @@
 """What a pipeline run sends to its tracker (W&B) at the end: the story of the run.
 
 Training curves (reward, KL, entropy, length) against the training step, held-out accuracy of
-trained and predicted checkpoints against the step, every figure of the report, a table of
+trained and predicted checkpoints against the step (the first benchmark's as `eval/<series>`,
+every benchmark's as `eval/<benchmark>/<series>`), per-benchmark summaries and table columns, every figure of the report, a table of
 responses with their verdicts, stage timings in the summary, and the trajectory and predicted
 checkpoints as artifacts by reference (nothing uploaded).
 """
@@ -32,8 +33,14 @@ def _prediction_labels(results: dict) -> list[tuple[str, str, dict]]:
     return [x for x in out if x[2].get("accuracy") is not None]
 
 
+def _per_benchmark(row: dict) -> dict[str, float]:
+    """`<benchmark>/…` values of a results row: each benchmark's accuracy."""
+    return {b: m["accuracy"] for b, m in (row.get("metrics") or {}).items() if m and m.get("accuracy") is not None}
+
+
 def accuracy_rows(results: dict) -> list[dict]:
-    """One row per step: trained accuracy with its interval, and every prediction aimed there."""
+    """One row per step: trained accuracy with its interval, and every prediction aimed there;
+    the same per benchmark under `<benchmark>/<series>`."""
     rows: dict[int, dict] = {}
     for r in [results.get("base") or {}, *(results.get("rlvr") or [])]:
         if r.get("accuracy") is None:
@@ -42,24 +49,37 @@ def accuracy_rows(results: dict) -> list[dict]:
         row["trained"] = r["accuracy"]
         if r.get("accuracy_ci95"):
             row["trained_ci_low"], row["trained_ci_high"] = r["accuracy_ci95"]
+        row.update({f"{b}/trained": a for b, a in _per_benchmark(r).items()})
     for series, _, r in _prediction_labels(results):
-        rows.setdefault(r["target"], {"step": r["target"]})[series] = r["accuracy"]
+        row = rows.setdefault(r["target"], {"step": r["target"]})
+        row[series] = r["accuracy"]
+        row.update({f"{b}/{series}": a for b, a in _per_benchmark(r).items()})
     return [rows[s] for s in sorted(rows)]
 
 
+def flat_rows(rows: list[dict]) -> list[dict]:
+    """Table rows with each benchmark's accuracy as its own `accuracy/<benchmark>` column (W&B
+    tables show nested dicts as text)."""
+    return [{**{k: v for k, v in r.items() if k != "metrics"},
+             **{f"accuracy/{b}": a for b, a in _per_benchmark(r).items()}} for r in rows]
+
+
 def samples_rows(p, results: dict, bench: str) -> list[dict]:
-    """Responses with their verdicts: the base, the last trained checkpoint and every prediction."""
+    """Responses with their verdicts on every benchmark: the base, the last trained checkpoint and every
+    prediction."""
     trained = sorted(r["step"] for r in results.get("rlvr") or [] if r.get("accuracy") is not None)
     labels = [("base", "step_0")] + ([(f"trained step {trained[-1]}", f"step_{trained[-1]}")] if trained else [])
     labels += [(label, label) for _, label, _ in _prediction_labels(results)]
     rows = []
-    for model, label in labels:
-        d = p.stage_dirs.get(f"eval_{label}")
-        recs = _jsonl(d / "evaluate" / bench / "samples.jsonl") if d else []
-        for rec in recs[:SAMPLES_PER_MODEL]:
-            rows.append({"model": model, "problem_id": rec["problem_id"], "sample": rec.get("sample"),
-                         "response": rec.get("response"), "extracted": rec.get("extracted"),
-                         "gold": rec.get("gold_extracted"), "correct": bool(rec.get("correct"))})
+    for b in results.get("benchmarks") or [bench]:
+        for model, label in labels:
+            d = p.stage_dirs.get(f"eval_{label}")
+            recs = _jsonl(d / "evaluate" / b / "samples.jsonl") if d else []
+            for rec in recs[:SAMPLES_PER_MODEL]:
+                rows.append({"benchmark": b, "model": model, "problem_id": rec["problem_id"],
+                             "sample": rec.get("sample"), "response": rec.get("response"),
+                             "extracted": rec.get("extracted"), "gold": rec.get("gold_extracted"),
+                             "correct": bool(rec.get("correct"))})
     return rows
 
 
@@ -67,12 +87,14 @@ def tell(tracker, p, results: dict, out_dir: Path, bench: str) -> None:
     """Send the run's results, curves, figures, samples and artifacts to `tracker`."""
     base = (results.get("base") or {}).get("accuracy")
     trained = [r for r in results.get("rlvr") or [] if r.get("accuracy") is not None]
-    tracker.summary({"base_accuracy": base, "final_accuracy": trained[-1]["accuracy"] if trained else None,
+    per_bench = {f"base_accuracy/{b}": a for b, a in _per_benchmark(results.get("base") or {}).items()}
+    if trained:
+        per_bench.update({f"final_accuracy/{b}": a for b, a in _per_benchmark(trained[-1]).items()})
+    tracker.summary({"base_accuracy": base, "final_accuracy": trained[-1]["accuracy"] if trained else None, **per_bench,
                      **{f"time/{k}": v for k, v in (results.get("timings") or {}).items()},
                      **{f"cached/{s['stage']}": s["cached"] for s in results.get("stages") or []}})
-    tracker.table("rlvr", results.get("rlvr", []))
-    tracker.table("relex", results.get("relex", []))
-    tracker.table("weight_extrapolation", results.get("weight_extrapolation", []))
+    for name in ("rlvr", "relex", "weight_extrapolation", "logits_extrapolation"):
+        tracker.table(name, flat_rows(results.get(name) or []))
     tracker.curve("train", _jsonl(out_dir / "stages" / "train" / "train_metrics.jsonl"))
     tracker.curve("eval", accuracy_rows(results))
     for png in sorted((out_dir / "figures").glob("*.png")):

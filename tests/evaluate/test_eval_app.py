@@ -211,3 +211,80 @@ def test_no_samples_no_answers_no_nan(tmp_path, rlvr_cache):
     with pytest.raises(EvaluationError, match="row 0 has no answer"):
         load_benchmark("math500", compose_cfg(f"evaluate.data_files.math500={data}"))
     assert not (tmp_path / "a").exists()
+
+
+# -- per-benchmark sampling (issue 15, item 2) --------------------------------------------------
+def test_benchmark_sampling_precedence(monkeypatch):
+    """evaluate.benchmark_sampling.<b> over the registry file's sampling: over sampling.*, key by key."""
+    from rlvr_linearity.evaluate import app
+
+    real = app.benchmark_spec
+    monkeypatch.setattr(app, "benchmark_spec", lambda name: {**real(name), "sampling": {"n": 4, "top_p": 0.9}})
+    cfg = compose_config("evaluate", "sampling.n=1", "sampling.temperature=0.0", "sampling.top_p=1.0",
+                         "sampling.max_tokens=16", "sampling.seed=7", "evaluate.benchmark_sampling.arithmetic.n=8",
+                         "evaluate.benchmark_sampling.arithmetic.temperature=0.7")
+    assert app.benchmark_sampling("arithmetic", cfg) == {"n": 8, "temperature": 0.7, "top_p": 0.9, "top_k": -1,
+                                                         "max_tokens": 16, "seed": 7}
+    monkeypatch.setattr(app, "benchmark_spec", real)  # no registry sampling: sampling.* where unset
+    assert app.benchmark_sampling("arithmetic", cfg)["top_p"] == 1.0
+    assert app.benchmark_sampling("math500", cfg) == {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1,
+                                                      "max_tokens": 16, "seed": 7}
+
+
+def test_benchmark_sampling_errors(monkeypatch):
+    from rlvr_linearity.errors import ConfigError
+    from rlvr_linearity.evaluate import app
+
+    with pytest.raises(ConfigError, match=r"sampling of benchmark arithmetic.top_p: 1.5"):
+        app.benchmark_sampling("arithmetic", compose_cfg("evaluate.benchmark_sampling.arithmetic.top_p=1.5"))
+    real = app.benchmark_spec
+    monkeypatch.setattr(app, "benchmark_spec", lambda name: {**real(name), "sampling": {"beams": 4}})
+    with pytest.raises(EvaluationError, match=r"arithmetic.yaml: sampling: unknown key 'beams'"):
+        app.benchmark_sampling("arithmetic", compose_cfg())
+
+
+@pytest.mark.parametrize("preset, math, ood", [
+    ("paper/relex_qwen2.5_math_1.5b", (1, 0.0, 1.0, 4096), (8, 0.7, 0.8, 4096)),
+    ("paper/relex_qwen3_4b_base", (1, 0.7, 0.8, 16384), (8, 0.7, 0.8, 16384)),
+    ("paper/relex_qwen3_8b_base", (1, 0.7, 0.8, 16384), (8, 0.7, 0.8, 16384)),
+])
+def test_relex_presets_sample_math_and_ood_sets_as_the_paper(preset, math, ood):
+    """RELEX §D2: MATH at the model's setting, the five OOD sets at avg@8 (T 0.7, top-p 0.8), one run."""
+    from rlvr_linearity.evaluate.app import benchmark_sampling
+
+    cfg = compose_config("pipeline", f"experiment={preset}")
+
+    def key(b):
+        s = benchmark_sampling(b, cfg)
+        return s["n"], s["temperature"], s["top_p"], s["max_tokens"]
+
+    assert list(cfg.benchmarks) == ["relex_math", "aime25", "aime26", "hmmt_feb_2025", "amc23", "olympiadbench"]
+    assert key("relex_math") == math
+    assert all(key(b) == ood for b in list(cfg.benchmarks)[1:])
+
+
+def test_lin_preset_samples_avg64():
+    from rlvr_linearity.evaluate.app import benchmark_sampling
+
+    cfg = compose_config("pipeline", "experiment=paper/lin_deepscaler_r1_distill_1.5b")
+    for b in cfg.benchmarks:
+        s = benchmark_sampling(b, cfg)
+        assert (s["n"], s["temperature"], s["top_p"]) == (64, 0.6, 0.95), b
+
+
+def test_resume_key_holds_the_benchmarks_own_sampling(tmp_path, tiny_model_dir, rlvr_cache):
+    """Samples drawn at one benchmark temperature are not reused at another (samples.key.json)."""
+    model = tiny_model_dir()
+    over = [f"evaluate.model={model}", "sampling.max_tokens=6", "sampling.n=2", "evaluate.max_problems=4"]
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    greedy = evaluate(compose_cfg(*over), shared)
+    first = (shared / "evaluate/arithmetic/samples.jsonl").read_text()
+    hot = ["evaluate.benchmark_sampling.arithmetic.temperature=1.5"]
+    later = evaluate(compose_cfg(*over, *hot), shared)
+    assert later == evaluate(compose_cfg(*over, *hot), alone)
+    own = (alone / "evaluate/arithmetic/samples.jsonl").read_text()
+    assert own != first  # (else this test could not tell)
+    assert (shared / "evaluate/arithmetic/samples.jsonl").read_text() == own
+    key = json.loads((shared / "evaluate/arithmetic/samples.key.json").read_text())
+    assert key["sampling"]["temperature"] == 1.5 and later["arithmetic"]["sampling"]["temperature"] == 1.5
+    assert greedy["arithmetic"]["sampling"]["temperature"] == 0.0

@@ -169,7 +169,7 @@ def test_functions_tolerate_missing_optional_keys(tmp_path):
 def test_logits_rows_from_results_compare_with_rl_at_the_target(fx):
     rows = tables.logits_rows_from_results(fx["results"])
     rlvr = {r["step"]: r["accuracy"] for r in fx["results"]["rlvr"]}
-    assert rows == [{"benchmark": "arithmetic (t′=10, vs RL step 10)", "std_rl": rlvr[10], "ours": 0.54}]
+    assert rows == [{"benchmark": "arithmetic", "setting": "t′=10, vs RL step 10", "std_rl": rlvr[10], "ours": 0.54}]
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -368,3 +368,22 @@ def test_explained_variance_axis_zooms_to_values_near_one():
     assert zoom_floor([0.95, 0.99, 1.0]) == 0.94
     assert zoom_floor([0.2, 0.99]) == 0.19
     assert zoom_floor([]) == 0.0 and zoom_floor([0.005]) == 0.0
+
+
+def test_lin_table1_has_a_column_per_benchmark_and_survives_a_zero_baseline(tmp_path):
+    """Issue 15: one column per benchmark (and the Average), one row group per setting; a benchmark
+    whose standard-RL score is 0 keeps its column, its relative change undefined ("—")."""
+    rows = [{"benchmark": "arithmetic", "setting": "t′=4", "std_rl": 0.5, "ours": 0.6},
+            {"benchmark": "math500", "setting": "t′=4", "std_rl": 0.0, "ours": 0.25},
+            {"benchmark": "arithmetic", "setting": "t′=6", "std_rl": 0.4, "ours": 0.3}]
+    made = paper.table1(rows, tmp_path, reference=False)
+    lines = made["md"].read_text().splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header == ["", "arithmetic", "math500", "Average"]
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")[1:]] for ln in lines[4:] if ln.startswith("|")}
+    assert cells["Ours (t′=4)"] == ["0.6000", "0.2500", "0.4250"]
+    assert cells["Rel. improvement (t′=4)"][:2] == ["+20.0%", "—"]
+    assert cells["Rel. improvement (t′=4)"][2].startswith("+70.0% (of the average) / +20.0% (mean of relative)")
+    assert cells["Std. RL (t′=6)"] == ["0.4000", "—", "0.4000"]
+    js = json.loads(made["json"].read_text())
+    assert js["benchmarks"] == ["arithmetic", "math500"] and [s["setting"] for s in js["settings"]] == ["t′=4", "t′=6"]

@@ -26,10 +26,10 @@ SMALL = [
 ]
 
 
-def run_demo(out: Path, cache: Path) -> subprocess.CompletedProcess:
+def run_demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "RLVR_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "WANDB_DIR": str(out.parent)}
     return subprocess.run([sys.executable, "-m", "rlvr_linearity", "pipeline", "experiment=demo",
-                           f"output_dir={out}", *SMALL], capture_output=True, text=True, env=env, cwd=ROOT,
+                           f"output_dir={out}", *SMALL, *extra], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=1200)
 
 
@@ -100,3 +100,44 @@ def test_demo_pipeline_small(tmp_path):
     r2 = json.loads((out / "results.json").read_text())
     assert all(s["cached"] for s in r2["stages"])
     assert r2["relex"] == r["relex"] and r2["rlvr"] == r["rlvr"]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_two_benchmarks(tmp_path):
+    """Issue 15: every evaluated row carries each benchmark's metrics, with its own sampling
+    (math500 at n 2, T 1.0 beside greedy arithmetic), and the report, LIN Table 1 and W&B show both."""
+    out = tmp_path / "demo"
+    math500 = REPO_ROOT / "tests" / "fixtures" / "benchmarks" / "math500.jsonl"
+    res = run_demo(out, tmp_path / "cache", "benchmarks=[arithmetic,math500]", f"evaluate.data_files.math500={math500}",
+                   "evaluate.benchmark_sampling.math500={n:2,temperature:1.0}", "linearity.logprobs=false")
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    rows = [r["base"], *r["rlvr"], *r["relex"], *r["weight_extrapolation"], *r["logits_extrapolation"]]
+    assert len(rows) == 1 + 3 + 6 + 2 + 1
+    n_math = sum(1 for line in math500.read_text().splitlines() if line.strip())
+    for row in rows:
+        assert set(row["metrics"]) == {"arithmetic", "math500"}, row
+        assert row["accuracy"] == row["metrics"]["arithmetic"]["accuracy"]  # the first benchmark's
+        a, m = row["metrics"]["arithmetic"], row["metrics"]["math500"]
+        assert a["n_problems"] == 8 and a["n_samples"] == 8 and a["sampling"]["n"] == 1
+        assert m["n_problems"] == n_math and m["n_samples"] == 2 * n_math and m["sampling"]["temperature"] == 1.0
+        assert 0.0 <= m["accuracy"] <= 1.0
+    at_trained = [x for x in r["relex"] if x["target"] == 4]
+    assert at_trained and all(x["metrics"]["math500"]["vs_trained"]["test"] == "paired_bootstrap" for x in at_trained)
+
+    report = (out / "report.md").read_text()
+    assert "`math500` (n=2, temperature=1.0)" in report
+    assert "| step | arithmetic accuracy | 95% CI | math500 accuracy | 95% CI |" in report
+    assert "math500 accuracy [95% CI]" in report  # the prediction tables too
+    table1 = (out / "figures" / "lin_table1.md").read_text().splitlines()
+    header = next(line for line in table1 if line.startswith("| "))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["", "arithmetic", "math500", "Average"]
+    ours = next(line for line in table1 if line.startswith("| Ours"))
+    assert "—" not in ours  # a number in both benchmark columns
+
+    from wandb_records import read_run
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    wb = read_run(run_dir)
+    assert [h["eval/step"] for h in wb["history"] if "eval/math500/trained" in h] == [0, 2, 4, 6]
+    assert "final_accuracy/math500" in wb["summary"] and "base_accuracy/arithmetic" in wb["summary"]
