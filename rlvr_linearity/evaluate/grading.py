@@ -41,10 +41,10 @@ from functools import lru_cache
 from typing import Literal
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.schemas import GRADERS
 
 Status = Literal["ok", "timeout", "error", "no_answer"]
 
-GRADERS = ("math_verify", "lin", "relex")
 DEFAULT_GRADER = "math_verify"
 
 # Items per pool task; a worker starts no new item of a chunk after this many seconds (it

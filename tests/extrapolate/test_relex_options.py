@@ -8,7 +8,6 @@ from collections import deque
 
 import numpy as np
 import pytest
-import torch
 from conftest import make_trajectory
 from test_extrapolate import assert_close, cfg_for
 
