@@ -173,9 +173,32 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     out_dir = Path(out_dir)
     figs = out_dir / "figures"
     figs.mkdir(parents=True, exist_ok=True)
+    images = _draw_figures(out_dir, figs, results)
+    acc = _trained_accuracy(results)
+    bench = results.get("benchmark", "test")
+    lines = [f"# rlvr-linearity report: {cfg.get('experiment_name') or 'pipeline'}", ""]
+    benches = list(results.get("benchmarks") or [bench])
+    lines += [f"{'Benchmarks' if len(benches) > 1 else 'Benchmark'} (held-out split) with their sampling: "
+              f"{_sampling_words(results, benches, cfg)}. Trajectory: `{results.get('trajectory')}`."
+              + (f" Verdicts and plots use `{bench}`; the tables have a column per benchmark." if len(benches) > 1
+                 else ""), ""]
+    lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
+    trained = {r["step"]: r for r in [results.get("base") or {}, *results.get("rlvr", [])] if "step" in r}
+    lines += _trained_lines(trained, acc, benches, bench)
+    lin = results.get("linearity")
+    if lin:
+        lines += ["## Linearity", ""] + _linearity_lines(lin)
+    lines += _method_lines(results, trained, acc, benches, bench)
+    lines += _closing_lines(results, images)
+    path = out_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+def _draw_figures(out_dir: Path, figs: Path, results: dict) -> list[tuple[str, str]]:
+    """The pipeline's own figures, then the paper figures regenerate drew: [(title, file name)]."""
     stages = out_dir / "stages"
     images: list[tuple[str, str]] = []
-
     metrics = _read_jsonl(stages / "train" / "train_metrics.jsonl")
     lin_dir = Path((results.get("linearity") or {}).get("dir") or "") / "linearity"
     weights = json.loads((lin_dir / "weights_r2.json").read_text()) if (lin_dir / "weights_r2.json").is_file() else {}
@@ -195,19 +218,11 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         if png:
             where = f" ({m['label']})" if m.get("label") and "/" in m["label"] else ""
             images.append((f"{m['paper']}: {m['title']}{where}", Path(png).name))
+    return images
 
-    acc = _trained_accuracy(results)
-    bench = results.get("benchmark", "test")
-    lines = [f"# rlvr-linearity report: {cfg.get('experiment_name') or 'pipeline'}", ""]
-    benches = list(results.get("benchmarks") or [bench])
-    lines += [f"{'Benchmarks' if len(benches) > 1 else 'Benchmark'} (held-out split) with their sampling: "
-              f"{_sampling_words(results, benches, cfg)}. Trajectory: `{results.get('trajectory')}`."
-              + (f" Verdicts and plots use `{bench}`; the tables have a column per benchmark." if len(benches) > 1
-                 else ""), ""]
-    lines += ["## Verdict", ""] + [f"- {v}" for v in verdict(results)] + [""]
 
-    trained = {r["step"]: r for r in [results.get("base") or {}, *results.get("rlvr", [])] if "step" in r}
-    lines += ["## Trained checkpoints (RLVR)", "", "Accuracy with its 95% bootstrap interval over problems.", ""]
+def _trained_lines(trained: dict, acc: dict, benches: list[str], bench: str) -> list[str]:
+    lines = ["## Trained checkpoints (RLVR)", "", "Accuracy with its 95% bootstrap interval over problems.", ""]
     header = ["step"] + [h for b in benches for h in ((f"{b} accuracy", "95% CI") if len(benches) > 1
                                                        else ("accuracy", "95% CI"))]
     body = []
@@ -219,10 +234,12 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
         body.append(cells)
     lines += md_table(header, body) + [""]
 
-    lin = results.get("linearity")
-    if lin:
-        lines += ["## Linearity", ""] + _linearity_lines(lin)
+    return lines
 
+
+def _method_lines(results: dict, trained: dict, acc: dict, benches: list[str], bench: str) -> list[str]:
+    """One table per prediction method: accuracy, paired difference from trained, weight error."""
+    lines: list[str] = []
     for title, rows, cols in (
         ("RELEX (rank-1, linear fit on step values)", results.get("relex", []), ["history", "target"]),
         ("Weight extrapolation (LIN, two points)", results.get("weight_extrapolation", []), ["base_step", "second_step", "target"]),
@@ -255,6 +272,11 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
                           + [h for b in others for h in (f"{b} accuracy [95% CI]", f"{b} trained at target",
                                                          f"{b} − trained (paired)")], body) + [""]
 
+    return lines
+
+
+def _closing_lines(results: dict, images: list[tuple[str, str]]) -> list[str]:
+    lines: list[str] = []
     if images:
         lines += ["## Figures", "", "Paper figures are drawn by the same code as `rlvr figures figures.inputs=[DIR]`; "
                   "`figures/README.md` lists them with their inputs, and the paper figures that need GPU-scale runs.", ""]
@@ -263,6 +285,4 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     if timings:
         lines += ["## Timings (seconds; 0 = reused from the stage cache)", ""]
         lines += md_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]) + [""]
-    path = out_dir / "report.md"
-    write_text_atomic(path, "\n".join(lines))
-    return path
+    return lines
