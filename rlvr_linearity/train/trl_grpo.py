@@ -159,6 +159,25 @@ def write_trajectory_json(traj_dir: Path, base: str, config: dict) -> Path:
     return path
 
 
+def _grpo_config(t, traj_dir: Path, *, shuffle: bool):
+    """TRL's GRPOConfig for `train.*` on CPU: constant lr, one generation per step, a checkpoint
+    every save_every steps with optimizer and RNG state (what an exact resume needs)."""
+    from trl import GRPOConfig
+
+    group, seed = int(t.group_size), int(t.seed)
+    return GRPOConfig(
+        output_dir=str(traj_dir), use_cpu=True, use_vllm=False, bf16=False, fp16=False,
+        max_steps=int(t.steps), learning_rate=float(t.lr), lr_scheduler_type="constant", warmup_steps=0,
+        weight_decay=float(t.weight_decay), max_grad_norm=float(t.grad_clip),
+        per_device_train_batch_size=group * int(t.prompts_per_step), gradient_accumulation_steps=1,
+        num_generations=group, steps_per_generation=1, num_iterations=1, temperature=float(t.temperature),
+        max_completion_length=int(t.max_completion_length), beta=float(t.beta),
+        loss_type=str(t.loss_type), scale_rewards=t.scale_rewards,
+        logging_steps=1, save_strategy="steps", save_steps=int(t.save_every), save_only_model=False,
+        report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
+        disable_tqdm=False, log_completions=False, shuffle_dataset=shuffle)
+
+
 def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = None, callbacks=()) -> Path:
     """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory.
 
@@ -169,7 +188,7 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     import datasets
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from rlvr_linearity.console import quiet_trainer
     from rlvr_linearity.tasks.arithmetic import make_split
@@ -182,9 +201,8 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     steps, save_every = int(t.steps), int(t.save_every)
     if steps < 1 or save_every < 1:
         raise ConfigError(f"train.steps ({steps}) and train.save_every ({save_every}) must be >= 1")
-    group, prompts = int(t.group_size), int(t.prompts_per_step)
-    if group < 2:
-        raise ConfigError(f"train.group_size must be >= 2 for GRPO advantages, got {group}")
+    if int(t.group_size) < 2:
+        raise ConfigError(f"train.group_size must be >= 2 for GRPO advantages, got {t.group_size}")
 
     t0 = time.time()
     base = base_model_dir(cfg)
@@ -209,18 +227,7 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
-    seed = int(t.seed)
-    args = GRPOConfig(
-        output_dir=str(traj_dir), use_cpu=True, use_vllm=False, bf16=False, fp16=False,
-        max_steps=steps, learning_rate=float(t.lr), lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=float(t.weight_decay), max_grad_norm=float(t.grad_clip),
-        per_device_train_batch_size=group * prompts, gradient_accumulation_steps=1, num_generations=group,
-        steps_per_generation=1, num_iterations=1, temperature=float(t.temperature),
-        max_completion_length=int(t.max_completion_length), beta=float(t.beta),
-        loss_type=str(t.loss_type), scale_rewards=t.scale_rewards,
-        logging_steps=1, save_strategy="steps", save_steps=save_every, save_only_model=False,
-        report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
-        disable_tqdm=False, log_completions=False, shuffle_dataset=not ordered)
+    args = _grpo_config(t, traj_dir, shuffle=not ordered)
 
     class ResumableGRPOTrainer(GRPOTrainer):
         """GRPO whose data order survives a resume (see EpochSampler)."""
