@@ -52,6 +52,11 @@ def compose_config(command: str, *overrides: str, validate: bool = True):
         validate_config(cfg)
     return cfg
 
+# The training tests' task and tiny-model recipe (shared by the TRL and forecasting tests).
+TRL_TASK = {"name": "arithmetic", "seed": 3, "n_train": 7, "n_test": 2, "min_terms": 2, "max_terms": 2,
+        "min_operand": 0, "max_operand": 2, "operators": ["+"]}
+TRL_RECIPE = {**TINY_RECIPE, "sft_batch_size": 7}
+
 
 @functools.lru_cache(maxsize=None)
 def _tokenizer_dir() -> str:
@@ -259,3 +264,14 @@ def tiny_trajectory(tmp_path):
         return make_trajectory(tmp_path / f"traj_{next(counter)}", layout, steps, **kw)
 
     return make
+
+
+def without_dac(cmd: list[str]) -> list[str]:
+    """`cmd` run so that file modes bind: as root (where chmod 000 does not stop reads) with the
+    capabilities that override them dropped by setpriv; skipped where that is not possible."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file modes cannot be made to bind")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]

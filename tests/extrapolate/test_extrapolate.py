@@ -323,7 +323,7 @@ def test_multirun_sweep_shares_one_gram_pass_and_reruns_do_nothing(tmp_path, rlv
                          ref_relex(tt, [s for s in STEPS if s <= h], t))
     files = sorted((tmp_path / "sweep").rglob("*.safetensors")) + sorted((tmp_path / "sweep").rglob("extrapolation.json"))
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    p = _cli(args, tmp_path)
+    p = _cli(args + ["verbose=true"], tmp_path)  # the "nothing to do" line is INFO, shown when verbose
     assert p.returncode == 0, p.stderr[-3000:]
     assert (p.stdout + p.stderr).count("nothing to do") == len(histories)
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
@@ -490,7 +490,7 @@ def test_torch_save_on_a_full_disk_in_a_pipeline_stage(small_disk):
 
 
 def test_cli_unwritable_output_dir_exits_2_one_line(tmp_path, rlvr_cache):
-    from test_trajectory_integrity import without_dac
+    from conftest import without_dac
 
     tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 3))
     ro = tmp_path / "ro"

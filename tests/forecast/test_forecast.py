@@ -320,7 +320,7 @@ def test_trl_run_forecasts_while_training(rlvr_cache, tmp_path):
     """8 GRPO steps on a tiny model with forecast.enabled=true, start_step=3, evaluated: forecasts
     are written between checkpoints (before the next one exists) and land in the W&B offline run
     and in forecasts.jsonl / tracking.jsonl."""
-    from test_train_trl import RECIPE, TASK
+    from conftest import TRL_RECIPE as RECIPE, TRL_TASK as TASK
 
     out = tmp_path / "run"
     task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]

@@ -8,21 +8,18 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
-from conftest import REPO_ROOT, TINY_RECIPE, compose_config
+from conftest import TRL_RECIPE, TRL_TASK, REPO_ROOT, compose_config
 from safetensors.torch import load_file
 
 from rlvr_linearity.train.rewards import BoxedAnswerReward
 
 # An easy task (9 distinct problems, answers 0..4) and a small recipe: SFT gets the format and
 # some answers right within seconds, so sampled rewards vary within groups.
-TASK = {"name": "arithmetic", "seed": 3, "n_train": 7, "n_test": 2, "min_terms": 2, "max_terms": 2,
-        "min_operand": 0, "max_operand": 2, "operators": ["+"]}
-RECIPE = {**TINY_RECIPE, "sft_batch_size": 7}
 ROOT = REPO_ROOT
 
 
 def _cfg(cache):
-    return OmegaConf.create({"train": {"tiny": RECIPE}, "task": TASK, "paths": {"cache_dir": str(cache)}})
+    return OmegaConf.create({"train": {"tiny": TRL_RECIPE}, "task": TRL_TASK, "paths": {"cache_dir": str(cache)}})
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +78,8 @@ def test_trl_trains_with_each_grader(grader, tiny_dir, rlvr_cache, tmp_path):
     """One GRPO step per grader (train.reward_grader), in process."""
     from rlvr_linearity.train.trl_grpo import train_trl
 
-    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
-    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TRL_TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in TRL_RECIPE.items()]
     cfg = compose_config("train", "trainer=trl", "train.steps=1", "train.group_size=2", "train.prompts_per_step=2",
                          "train.max_completion_length=6", f"train.reward_grader={grader}",
                          f"paths.cache_dir={rlvr_cache}", "logger=none", *task, *tiny)
@@ -94,8 +91,8 @@ def test_trl_trains_with_each_grader(grader, tiny_dir, rlvr_cache, tmp_path):
 
 def test_rlvr_train_trl_end_to_end(tiny_dir, rlvr_cache, tmp_path):
     out = tmp_path / "run"
-    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
-    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TRL_TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in TRL_RECIPE.items()]
     cmd = [sys.executable, "-m", "rlvr_linearity", "train", "trainer=trl", "train.group_size=4",
            "train.prompts_per_step=4", "train.max_completion_length=8", "train.lr=0.01", f"output_dir={out}",
            "logger=none", *task, *tiny]
@@ -170,8 +167,8 @@ def test_killed_training_resumes_bitwise(tiny_dir, rlvr_cache, tmp_path):
     optimizer state and every step's metrics equal an uninterrupted run's bit for bit. 7 problems,
     2 per step: an epoch is 3 steps, so the resumes land mid-epoch 1, on an epoch boundary and in
     epoch 2 (the data order of later epochs is what a resume used to get wrong)."""
-    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TASK.items()]
-    tiny = [f"train.tiny.{k}={v}" for k, v in RECIPE.items()]
+    task = [f"task.{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TRL_TASK.items()]
+    tiny = [f"train.tiny.{k}={v}" for k, v in TRL_RECIPE.items()]
     args = ["trainer=trl", "train.steps=8", "train.group_size=4", "train.prompts_per_step=2",
             "train.max_completion_length=8", "train.lr=0.003", "logger=none", *task, *tiny]
     env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache), "TQDM_DISABLE": "1", "PYTHONPATH": str(ROOT)}

@@ -5,14 +5,13 @@ the reference), corrupt JSON side files, unreadable or odd directory entries."""
 import json
 import logging
 import os
-import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, make_trajectory
+from conftest import REPO_ROOT, make_trajectory, without_dac
 from safetensors import safe_open
 
 from rlvr_linearity.errors import TrajectoryError
@@ -207,17 +206,6 @@ def test_step_named_entries_that_are_not_directories_are_warned_about(tmp_path, 
     assert len(warned) == 2, warned
     assert "global_step_5" in warned[0] and "not a directory" in warned[0]
     assert "global_step_7" in warned[1] and "symlink loop" in warned[1]
-
-
-def without_dac(cmd: list[str]) -> list[str]:
-    """`cmd` run so that file modes bind: as root (where chmod 000 does not stop reads) with the
-    capabilities that override them dropped by setpriv; skipped where that is not possible."""
-    if os.geteuid() != 0:
-        return cmd
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: file modes cannot be made to bind")
-    caps = "-dac_override,-dac_read_search"
-    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
 
 
 def test_unreadable_step_directory(tmp_path):
