@@ -32,7 +32,7 @@ def ready_steps(root: Path, seen_signatures: dict | None = None) -> dict:
 
     `seen_signatures` (a dict kept between polls) enables the size-stability rule for layouts
     without another completion signal; without it such steps are taken as they are."""
-    from rlvr_linearity.trajectory.core import _open_found
+    from rlvr_linearity.trajectory.load import _open_found
     from rlvr_linearity.trajectory.discover import PATTERNS, discover, trajectory_json
 
     root = Path(root)

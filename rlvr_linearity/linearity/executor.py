@@ -21,10 +21,23 @@ import numpy as np
 import torch
 
 from rlvr_linearity.errors import TrajectoryError, where
-from rlvr_linearity.linearity.gram import CHUNK_ELEMENTS, check_finite_gram, gram_update, predict_update, read_blocks
+from rlvr_linearity.linearity.gram import (
+    CHUNK_ELEMENTS,
+    check_finite_gram,
+    gram_update,
+    predict_update,
+    read_blocks,
+)
 from rlvr_linearity.linearity.plan import Combine, Copy, FromGram, Plan
 from rlvr_linearity.trajectory import ModelWriter
-from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, rows_per_block, tensor_stream, torch_threads
+from rlvr_linearity.trajectory.resources import torch_threads
+from rlvr_linearity.trajectory.streaming import (
+    PREFETCH_RING,
+    by_tensor,
+    prefetch,
+    rows_per_block,
+    tensor_stream,
+)
 
 
 def execute(traj, plan: Plan, *, max_elements: int = CHUNK_ELEMENTS, memory_budget: int = 0) -> dict:

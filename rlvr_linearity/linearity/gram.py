@@ -161,7 +161,7 @@ def _stream_grams(traj, names, steps, max_elements: int = CHUNK_ELEMENTS, progre
     streaming read, prefetched in the background, NaN/Inf detected from the Grams."""
     from tqdm import tqdm
 
-    from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, tensor_stream
+    from rlvr_linearity.trajectory.streaming import PREFETCH_RING, by_tensor, prefetch, tensor_stream
 
     steps = [int(s) for s in steps]
     read = lambda name: read_blocks(traj, name, [0, *steps], max_elements, reuse=PREFETCH_RING,  # noqa: E731

@@ -18,7 +18,7 @@ from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
 from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
-from rlvr_linearity.trajectory.core import PREFETCH_RING, by_tensor, prefetch, tensor_stream
+from rlvr_linearity.trajectory.streaming import PREFETCH_RING, by_tensor, prefetch, tensor_stream
 
 
 class PerWeightWriter:

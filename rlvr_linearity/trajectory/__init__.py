@@ -1,7 +1,8 @@
 """Trajectory I/O: discovery of step checkpoints in every layout, validated streaming reads in
 stored precision, hub trajectories, and the atomic streaming ModelWriter (docs/architecture.md)."""
 
-from .core import Trajectory, open_trajectory
+from .core import Trajectory
+from .load import open_trajectory
 from .files import ModelFiles
 from .writer import ModelWriter
 

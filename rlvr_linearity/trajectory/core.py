@@ -1,33 +1,24 @@
-"""`open_trajectory`: the base model plus step checkpoints, validated before anything is written."""
+"""`Trajectory`: the base model plus step checkpoints, validated before anything is written, read
+block by block in stored precision."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
-import itertools
 import json
 import logging
-import operator
-import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-from rlvr_linearity.errors import ConfigError, TrajectoryError, where
+from rlvr_linearity.errors import TrajectoryError, where
 
-from .discover import Found, discover, trajectory_json, verl_base_hint
 from .files import ModelFiles
-from .hub import fetch_hub_trajectory, hub_cache_dir, hub_steps, resolve_model_path
+from .resources import release_free_heap, torch_threads
+from .streaming import rows_per_block
 
 log = logging.getLogger(__name__)
-
-KEYS = ("path", "base", "hub_repo", "hub_revision_prefix", "steps", "max_step", "check_finite",
-        "trust_remote_code", "cache_dir")
-
 
 class Trajectory:
     """Base model (step 0) and checkpoints, all with the same tensor names and shapes.
@@ -179,236 +170,3 @@ class Trajectory:
                 raise TrajectoryError(f"{where(models[i].info(name).file, steps[i], name)}: NaN/Inf weights "
                                       f"(rows {start}:{stop})")
             yield start, stop, block
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def _glibc():
-    """glibc with mallinfo2 (2.33+), else None (macOS, musl, older glibc: nothing to do)."""
-    try:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        lib.mallinfo2.restype = _Mallinfo2
-        lib.malloc_trim.argtypes = [ctypes.c_size_t]
-        return lib
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_GLIBC = _glibc()
-
-
-def release_free_heap(threshold: int = 1 << 29) -> bool:
-    """If glibc's heaps hold more than `threshold` bytes of freed memory, hand it back to the OS
-    (malloc_trim). Streaming passes allocate and free blocks of a few MiB per tensor; glibc keeps
-    the freed ones, and their mix of sizes grew a RELEX run's anonymous RSS to 1.2-1.9 GiB of
-    which a few hundred MiB were live (measured; 0.45-0.8 GiB with this, at a CPU cost within
-    the noise for 512 MiB). Returns whether it trimmed."""
-    if _GLIBC is None or _GLIBC.mallinfo2().fordblks <= threshold:
-        return False
-    _GLIBC.malloc_trim(0)
-    return True
-
-
-PREFETCH_RING = 3  # `iter_blocks(reuse=...)` ring behind `prefetch(depth=1)`: held + queued + being filled
-
-
-def rows_per_block(shape, steps: int, max_elements: int) -> int:
-    """Rows of dim 0 in each `iter_blocks` block of a tensor of `shape` read over `steps` steps."""
-    row = 1
-    for d in tuple(shape)[1:]:
-        row *= int(d)
-    return max(1, int(max_elements) // max(1, steps * row))
-
-
-def tensor_stream(names, read) -> Iterator[tuple]:
-    """(name, start, stop, block) for every block `read(name)` yields, tensor after tensor, then
-    (name, None, None, None) at each tensor's end (so a tensor without rows still appears):
-    one flat stream for `prefetch`, regrouped by the consumer with `by_tensor`."""
-    for name in names:
-        for start, stop, block in read(name):
-            yield name, start, stop, block
-        yield name, None, None, None
-
-
-def by_tensor(stream) -> Iterator[tuple[str, Iterator[tuple[int, int, torch.Tensor]]]]:
-    """A `tensor_stream` (behind `prefetch`) regrouped per tensor: (name, its (start, stop, block)
-    in order), end markers dropped. A tensor's blocks are to be consumed before the next tensor."""
-    for name, group in itertools.groupby(stream, key=operator.itemgetter(0)):
-        yield name, ((start, stop, block) for _, start, stop, block in group if block is not None)
-
-
-def prefetch(items: Iterable, depth: int = 1) -> Iterator:
-    """Yield `items`, produced by a background thread up to `depth` items ahead, so that reading
-    (preads and copies, which release the GIL) overlaps the consumer's compute (numba, BLAS and
-    torch release it too): on 2 cores a streaming pass then costs about the larger of the two
-    instead of their sum. `items` is iterated in the background thread (blocks reused through
-    `iter_blocks(reuse=PREFETCH_RING)` live in that thread's ring). An exception of the producer
-    is raised in the consumer where its item would have come; closing the generator early (or
-    an exception in the consumer) stops the producer and waits for it."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
-    stop = threading.Event()
-    end = object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        it = iter(items)
-        try:
-            for item in it:
-                if not put((item, None)):
-                    return
-            put((end, None))
-        except BaseException as e:  # handed to the consumer
-            put((end, e))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name="rlvr-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, err = q.get()
-            if err is not None:
-                raise err
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-@contextmanager
-def torch_threads(n: int = 1):
-    """Run the body with `n` torch intra-op threads, then restore the caller's count (even on
-    error). A no-op when the count is already `n`."""
-    old = torch.get_num_threads()
-    if old == n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
-        v = cfg.get(key, default)
-    else:
-        v = getattr(cfg, key, default)
-    return default if v is None else v
-
-
-def open_trajectory(cfg=None, **kwargs) -> Trajectory:
-    """Open and validate a trajectory from `cfg.trajectory` (a DictConfig/dict/dataclass) and/or
-    keyword overrides: path, base, hub_repo, hub_revision_prefix, steps, max_step, check_finite,
-    trust_remote_code, cache_dir (default: RLVR_CACHE_DIR or ~/.cache/rlvr-linearity)."""
-    unknown = set(kwargs) - set(KEYS)
-    if unknown:
-        raise TypeError(f"open_trajectory: unknown arguments {sorted(unknown)}")
-    opt = {k: kwargs.get(k) if kwargs.get(k) is not None else _get(cfg, k) for k in KEYS}
-    steps_req = None if opt["steps"] is None else sorted({int(s) for s in opt["steps"]})
-    max_step = None if opt["max_step"] is None else int(opt["max_step"])
-    check_finite = True if opt["check_finite"] is None else bool(opt["check_finite"])
-
-    if opt["hub_repo"]:
-        if opt["path"]:
-            raise ConfigError("trajectory: set either trajectory.path or trajectory.hub_repo, not both")
-        from rlvr_linearity.paths import cache_dir
-
-        cache = Path(opt["cache_dir"]).expanduser() if opt["cache_dir"] else cache_dir()
-        repo, prefix = str(opt["hub_repo"]), str(opt["hub_revision_prefix"] or "step_")
-        if steps_req is not None and max_step is None:
-            wanted = steps_req
-        else:
-            avail = hub_steps(repo, prefix, hub_cache_dir(cache, repo))
-            wanted = _select(avail, steps_req, max_step, where_=f"trajectory.hub_repo {repo}")
-        root = fetch_hub_trajectory(repo, [s for s in wanted if s != 0 or not opt["base"]], cache, prefix)
-        found = [f for f in discover(root) if f.step in set(wanted)]
-    elif opt["path"]:
-        try:
-            root = Path(str(opt["path"])).expanduser().resolve()
-        except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
-            raise TrajectoryError(f"{where(opt['path'])}: cannot resolve the trajectory path ({e})") from None
-        found = discover(root)
-        avail = [f.step for f in found]
-        wanted = _select(avail, steps_req, max_step, where_=str(root))
-        found = [f for f in found if f.step in set(wanted) or f.step == 0]
-    else:
-        raise ConfigError("trajectory: set trajectory.path=DIR (or trajectory.hub_repo=ORG/NAME)")
-
-    models: dict[int, ModelFiles] = {}
-    for f in found:
-        models[f.step] = _open_found(f)
-    if opt["base"]:
-        if 0 in models:
-            log.info("trajectory.base given: it replaces the trajectory's own step 0 (%s)", models[0].path)
-        models[0] = ModelFiles(resolve_model_path(str(opt["base"])), step=0)
-    elif 0 not in models:
-        models[0] = ModelFiles(_base_from_run(root, found), step=0)
-    if len(models) < 2:
-        raise TrajectoryError(f"{where(root)}: no checkpoints besides the base model")
-    log.info("trajectory %s: base %s, steps %s", root, models[0].path, sorted(models)[1:])
-    return Trajectory(models, path=root, check_finite=check_finite)
-
-
-def _open_found(f: Found) -> ModelFiles:
-    if f.layout == "verl_fsdp":
-        from .verl_fsdp import FsdpShardFiles
-
-        return FsdpShardFiles(f.dir, step=f.step)
-    return ModelFiles(f.dir, step=f.step)
-
-
-def _select(avail: list[int], steps_req, max_step, where_: str) -> list[int]:
-    """Steps kept by trajectory.steps / trajectory.max_step (0 is always kept if present)."""
-    if steps_req is not None:
-        missing = [s for s in steps_req if s not in avail and s != 0]
-        if missing:
-            raise TrajectoryError(f"{where_}: requested step(s) {missing} not found (available: {avail})")
-        chosen = [s for s in avail if s in steps_req or s == 0]
-    else:
-        chosen = list(avail)
-    if max_step is not None:
-        chosen = [s for s in chosen if s <= max_step]
-    if not [s for s in chosen if s != 0]:
-        raise TrajectoryError(f"{where_}: no checkpoints left after trajectory.steps={steps_req} "
-                              f"max_step={max_step} (available: {avail})")
-    return chosen
-
-
-def _base_from_run(root: Path, found: list[Found]) -> Path:
-    """The base recorded by the run: trajectory.json, else the verl config; else an error."""
-    meta = trajectory_json(root)
-    if meta and meta.get("base"):
-        spec = str(meta["base"])
-        rel = root / spec
-        if not Path(spec).is_absolute() and rel.exists():
-            spec = str(rel)
-        listed = [int(s) for s in meta.get("steps") or []]
-        have = {f.step for f in discover(root)}
-        gone = [s for s in listed if s not in have]
-        if gone:
-            raise TrajectoryError(f"{where(root / 'trajectory.json')}: lists step(s) {gone} that are not on disk")
-        return resolve_model_path(spec, what=f"base model named in {root / 'trajectory.json'}")
-    hint = verl_base_hint(root, found)
-    if hint:
-        return resolve_model_path(hint, what="base model from the verl run's config")
-    raise TrajectoryError(f"{where(root)}: missing base model: the trajectory holds no step 0 and no "
-                          "trajectory.json; set trajectory.base=PATH_OR_HUB_ID")

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from conftest import make_trajectory
 from rlvr_linearity.errors import TrajectoryError
 from rlvr_linearity.trajectory import ModelFiles, ModelWriter, open_trajectory
-from rlvr_linearity.trajectory.core import torch_threads
+from rlvr_linearity.trajectory.resources import torch_threads
 
 
 def reference_blocks(traj, name, steps, max_elements):
@@ -157,7 +157,7 @@ def test_one_descriptor_per_model(tmp_path):
 
 
 def test_release_free_heap_is_safe():
-    from rlvr_linearity.trajectory.core import _GLIBC, release_free_heap
+    from rlvr_linearity.trajectory.resources import _GLIBC, release_free_heap
 
     keep = torch.ones(1 << 20)
     junk = [torch.ones(1 << 18) for _ in range(64)]  # 64 MiB freed into the heap
