@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 def resolve_model(cfg) -> str | None:
     """`evaluate.model`, or `evaluate.step` of `trajectory.path`; a missing directory is an error."""
     ev = cfg.evaluate
-    if ev.get("step") is not None:
+    if ev.step is not None:
         from rlvr_linearity.trajectory import open_trajectory
 
         return str(open_trajectory(cfg.trajectory).model(int(ev.step)).path)
-    model = ev.get("model")
+    model = ev.model
     if not model:
         return None
     path = Path(str(model)).expanduser()
@@ -135,10 +135,10 @@ def samples_key(name: str, problems: list[Problem], cfg, grader: str, model: dic
         "data": _digest([(p.problem_id, p.prompt, p.answer, p.meta) for p in problems]),
         "grader": grader,
         "model": model,
-        "responses": _file_digest(ev.responses) if ev.get("responses") else None,
+        "responses": _file_digest(ev.responses) if ev.responses else None,
         "sampling": benchmark_sampling(name, cfg),
-        "prompt": ev.get("prompt"),
-        "batch_size": ev.get("batch_size"),
+        "prompt": ev.prompt,
+        "batch_size": ev.batch_size,
         "engine": OmegaConf.to_container(cfg.engine, resolve=True) if cfg.get("engine") is not None else None,
     }
 
@@ -192,7 +192,7 @@ def grader_name(name: str, cfg) -> str:
     """The grader of a math benchmark: `evaluate.grader`, else the benchmark's `grader:`."""
     from rlvr_linearity.evaluate.grading import DEFAULT_GRADER, check_grader
 
-    return check_grader(cfg.evaluate.get("grader") or benchmark_spec(name).get("grader") or DEFAULT_GRADER)
+    return check_grader(cfg.evaluate.grader or benchmark_spec(name).get("grader") or DEFAULT_GRADER)
 
 
 def grade(problems: list[Problem], responses: list[list[str]], cfg, grader: str = "math_verify") -> list[list[dict]]:
@@ -206,7 +206,7 @@ def grade(problems: list[Problem], responses: list[list[str]], cfg, grader: str 
         from rlvr_linearity.evaluate.grading import grade_math
 
         grades = grade_math([r for _, _, r in math], [p.answer or "" for _, p, _ in math],
-                            timeout=float(ev.get("grading_timeout", 5.0)), workers=int(ev.get("grading_workers", 2)),
+                            timeout=float(ev.grading_timeout), workers=int(ev.grading_workers),
                             grader=grader)
         for (i, _, _), g in zip(math, grades):
             recs[i] = {"extracted": g.extracted, "gold_extracted": g.gold_extracted, "correct": g.correct,
@@ -216,7 +216,7 @@ def grade(problems: list[Problem], responses: list[list[str]], cfg, grader: str 
         from rlvr_linearity.evaluate.sandbox import grade_code
 
         for (i, p, r), v in zip(code, grade_code([p for _, p, _ in code], [r for _, _, r in code],
-                                                  workers=int(ev.get("grading_workers", 2)))):
+                                                  workers=int(ev.grading_workers))):
             recs[i] = {"extracted": v.program_excerpt, "correct": v.verdict == "passed", "verdict": v.verdict}
     it = iter(recs)
     for rs in responses:
@@ -233,7 +233,7 @@ def _generations(name: str, cfg, engine_factory, chunks):
     if not chunks:
         return
     engine = engine_factory()
-    template = cfg.evaluate.get("prompt") or benchmark_spec(name).get("prompt", "chat")
+    template = cfg.evaluate.prompt or benchmark_spec(name).get("prompt", "chat")
     base = benchmark_sampling(name, cfg)
     yield from engine.generate_many(
         ([render(template, p, engine.tokenizer) for p in batch], {**base, "seed": int(base.get("seed") or 0) + start})
@@ -245,11 +245,11 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
     if not problems:
         raise EvaluationError(f"benchmark {name}: no problems to evaluate")
     grader = grader_name(name, cfg) if problems[0].type == "math" else "sandbox"
-    given = read_responses(cfg.evaluate.responses) if cfg.evaluate.get("responses") else None
+    given = read_responses(cfg.evaluate.responses) if cfg.evaluate.responses else None
     bdir = out_root / "evaluate" / name
     bdir.mkdir(parents=True, exist_ok=True)
     samples_path = bdir / "samples.jsonl"
-    _start(bdir, samples_key(name, problems, cfg, grader, model), bool(cfg.evaluate.get("resume", True)))
+    _start(bdir, samples_key(name, problems, cfg, grader, model), bool(cfg.evaluate.resume))
     done = _read_done(samples_path)
     sampling = benchmark_sampling(name, cfg)
     n = int(sampling["n"])
@@ -260,7 +260,7 @@ def evaluate_benchmark(name: str, cfg, out_root: Path, engine_factory, model: di
             raise EvaluationError(f"responses file {cfg.evaluate.responses}: problem_id {unknown[0]!r} "
                                   f"is not in benchmark {name}")
         todo = [p for p in problems if p.problem_id in given and p.problem_id not in done]
-    chunk = max(1, int(cfg.evaluate.get("batch_size", 32)))
+    chunk = int(cfg.evaluate.batch_size)
     # Generation works in fixed chunks of the problem list, each seeded by its position and
     # written in one append, so a resumed run regenerates whole chunks exactly as an
     # uninterrupted run would; a chunk left incomplete by a crash is dropped and redone.
@@ -319,8 +319,8 @@ def evaluate(cfg, out_dir) -> dict:
         benchmark_spec(name)  # unknown benchmark, grader or sampling: fail before any work
         grader_name(name, cfg)
         benchmark_sampling(name, cfg)
-    model = None if cfg.evaluate.get("responses") else resolve_model(cfg)
-    if cfg.evaluate.get("responses") is None and cfg.engine.get("name", "hf") != "logits_extrapolation" and not model:
+    model = None if cfg.evaluate.responses else resolve_model(cfg)
+    if cfg.evaluate.responses is None and cfg.engine.name != "logits_extrapolation" and not model:
         raise EvaluationError("no model given: set evaluate.model=PATH, evaluate.step=N or evaluate.responses=FILE")
     engine = []
 
@@ -332,7 +332,7 @@ def evaluate(cfg, out_dir) -> dict:
         return engine[0]
 
     ident = model_identity(model)
-    if ident is not None and cfg.evaluate.get("step") is not None:
+    if ident is not None and cfg.evaluate.step is not None:
         ident["step"] = int(cfg.evaluate.step)
     metrics = {name: evaluate_benchmark(name, cfg, out_dir, factory, ident) for name in names}
     if len(names) > 1:

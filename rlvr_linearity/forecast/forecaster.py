@@ -59,16 +59,14 @@ class ForecastSettings:
 
     @classmethod
     def from_cfg(cls, cfg) -> "ForecastSettings":
-        fc = cfg.get("forecast") or {}
-        lin = cfg.get("linearity") or {}
-        s = cls(start_step=int(fc.get("start_step", 5)), every=int(fc.get("every", 1)),
-                target=None if fc.get("target") is None else int(fc.target), rank=int(fc.get("rank", 1)),
-                fit=str(fc.get("fit", "linear")), degree=int(fc.get("degree", 2)), dtype=fc.get("dtype"),
-                evaluate=bool(fc.get("evaluate", False)), evaluate_observed=bool(fc.get("evaluate_observed", False)),
-                keep=None if fc.get("keep") in (None, 0) else int(fc.keep), r2=bool(fc.get("r2", True)),
-                r2_state=str(fc.get("r2_state", "memory")),
-                thresholds=tuple(float(t) for t in (lin.get("thresholds") or (0.5, 0.7, 0.9))),
-                memory_budget=int(fc.get("memory_budget") or 1 << 28))
+        fc = cfg.forecast
+        s = cls(start_step=int(fc.start_step), every=int(fc.every),
+                target=None if fc.target is None else int(fc.target), rank=int(fc.rank),
+                fit=str(fc.fit), degree=int(fc.degree), dtype=fc.dtype,
+                evaluate=bool(fc.evaluate), evaluate_observed=bool(fc.evaluate_observed),
+                keep=None if fc.keep in (None, 0) else int(fc.keep), r2=bool(fc.r2),
+                r2_state=str(fc.r2_state), thresholds=tuple(float(t) for t in cfg.linearity.thresholds),
+                memory_budget=int(fc.memory_budget))
         s.validate()
         return s
 
@@ -97,8 +95,7 @@ def make_evaluator(cfg) -> Evaluator:
     and engine (`forecast.benchmarks` overrides `benchmarks`)."""
     from omegaconf import OmegaConf, open_dict
 
-    fc = cfg.get("forecast") or {}
-    benches = list(fc.get("benchmarks") or cfg.get("benchmarks") or [])
+    benches = list(cfg.forecast.benchmarks or cfg.benchmarks or [])
     if not benches:
         raise ConfigError("forecast.evaluate=true needs benchmarks (forecast.benchmarks or benchmarks)")
     from rlvr_linearity.evaluate.benchmarks import benchmark_spec

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def _device(lin) -> str:
-    dev = str(lin.get("device") or "cpu")
+    dev = str(lin.device)
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"linearity.device={dev} but no CUDA device is available")
     return dev
@@ -56,7 +56,7 @@ def _weights(cfg, traj, steps, out: Path) -> dict:
     lin = cfg.linearity
     return weight_linearity(
         traj, steps, windows=list(lin.windows), thresholds=tuple(float(t) for t in lin.thresholds),
-        device=_device(lin), engine=str(lin.get("engine", "auto")), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.get("sample_fraction"),
+        device=_device(lin), engine=str(lin.engine), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.sample_fraction,
         min_samples=int(lin.min_samples), min_abs_change=float(lin.min_abs_change or 0.0),
         min_unique=int(lin.min_unique or 0), sample_seed=int(lin.sample_seed),
         per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None)
@@ -76,10 +76,10 @@ def _lowrank(cfg, traj, steps, out: Path) -> dict:
         grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
     finally:
         torch.set_num_threads(threads)
-    report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.get("coefficient_history"))
-    if lin.get("reconstruct_steps"):
+    report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.coefficient_history)
+    if lin.reconstruct_steps:
         report["reconstruct"] = reconstruct(traj, grams, observed, [int(s) for s in lin.reconstruct_steps],
-                                            int(lin.reconstruct_rank), lin.get("coefficient_history"),
+                                            int(lin.reconstruct_rank), lin.coefficient_history,
                                             out / "reconstruct", int(lin.chunk_elements))
     return report
 
@@ -120,21 +120,21 @@ def _problem_texts(cfg, benchmark: str) -> list[str]:
 
 def _remote_code(cfg) -> bool:
     """trajectory.trust_remote_code: models with custom code load for the log-prob pass too."""
-    return bool((cfg.get("trajectory") or {}).get("trust_remote_code", False))
+    return bool(cfg.trajectory.trust_remote_code)
 
 
 def _probes(cfg, traj, out: Path) -> list[dict]:
     from rlvr_linearity.linearity.logprob import generate_probes, load_probes
 
     pc = cfg.linearity.probes
-    if pc.get("file"):
+    if pc.file:
         return load_probes(pc.file)
-    if not pc.get("generate", True):
+    if not pc.generate:
         raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
     texts = _problem_texts(cfg, str(pc.benchmark))[: int(pc.n_problems)]
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
                             max_new_tokens=int(cfg.sampling.max_tokens), temperature=pc.temperature, top_p=pc.top_p,
-                            top_k=pc.top_k, seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.get("instruction"),
+                            top_k=pc.top_k, seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.instruction,
                             device=_device(cfg.linearity), trust_remote_code=_remote_code(cfg))
     _write(out / "probes.json", items)
     return [{"problem": it["problem"], "response_id": g["response_id"], "response": g["text"]}
@@ -146,11 +146,11 @@ def _logprobs(cfg, traj, steps, out: Path) -> dict:
 
     pc = cfg.linearity.probes
     probes = _probes(cfg, traj, out)
-    lp, lg, tokens = teacher_forced_matrix(traj, steps, probes, instruction=pc.get("instruction"),
-                                           batch_size=int(pc.batch_size), chunk=int(pc.get("chunk_positions", 256)),
+    lp, lg, tokens = teacher_forced_matrix(traj, steps, probes, instruction=pc.instruction,
+                                           batch_size=int(pc.batch_size), chunk=int(pc.chunk_positions),
                                            device=_device(cfg.linearity), trust_remote_code=_remote_code(cfg))
     res = token_linearity(lp.astype(np.float64), lg.astype(np.float64), steps, min_change=float(pc.min_change or 0.0),
-                          max_tokens=pc.get("max_tokens_sampled"), seed=int(cfg.linearity.sample_seed),
+                          max_tokens=pc.max_tokens_sampled, seed=int(cfg.linearity.sample_seed),
                           tokens=tokens)
     res["n_sequences"] = len(probes)
     return res

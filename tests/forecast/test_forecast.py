@@ -166,7 +166,9 @@ def test_verl_checkpoint_callback(tmp_path, monkeypatch):
 
     tt = make_trajectory(tmp_path / "run", "verl", steps=(1, 2, 3, 4))
     run = tmp_path / "run"
-    cfg = {"forecast": {"enabled": True, "start_step": 2, "every": 1}, "trajectory": {"base": str(tt.base)}}
+    # the run's config as its Tracker records it (the whole composed config, resolved)
+    cfg = OmegaConf.to_container(compose_config("train", "logger=none", "forecast.enabled=true", "forecast.start_step=2",
+                                                "forecast.every=1", f"trajectory.base={tt.base}"), resolve=True)
     (run / "tracking.jsonl").write_text(json.dumps({"event": "config", "config": cfg}) + "\n")
     vcfg = OmegaConf.create({"trainer": {"default_local_dir": str(tt.path), "total_training_steps": 4}})
     monkeypatch.delenv("RLVR_FORECAST_CONFIG", raising=False)
