@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.io import write_json_atomic, write_lines_atomic, write_text_atomic
-from rlvr_linearity.train.ray_cluster import cluster_shape, run_on_ray_cluster
+from rlvr_linearity.train import ray_cluster
+from rlvr_linearity.train.ray_cluster import cluster_shape
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def launch_verl(cfg, out_dir: Path, tracker=None) -> Path:
 
     env = {"VERL_FILE_LOGGER_PATH": str(out_dir / "verl_metrics.jsonl"), **_wandb_env(cfg, out_dir, tracker)}
     nodes, gpus = cluster_shape(cfg.train)
-    rc = run_on_ray_cluster(main_ppo_command(config_path), out_dir / "ray_cluster", nodes=nodes,
+    rc = ray_cluster.run_on_ray_cluster(main_ppo_command(config_path), out_dir / "ray_cluster", nodes=nodes,
                             port=int(cfg.train.ray_port), env=env, gpus_per_node=gpus)
     if rc is None:  # a Ray worker node: the head collects the results
         return traj
