@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import uuid
 import zipfile
 from contextlib import closing, suppress
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_ELEMENTS = 1 << 22  # elements per streamed block (all steps together)
 _READ = {"bytes": 0}
+_READ_LOCK = threading.Lock()  # read-ahead threads of two streams count at once
 
 
 def bytes_read() -> int:
@@ -47,7 +49,8 @@ def read_blocks(traj, name: str, steps, max_elements: int = CHUNK_ELEMENTS, reus
     steps = list(steps)
     stored = sum(traj.model(s).dtype(name).itemsize for s in steps)
     for start, stop, block in traj.iter_blocks(name, steps, max_elements, reuse=reuse, check_finite=check_finite):
-        _READ["bytes"] += stored * block[0].numel()
+        with _READ_LOCK:
+            _READ["bytes"] += stored * block[0].numel()
         yield start, stop, block
 
 

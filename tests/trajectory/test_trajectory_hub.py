@@ -166,13 +166,16 @@ def test_hub_requested_step_missing_and_no_base(tmp_path, fake_hub):
         open_trajectory(hub_repo=REPO, max_step=2, cache_dir=tmp_path / "c")
 
 
-def test_hub_from_config_and_default_cache(tmp_path, fake_hub, rlvr_cache):
+def test_hub_from_config_and_default_cache(tmp_path, fake_hub, monkeypatch):
     from omegaconf import OmegaConf
+
+    default = tmp_path / "default-cache"  # the per-machine cache (RLVR_CACHE_DIR) when cache_dir is null
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(default))
 
     cfg = OmegaConf.create({"path": None, "base": "Qwen/Tiny-Base", "hub_repo": REPO, "hub_revision_prefix": "step_",
                             "steps": None, "max_step": 2, "check_finite": True, "cache_dir": None})
     assert open_trajectory(cfg).steps == [0, 1, 2]
-    assert (rlvr_cache / "hub" / REPO.replace("/", "--") / "step_2" / "model.safetensors").is_file()
+    assert (default / "hub" / REPO.replace("/", "--") / "step_2" / "model.safetensors").is_file()
 
 
 def test_base_hub_id_resolution(tmp_path, fake_hub):
