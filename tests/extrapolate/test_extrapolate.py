@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -169,11 +168,6 @@ def test_read_once_sweep_4_windows_3_targets(tmp_path, rlvr_cache):
     per_step = sum(v.numel() * 4 for v in tt.values[0].values())
     args = ["extrapolate.windows=[2,4,7,12]", "extrapolate.targets=[13,20,40]", "extrapolate.dtype=float32",
             f"paths.cache_dir={tmp_path / 'cache'}"]  # a cache of its own: the first sweep must miss
-    # bytes_read is process-wide: a read-ahead thread an earlier test's error left finishing its
-    # block must be done before counting
-    for t in threading.enumerate():
-        if t.name == "rlvr-prefetch":
-            t.join(timeout=60)
     before = gram.bytes_read()
     res = extrapolate(cfg_for(tt, *args), tmp_path / "a")
     assert gram.bytes_read() - before == per_step * (len(STEPS) + 1)  # the union, once: Grams and 12 outputs
