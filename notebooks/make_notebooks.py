@@ -37,6 +37,16 @@ def show(path):
     if path is not None:
         display(Image(filename=str(path)))'''
 
+def opening(title: str, drawn: str, aside: str = "") -> list:
+    """The opening cells of a paper notebook: what it draws from which results, and SETUP."""
+    return [
+        new_markdown_cell(f"# {title}\n\nLoads a results directory (`RLVR_RESULTS`, default the demo's "
+                          f"`outputs/demo`) and draws the {drawn} that its files allow, through "
+                          f"`rlvr_linearity.figures`{aside}."),
+        new_code_cell(SETUP),
+    ]
+
+
 def missing_figures(paper: str) -> list:
     """The closing cells: the paper's figures and tables these results cannot make yet."""
     return [
@@ -47,11 +57,8 @@ display(Markdown("\\n".join(f"- **{m['title']}**: needs {m['needs']}; `{m['comma
 
 
 LIN = [
-    new_markdown_cell("# LIN: linear dynamics of RLVR training (arXiv 2601.04537)\n\n"
-                      "Loads a results directory (`RLVR_RESULTS`, default the demo's `outputs/demo`) and draws the "
-                      "LIN figures and tables that its files allow, through `rlvr_linearity.figures` "
-                      "(the same functions as `rlvr figures`)."),
-    new_code_cell(SETUP),
+    *opening("LIN: linear dynamics of RLVR training (arXiv 2601.04537)", "LIN figures and tables",
+             " (the same functions as `rlvr figures`)"),
     new_markdown_cell("## Weight linearity: R² histogram, module × layer heatmap, example trajectories"),
     new_code_cell('''for p in files["weights"]:
     res = load_json(p)
@@ -88,10 +95,7 @@ if rows:
 ]
 
 RELEX = [
-    new_markdown_cell("# RELEX: extrapolating RLVR with rank-1 trajectories (arXiv 2605.21468)\n\n"
-                      "Loads a results directory (`RLVR_RESULTS`, default the demo's `outputs/demo`) and draws the "
-                      "RELEX figures that its files allow, through `rlvr_linearity.figures`."),
-    new_code_cell(SETUP),
+    *opening("RELEX: extrapolating RLVR with rank-1 trajectories (arXiv 2605.21468)", "RELEX figures"),
     new_markdown_cell("## Finding 1: rank-1 explained variance per tensor; Finding 2: the rank-1 coefficient is linear in the step"),
     new_code_cell('''for p in files["lowrank"]:
     res = load_json(p)

@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     a, b = (args.model_a, args.model_b) if args.model_a else _tiny_pair(tmp, args.vocab, args.hidden, args.layers)
-    eng = LogitsExtrapolationEngine(a, b, 0.5, {"device": args.device, "batch_size": args.batch})
+    eng = LogitsExtrapolationEngine(a, b, 0.5, device=args.device, dtype="auto", batch_size=args.batch, compact_at=None)
     eng.eos = {-1}  # never stop: both sides decode exactly --tokens tokens
     filler = " ".join(["step"] * args.prompt_words)
     prompts = [f"{filler} Compute {i} + {2 * i} and explain." for i in range(args.batch)]

@@ -14,7 +14,7 @@ from rlvr_linearity.paths import resolve_output_dir
 
 def run(cfg, tracker):
     out = resolve_output_dir(cfg)
-    models_dir = cfg.evaluate.get("models_dir")
+    models_dir = cfg.evaluate.models_dir
     if not models_dir:
         metrics = evaluate(cfg, out)
         tracker.summary({f"{b}/{k}": v for b, m in metrics.items() for k, v in m.items() if not isinstance(v, (dict, list))})

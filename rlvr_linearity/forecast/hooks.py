@@ -25,11 +25,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def _enabled(cfg) -> bool:
-    fc = cfg.get("forecast") if cfg is not None else None
-    return bool(fc and fc.get("enabled", False))
-
-
 @contextlib.contextmanager
 def _rng_preserved():
     """Leave the CPU random state (python, numpy, torch) as it was: forecasting runs between a
@@ -81,7 +76,7 @@ class _Live:
 
         ready = ready_steps(self.traj_dir)
         if self.forecaster is None:
-            base = resolve_base((self.cfg.get("trajectory") or {}).get("base"), self.traj_dir, ready)
+            base = resolve_base(self.cfg.trajectory.base, self.traj_dir, ready)
             if base is None:
                 return []
             settings = ForecastSettings.from_cfg(self.cfg)
@@ -95,13 +90,12 @@ class _Live:
 
 def trl_callbacks(cfg, out_dir, tracker=None) -> list:
     """[] unless `forecast.enabled`; else one TrainerCallback forecasting after each save."""
-    if not _enabled(cfg):
+    if not cfg.forecast.enabled:
         return []
     from transformers import TrainerCallback
 
     out_dir = Path(out_dir).resolve()
-    steps = cfg.get("train", {}).get("steps")
-    live = _Live(cfg, out_dir, out_dir / "trajectory", tracker, int(steps) if steps is not None else None)
+    live = _Live(cfg, out_dir, out_dir / "trajectory", tracker, int(cfg.train.steps))
 
     class ForecastCallback(TrainerCallback):
         """Live R² and RELEX forecasts after every checkpoint save (rlvr_linearity.forecast)."""

@@ -138,8 +138,8 @@ def _hf_engine(path, batch_size: int, device, trust_remote_code: bool):
     """The HF engine in float32 (never a bf16 load of fp32 weights), as probes and teacher forcing need."""
     from rlvr_linearity.evaluate.engines.hf import HFEngine
 
-    return HFEngine(str(path), {"device": str(device), "dtype": "float32", "batch_size": batch_size,
-                                "trust_remote_code": trust_remote_code})
+    return HFEngine(str(path), device=str(device), dtype="float32", batch_size=batch_size,
+                    trust_remote_code=trust_remote_code)
 
 
 def generate_probes(model_path, problems: list[str], *, n_samples: int = 1, max_new_tokens: int = 256,

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -346,6 +347,15 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
 
 
+def _logits_engine(cfg, models: list[str], alpha: float) -> dict:
+    """The logits-extrapolation engine of one pair: the settings of conf/engine/logits_extrapolation.yaml,
+    on the configured engine's device (vLLM names none: that file's)."""
+    spec = OmegaConf.to_container(OmegaConf.load(conf_dir() / "engine" / "logits_extrapolation.yaml"))
+    spec.pop("defaults")
+    device = cfg.engine.device if "device" in cfg.engine else spec["device"]
+    return {**spec, "models": models, "alpha": alpha, "device": device}
+
+
 def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
     pcfg = cfg.pipeline.logits
     out = []
@@ -357,8 +367,7 @@ def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[s
     for a, b in [tuple(x) for x in pcfg.pairs]:
         for t in pcfg.targets:
             alpha = (t - a) / (b - a)
-            engine = {"name": "logits_extrapolation", "models": [str(traj.model(a).path), str(traj.model(b).path)],
-                      "alpha": alpha, "device": section(cfg, "engine").get("device", "auto")}
+            engine = _logits_engine(cfg, [str(traj.model(a).path), str(traj.model(b).path)], alpha)
             label = f"logits_{a}_{b}_t{t}"
             metrics = p.evaluate_model(label, None, ident, engine=engine)
             row = {"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, benches)}

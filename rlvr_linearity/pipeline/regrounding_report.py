@@ -125,7 +125,7 @@ def _paper_figures(cfg, out_dir: Path, data: dict) -> tuple[dict, list[dict], li
 
 
 def _introduction(cfg, data: dict) -> list[str]:
-    lines = [f"# Periodic re-grounding (LIN RL-Extra): {cfg.get('experiment_name') or 'regrounding'}", ""]
+    lines = [f"# Periodic re-grounding (LIN RL-Extra): {cfg.experiment_name or 'regrounding'}", ""]
     lines += [f"Benchmark `{data['benchmark']}` (held-out split; sampling n={cfg.sampling.n}, "
               f"temperature={cfg.sampling.temperature}), "
               f"backend `{data['settings']['backend']}`, {data['settings']['prompts_per_step']} prompts × "

@@ -176,7 +176,7 @@ def write_report(cfg, out_dir: Path, results: dict) -> Path:
     images = _draw_figures(out_dir, figs, results)
     acc = _trained_accuracy(results)
     bench = results.get("benchmark", "test")
-    lines = [f"# rlvr-linearity report: {cfg.get('experiment_name') or 'pipeline'}", ""]
+    lines = [f"# rlvr-linearity report: {cfg.experiment_name or 'pipeline'}", ""]
     benches = list(results.get("benchmarks") or [bench])
     lines += [f"{'Benchmarks' if len(benches) > 1 else 'Benchmark'} (held-out split) with their sampling: "
               f"{_sampling_words(results, benches, cfg)}. Trajectory: `{results.get('trajectory')}`."

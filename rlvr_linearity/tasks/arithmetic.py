@@ -37,22 +37,14 @@ def evaluate_expression(terms: list[int], ops: list[str]) -> int:
     return total + sign * product
 
 
-def _cfg_get(cfg, key, default=None):
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+KNOBS = ("seed", "n_train", "n_test", "min_terms", "max_terms", "min_operand", "max_operand")
 
 
-def _knobs(cfg) -> dict:
-    k = {
-        "seed": int(_cfg_get(cfg, "seed", 1234)),
-        "n_train": int(_cfg_get(cfg, "n_train", 4000)),
-        "n_test": int(_cfg_get(cfg, "n_test", 200)),
-        "min_terms": int(_cfg_get(cfg, "min_terms", 2)),
-        "max_terms": int(_cfg_get(cfg, "max_terms", 3)),
-        "min_operand": int(_cfg_get(cfg, "min_operand", 0)),
-        "max_operand": int(_cfg_get(cfg, "max_operand", 20)),
-        "max_products": _cfg_get(cfg, "max_products", None),
-        "operators": list(_cfg_get(cfg, "operators", ["+", "-", "*"])),
-    }
+def knobs(task) -> dict:
+    """The generator's knobs from the typed `task` config (conf/task/arithmetic.yaml), checked."""
+    k = {name: int(getattr(task, name)) for name in KNOBS}
+    k["max_products"] = task.max_products
+    k["operators"] = list(task.operators)
     bad = [o for o in k["operators"] if o not in ("+", "-", "*")]
     if bad or not k["operators"]:
         raise ConfigError(f"task.operators: unsupported operators {bad or 'none given'} (use +, -, *)")
@@ -99,9 +91,13 @@ def _problems(k: dict) -> list[dict]:
 
 def make_split(task_cfg, split: str) -> list[dict]:
     """`split` in ("train", "test") -> [{problem_id, problem, answer, prompt}], deterministic."""
+    return split_of(knobs(task_cfg), split)
+
+
+def split_of(k: dict, split: str) -> list[dict]:
+    """`make_split` from the knobs `knobs` returned (the tiny model's recipe records them)."""
     if split not in SPLITS:
         raise ConfigError(f"task: unknown split {split!r} (use one of {SPLITS})")
-    k = _knobs(task_cfg)
     rows = _problems(k)
     rows = rows[: k["n_test"]] if split == "test" else rows[k["n_test"]:]
     return [{"problem_id": f"{split}-{i}", "problem": r["problem"], "answer": r["answer"],

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rlvr_linearity.errors import ConfigError
-from rlvr_linearity.tasks.arithmetic import _knobs, make_split
+from rlvr_linearity.tasks.arithmetic import knobs, split_of
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-DEFAULT_RECIPE = {
-    "seed": 0, "vocab_size": 320, "hidden_size": 96, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-    "intermediate_size": 256, "max_positions": 128, "sft_lr": 3.0e-3, "sft_batch_size": 64,
-    "sft_max_steps": 600, "sft_eval_every": 50, "sft_target_accuracy": 0.35, "sft_dev_size": 128,
-    "sft_max_new_tokens": 16,
-}
 
 
 def completion_text(answer: str) -> str:
@@ -47,15 +41,10 @@ def completion_text(answer: str) -> str:
 
 
 def recipe_from_cfg(cfg) -> tuple[dict, dict]:
-    """(model recipe, task knobs) from the whole config; unknown recipe keys are an error."""
+    """(model recipe `train.tiny`, task knobs) from the whole typed config."""
     from omegaconf import OmegaConf
 
-    tiny = cfg.get("train", {}).get("tiny") or {}
-    tiny = OmegaConf.to_container(tiny, resolve=True) if OmegaConf.is_config(tiny) else dict(tiny)
-    unknown = sorted(set(tiny) - set(DEFAULT_RECIPE))
-    if unknown:
-        raise ConfigError(f"train.tiny: unknown keys {unknown} (known: {sorted(DEFAULT_RECIPE)})")
-    return {**DEFAULT_RECIPE, **tiny}, _knobs(cfg.get("task") or {})
+    return OmegaConf.to_container(cfg.train.tiny, resolve=True), knobs(cfg.task)
 
 
 def recipe_hash(recipe: dict, task: dict) -> str:
@@ -156,7 +145,7 @@ def build(recipe: dict, task: dict, out_dir: Path) -> dict:
     t0 = time.time()
     torch.manual_seed(recipe["seed"])
     rng = random.Random(recipe["seed"])
-    train_rows = make_split(task, "train")
+    train_rows = split_of(task, "train")
     dev = train_rows[-recipe["sft_dev_size"]:] if recipe["sft_dev_size"] else []
     sft_rows = train_rows[:len(train_rows) - len(dev)]
     if len(sft_rows) < recipe["sft_batch_size"]:

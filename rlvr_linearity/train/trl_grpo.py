@@ -178,15 +178,9 @@ def _grpo_config(t, traj_dir: Path, *, shuffle: bool):
         disable_tqdm=False, log_completions=False, shuffle_dataset=shuffle)
 
 
-def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = None, callbacks=()) -> Path:
-    """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory.
-
-    `rows` (task rows: prompt, answer) replaces the train split and is used in the given order,
-    unshuffled (step s takes rows[(s-1)*P : s*P], P = prompts_per_step): re-grounding segments
-    pass the next slice of the seeded order. `callbacks`: extra TrainerCallbacks.
-    """
+def _trainer(cfg, base: str, traj_dir: Path, rows: list[dict] | None, callbacks: list):
+    """The GRPO trainer of `base` on `rows` (in order) or the task's train split (shuffled)."""
     import datasets
-    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
@@ -195,31 +189,6 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
     from rlvr_linearity.train.rewards import BoxedAnswerReward
 
     t = cfg.train
-    out_dir = Path(out_dir).resolve()
-    traj_dir = out_dir / "trajectory"
-    traj_dir.mkdir(parents=True, exist_ok=True)
-    steps, save_every = int(t.steps), int(t.save_every)
-    if steps < 1 or save_every < 1:
-        raise ConfigError(f"train.steps ({steps}) and train.save_every ({save_every}) must be >= 1")
-    if int(t.group_size) < 2:
-        raise ConfigError(f"train.group_size must be >= 2 for GRPO advantages, got {t.group_size}")
-
-    t0 = time.time()
-    base = base_model_dir(cfg)
-    build_s = time.time() - t0
-    config = OmegaConf.to_container(t, resolve=True)
-    done = saved_steps(traj_dir)
-    resume = _resumable(traj_dir) if done and done[-1] < steps else None
-    done = saved_steps(traj_dir)
-    if done and done[-1] >= steps:
-        log.info("trajectory already complete at step %d: %s", done[-1], traj_dir)
-        write_trajectory_json(traj_dir, base, config)
-        return traj_dir
-    if done and resume is None:
-        raise ConfigError(f"{traj_dir}: checkpoints {done} exist but checkpoint-{done[-1]} cannot be resumed "
-                          "(no optimizer state); use a fresh output_dir")
-    _truncate_metrics(out_dir / "train_metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0)
-
     ordered = rows is not None
     rows = make_split(cfg.task, "train") if rows is None else rows
     dataset = datasets.Dataset.from_list(
@@ -237,13 +206,48 @@ def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = Non
 
     reward = BoxedAnswerReward(timeout=float(t.reward_timeout), workers=int(t.reward_workers), grader=str(t.reward_grader))
     trainer = ResumableGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                                   processing_class=tokenizer,
-                                   callbacks=[_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks])
+                                   processing_class=tokenizer, callbacks=callbacks)
     # TRL writes a model card (README.md) into the trajectory at every save, asking W&B for a run
     # URL each time (a warning per step offline); the trajectory needs none.
     trainer.create_model_card = lambda *args, **kwargs: None
     if not cfg.verbose:  # the step metrics go to train_metrics.jsonl and W&B, not the terminal
         quiet_trainer(trainer)
+    return trainer
+
+
+def train_trl(cfg, out_dir: Path, tracker=None, *, rows: list[dict] | None = None, callbacks=()) -> Path:
+    """Run GRPO as configured by `cfg.train` on the task's train split; returns DIR/trajectory.
+
+    `rows` (task rows: prompt, answer) replaces the train split and is used in the given order,
+    unshuffled (step s takes rows[(s-1)*P : s*P], P = prompts_per_step): re-grounding segments
+    pass the next slice of the seeded order. `callbacks`: extra TrainerCallbacks.
+    """
+    from omegaconf import OmegaConf
+
+    t = cfg.train
+    out_dir = Path(out_dir).resolve()
+    traj_dir = out_dir / "trajectory"
+    traj_dir.mkdir(parents=True, exist_ok=True)
+    steps = int(t.steps)  # steps, save_every and group_size are checked by schemas.TrlTrainConfig
+
+    t0 = time.time()
+    base = base_model_dir(cfg)
+    build_s = time.time() - t0
+    config = OmegaConf.to_container(t, resolve=True)
+    done = saved_steps(traj_dir)
+    resume = _resumable(traj_dir) if done and done[-1] < steps else None
+    done = saved_steps(traj_dir)
+    if done and done[-1] >= steps:
+        log.info("trajectory already complete at step %d: %s", done[-1], traj_dir)
+        write_trajectory_json(traj_dir, base, config)
+        return traj_dir
+    if done and resume is None:
+        raise ConfigError(f"{traj_dir}: checkpoints {done} exist but checkpoint-{done[-1]} cannot be resumed "
+                          "(no optimizer state); use a fresh output_dir")
+    _truncate_metrics(out_dir / "train_metrics.jsonl", int(resume.name.split("-")[1]) if resume else 0)
+
+    callbacks = [_make_callback(out_dir, traj_dir, base, config, tracker, steps), *callbacks]
+    trainer = _trainer(cfg, base, traj_dir, rows, callbacks)
     t1 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     # The Trainer saves the final step itself (save_strategy="steps" saves at max_steps), through

@@ -14,8 +14,13 @@ from rlvr_linearity.evaluate.engines.hf import HFEngine
 PROMPTS = ["Compute 1 + 2.", "Compute 13 - 4 and put it in a box, please."]
 
 
+def hf_cpu(batch_size: int) -> dict:
+    """The HF engine's settings (conf/engine/hf.yaml) on the CPU with `batch_size`."""
+    return {"device": "cpu", "dtype": "auto", "batch_size": batch_size, "trust_remote_code": False}
+
+
 def test_hf_batched_left_padding_matches_single(tiny_model_dir):
-    eng = HFEngine(str(tiny_model_dir()), OmegaConf.create({"device": "cpu", "batch_size": 8}))
+    eng = HFEngine(str(tiny_model_dir()), **hf_cpu(8))
     greedy = {"n": 2, "temperature": 0.0, "max_tokens": 6, "seed": 0}
     batched = eng.generate(PROMPTS, greedy)
     single = [eng.generate([p], greedy)[0] for p in PROMPTS]
@@ -167,13 +172,13 @@ def test_hf_and_logits_engines_feed_one_bos(bos_model):
 
     path, tok = bos_model
     prompts = [render("chat", Problem(str(i), q, q), tok) for i, q in enumerate(["Compute 1 + 2.", "Compute 13 + 4."])]
-    eng = HFEngine(path, {"device": "cpu", "batch_size": 4})
+    eng = HFEngine(path, **hf_cpu(4))
     seen: list = []
     _spy_generate(eng.model, seen)
     eng.generate(prompts, {"n": 2, "temperature": 1.0, "max_tokens": 3, "seed": 0})
     _assert_one_bos(seen, tok.bos_token_id)
 
-    lx = LogitsExtrapolationEngine(path, path, 0.5, {"device": "cpu", "batch_size": 4})
+    lx = LogitsExtrapolationEngine(path, path, 0.5, device="cpu", dtype="auto", batch_size=4, compact_at=None)
     fed: list = []
     lx.model_a.register_forward_pre_hook(
         lambda m, args, kw: fed.extend(_unpadded(kw["input_ids"], kw["attention_mask"])) if not fed else None,
@@ -263,7 +268,7 @@ def test_data_parallel_samples_equal_one_process(tmp_path, tiny_model_dir, rlvr_
     assert isinstance(eng, DataParallelEngine) and len({p.pid for p in eng.procs} | {os.getpid()}) == 3
     calls = [(["Compute 1 + 2.", "Compute 3 + 4."], {"n": 2, "temperature": 1.0, "max_tokens": 5, "seed": s})
              for s in range(5)]
-    local = HFEngine(model, OmegaConf.create({"device": "cpu", "batch_size": 16}))
+    local = HFEngine(model, **hf_cpu(16))
     assert list(eng.generate_many(calls)) == [local.generate(*c) for c in calls]
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlvr_linearity.evaluate.engines.logits import LogitsExtrapolationEngine
 
 PROMPTS = ["Compute 1 + 2.", "Compute 13 - 4 and box it.", "7 * 3 ="]
-CPU = {"device": "cpu", "batch_size": 4}
+CPU = {"device": "cpu", "dtype": "auto", "batch_size": 4, "compact_at": None}
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def pair(tiny_model_dir):
 
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
 def test_alpha_endpoints_reproduce_models(pair, alpha, which):
-    eng = LogitsExtrapolationEngine(*pair, alpha, CPU)
+    eng = LogitsExtrapolationEngine(*pair, alpha, **CPU)
     got = [s[0] for s in eng.generate_ids(PROMPTS, {"n": 1, "temperature": 0.0, "max_tokens": 8})]
     eos = next(iter(eng.eos))
     assert got == greedy_generate(pair[which], PROMPTS, 8, eos)
@@ -43,7 +43,7 @@ def _reference_mixed_greedy(pair, alpha, prompt, max_new, eos):
 
 
 def test_mixed_greedy_with_finished_rows_matches_cache_free_reference(pair):
-    eng = LogitsExtrapolationEngine(*pair, 1.7, CPU)
+    eng = LogitsExtrapolationEngine(*pair, 1.7, **CPU)
     first = eng.generate_ids(PROMPTS, {"temperature": 0.0, "max_tokens": 6})
     eng.eos = {first[0][0][2]}  # make prompt 0 finish early so rows are dropped mid-batch
     got = [s[0] for s in eng.generate_ids(PROMPTS, {"temperature": 0.0, "max_tokens": 6})]
@@ -74,7 +74,7 @@ def _direct_distribution(pair, alpha, prompt, temperature, top_p):
 def test_next_token_distribution_matches_direct(pair):
     from rlvr_linearity.evaluate.engines.logits import process_logits
 
-    eng = LogitsExtrapolationEngine(*pair, 2.5, CPU)
+    eng = LogitsExtrapolationEngine(*pair, 2.5, **CPU)
     z = eng.first_step_logits(PROMPTS)
     probs = torch.softmax(process_logits(z.double(), 0.8, 0.9), dim=-1).numpy()
     for i, p in enumerate(PROMPTS):
@@ -84,7 +84,7 @@ def test_next_token_distribution_matches_direct(pair):
 
 
 def test_sampling_shapes_and_seed(pair):
-    eng = LogitsExtrapolationEngine(*pair, 0.5, CPU)
+    eng = LogitsExtrapolationEngine(*pair, 0.5, **CPU)
     s = {"n": 3, "temperature": 1.0, "top_p": 0.95, "max_tokens": 5, "seed": 7}
     a = eng.generate(PROMPTS[:2], s)
     assert [len(x) for x in a] == [3, 3] and a == eng.generate(PROMPTS[:2], s)
@@ -101,7 +101,7 @@ def test_evaluate_with_logits_engine(pair, tmp_path, rlvr_cache):
 
 def test_lazy_compaction_gives_the_same_tokens(pair):
     """Finished rows carried along (as on a GPU) until compacted: the kept rows' tokens are unchanged."""
-    eng = LogitsExtrapolationEngine(*pair, 1.7, CPU)
+    eng = LogitsExtrapolationEngine(*pair, 1.7, **CPU)
     greedy = {"temperature": 0.0, "max_tokens": 6}
     first = eng.generate_ids(PROMPTS, greedy)
     eng.eos = {first[0][0][2]}
@@ -113,7 +113,7 @@ def test_lazy_compaction_gives_the_same_tokens(pair):
 
 
 def test_forward_asks_for_the_last_position_only(pair):
-    eng = LogitsExtrapolationEngine(*pair, 0.5, CPU)
+    eng = LogitsExtrapolationEngine(*pair, 0.5, **CPU)
     assert eng._forward_kwargs(eng.model_a) == {"logits_to_keep": 1}
 
     class Bare(torch.nn.Module):

@@ -29,6 +29,6 @@ def test_weight_r2_on_cuda_equals_cpu(tmp_path):
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
 def test_logits_extrapolation_on_cuda_reproduces_models(tiny_model_dir, alpha, which):
     pair = str(tiny_model_dir(seed=1)), str(tiny_model_dir(seed=2))
-    eng = LogitsExtrapolationEngine(*pair, alpha, {"device": "cuda", "batch_size": 4})
+    eng = LogitsExtrapolationEngine(*pair, alpha, device="cuda", dtype="auto", batch_size=4, compact_at=None)
     got = [s[0] for s in eng.generate_ids(PROMPTS, {"n": 1, "temperature": 0.0, "max_tokens": 8})]
     assert got == greedy_generate(pair[which], PROMPTS, 8, next(iter(eng.eos)), device="cuda")

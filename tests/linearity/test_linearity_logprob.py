@@ -48,7 +48,7 @@ def test_engine_score_matches_full_forward(tiny):
     from rlvr_linearity.evaluate.engines.hf import HFEngine
 
     d, tok, model = tiny
-    engine = HFEngine(str(d), {"device": "cpu", "dtype": "float32", "batch_size": 2})
+    engine = HFEngine(str(d), device="cpu", dtype="float32", batch_size=2, trust_remote_code=False)
     seqs = [logprob.encode(tok, "what is 12 + 30 ?", " the answer is 42 ."), logprob.encode(tok, "compute", " 7 * 6 = 42"),
             logprob.encode(tok, "7", " * 6")]
     got = engine.score([s for s, _ in seqs], [f for _, f in seqs], chunk=3)

@@ -26,7 +26,7 @@ def test_verdict_states_gains_and_shortfalls_from_numbers():
 
 
 def test_report_has_tables_and_figures(tmp_path):
-    cfg = OmegaConf.create({"sampling": {"n": 1, "temperature": 0.0}})
+    cfg = OmegaConf.create({"sampling": {"n": 1, "temperature": 0.0}, "experiment_name": None})
     path = write_report(cfg, tmp_path, RESULTS)
     text = path.read_text()
     assert "| 20 | 0.500 |" in text and "## RELEX" in text and "## Weight extrapolation" in text

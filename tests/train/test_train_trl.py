@@ -19,7 +19,7 @@ ROOT = REPO_ROOT
 
 
 def _cfg(cache):
-    return OmegaConf.create({"train": {"tiny": TRL_RECIPE}, "task": TRL_TASK, "paths": {"cache_dir": str(cache)}})
+    return OmegaConf.create({"train": {"tiny": TRL_RECIPE}, "task": {**TRL_TASK, "max_products": None}, "paths": {"cache_dir": str(cache)}})
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,6 @@ __all__ = ["ENGINES", "make_engine"]
 
 def make_engine(cfg, model: str | None):
     """The engine for `model` (logits extrapolation takes its pair from cfg), data parallel when asked."""
-    if (cfg.engine.get("data_parallel_size") or 1) > 1:  # the pipeline's logits override is untyped
+    if cfg.engine.data_parallel_size > 1:
         return DataParallelEngine.from_config(cfg, model)
     return build_engine(cfg, model)

@@ -89,15 +89,15 @@ def score_sorted(models, seqs: list[list[int]], firsts: list[int], pad_id: int, 
 class HFEngine(Engine):
     @classmethod
     def from_config(cls, cfg, model: str | None) -> "HFEngine":
-        return cls(model, cfg.engine)
+        e = cfg.engine
+        return cls(model, device=e.device, dtype=e.dtype, batch_size=e.batch_size, trust_remote_code=e.trust_remote_code)
 
-    def __init__(self, model: str, engine_cfg):
+    def __init__(self, model: str, *, device: str, dtype: str, batch_size: int, trust_remote_code: bool):
         if not model:
             raise EvaluationError("no model given: set evaluate.model=PATH (or evaluate.step with trajectory.path)")
-        self.device = resolve_device(engine_cfg.get("device", "auto"))
-        self.batch_size = int(engine_cfg.get("batch_size", 16) or 16)
-        self.model, self.tokenizer = load_model(model, self.device, engine_cfg.get("dtype", "auto"),
-                                                bool(engine_cfg.get("trust_remote_code", False)))
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.model, self.tokenizer = load_model(model, self.device, dtype, bool(trust_remote_code))
 
     def score(self, seqs: list[list[int]], firsts: list[int], chunk: int = 256) -> list[tuple]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

@@ -51,12 +51,11 @@ def _select_rows(cache, idx: torch.Tensor) -> None:
 
 
 class LogitsExtrapolationEngine(Engine):
-    def __init__(self, model_a: str, model_b: str, alpha: float, engine_cfg=None):
-        engine_cfg = engine_cfg or {}
+    def __init__(self, model_a: str, model_b: str, alpha: float, *, device: str, dtype: str, batch_size: int,
+                 compact_at: float | None):
         self.alpha = float(alpha)
-        self.device = resolve_device(engine_cfg.get("device", "auto"))
-        self.batch_size = int(engine_cfg.get("batch_size", 16) or 16)
-        dtype = engine_cfg.get("dtype", "auto")
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
         self.model_a, self.tokenizer = load_model(model_a, self.device, dtype)
         self.model_b, tok_b = load_model(model_b, self.device, dtype)
         if len(self.tokenizer) != len(tok_b) or self.model_a.config.vocab_size != self.model_b.config.vocab_size:
@@ -67,7 +66,6 @@ class LogitsExtrapolationEngine(Engine):
         self._keep_kw: dict[int, dict] = {}
         # fraction of a batch's rows that may have finished before the caches are compacted: none
         # on CPU (a row costs its share of every matmul there), a quarter on a GPU
-        compact_at = engine_cfg.get("compact_at")
         self.compact_at = float(compact_at) if compact_at is not None else (
             0.25 if str(self.device).startswith("cuda") else 0.0)
 
@@ -76,11 +74,12 @@ class LogitsExtrapolationEngine(Engine):
         """`engine.models=[A, B]` + `engine.alpha`, or base/second/target steps of `trajectory.path`
         (`model` is unused: the pair comes from the config)."""
         e = cfg.engine
-        if e.get("models"):
-            if len(e.models) != 2 or e.get("alpha") is None:
+        settings = {"device": e.device, "dtype": e.dtype, "batch_size": e.batch_size, "compact_at": e.compact_at}
+        if e.models:
+            if len(e.models) != 2 or e.alpha is None:
                 raise ConfigError("engine.models needs exactly two models [A, B] and engine.alpha")
-            return cls(str(e.models[0]), str(e.models[1]), float(e.alpha), e)
-        a, b, t = e.get("base_step"), e.get("second_step"), e.get("target_step")
+            return cls(str(e.models[0]), str(e.models[1]), float(e.alpha), **settings)
+        a, b, t = e.base_step, e.second_step, e.target_step
         if None in (a, b, t) or a == b:
             raise ConfigError("engine=logits_extrapolation: set engine.models=[A,B] engine.alpha=X, or "
                               "engine.base_step, engine.second_step (different) and engine.target_step with trajectory.path")
@@ -88,7 +87,7 @@ class LogitsExtrapolationEngine(Engine):
 
         traj = open_trajectory(cfg.trajectory)
         alpha = (float(t) - float(a)) / (float(b) - float(a))
-        return cls(str(traj.model(int(a)).path), str(traj.model(int(b)).path), alpha, e)
+        return cls(str(traj.model(int(a)).path), str(traj.model(int(b)).path), alpha, **settings)
 
     def _forward_kwargs(self, model) -> dict:
         """Ask for the last position's logits only, where the model's forward accepts it."""

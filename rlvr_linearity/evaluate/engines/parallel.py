@@ -80,7 +80,8 @@ class DataParallelEngine(Engine):
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=bool(engine_cfg["trust_remote_code"]))
         except OSError as err:
             raise EvaluationError(f"cannot load the tokenizer of {model}: {str(err).splitlines()[0]}") from None
-        envs = rank_devices(size, int(engine_cfg.get("tensor_parallel_size", 1)))
+        # GPUs per rank: vLLM shards a model over tensor_parallel_size of them, the others use one
+        envs = rank_devices(size, engine_cfg["tensor_parallel_size"] if engine_cfg["name"] == "vllm" else 1)
         ctx = mp.get_context("spawn")  # CUDA and vLLM do not survive fork
         self._conns, self.procs = [], []
         for rank, env in enumerate(envs):
