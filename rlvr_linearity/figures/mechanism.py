@@ -69,7 +69,8 @@ def plot_decomposition(data: dict, path):
         sx.bar(pos, share, 0.6, bottom=bottom, color=PALETTE[i])
         for j, s in enumerate(share):
             if s > 0.08:
-                sx.text(pos[j], bottom[j] + s / 2, f"{100 * s:.0f}%", ha="center", va="center", fontsize=8, color="white")
+                sx.text(pos[j], bottom[j] + s / 2, f"{100 * s:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white")
         bottom += share
     sx.set_xticks(pos, [_layer_name(l) for l in layers])
     sx.set_ylim(0, 1)
@@ -112,7 +113,8 @@ def plot_activation_linearity(data: dict, path):
     for i, ex in enumerate(mid.get("examples", [])):
         c = PALETTE[i % len(PALETTE)]
         tx.plot(steps, ex["values"], "o", ms=3, color=c)
-        tx.plot(steps, ex["intercept"] + ex["slope"] * steps, "-", lw=1, color=c, label=f"probe token {ex['token']}, unit {ex['unit']}: R² {ex['r2']:.2f}")
+        tx.plot(steps, ex["intercept"] + ex["slope"] * steps, "-", lw=1, color=c,
+                label=f"probe token {ex['token']}, unit {ex['unit']}: R² {ex['r2']:.2f}")
     tx.set_xlabel("training step")
     tx.set_ylabel("activation value")
     tx.set_title(f"largest moves, {mid['name']}", fontsize=9)

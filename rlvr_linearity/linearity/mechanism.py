@@ -149,8 +149,9 @@ def activation_linearity(hidden: np.ndarray, steps, *, min_change: float = 0.0, 
         stats["histogram"] = np.histogram(r2[finite], bins=bins, range=(0.0, 1.0))[0].tolist()
         top = np.flatnonzero(finite)[np.argsort(-moved[rows][finite])][:examples]
         width = hidden.shape[-1]
-        stats["examples"] = [{"token": int(rows[k]) // width, "unit": int(rows[k]) % width, "values": values[rows[k]].tolist(), "r2": float(r2[k]),
-                              "slope": float(slope[k]), "intercept": float(icpt[k])} for k in top]
+        stats["examples"] = [{"token": int(rows[k]) // width, "unit": int(rows[k]) % width,
+                              "values": values[rows[k]].tolist(), "r2": float(r2[k]), "slope": float(slope[k]),
+                              "intercept": float(icpt[k])} for k in top]
         name = "embedding" if layer == 0 else f"layer {layer - 1}" + (" (+final norm)" if layer == n_layers - 1 else "")
         out["layers"].append({"layer": layer, "name": name,
                               "n_activations": int(values.shape[0]), **stats})

@@ -155,8 +155,9 @@ class Pipeline:
             out["token_snr_median_r2"] = res.result if res else None
         if "mechanism" in stages:
             config = {**mech.mechanism_config(self.cfg), "trajectory": _traj_selection(self.cfg)}
-            res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism", fn=lambda d: mech.mechanism_analysis(
-                self.cfg, self.open_trajectory(traj), d / "mechanism")))
+            res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism",
+                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj),
+                                                                            d / "mechanism")))
             out["mechanism"] = res.result if res else None
         return out
 

@@ -53,7 +53,8 @@ def test_noise_changes_the_loss_signal(tmp_path):
 
     plain, g_plain = loss_and_grad(mask.double())
     assert plain == pytest.approx(model(input_ids=ids, labels=labels).loss.item(), rel=1e-6)  # HF's is float32
-    noisy, g_noisy = loss_and_grad(token_weights(mask, noise_sigma(-10.0), "sequence", torch.Generator().manual_seed(1)))
+    weights = token_weights(mask, noise_sigma(-10.0), "sequence", torch.Generator().manual_seed(1))
+    noisy, g_noisy = loss_and_grad(weights)
     assert abs(noisy - plain) > 1e-3 * plain
     cos = torch.nn.functional.cosine_similarity(g_plain.flatten(), g_noisy.flatten(), dim=0)
     assert cos < 0.999
