@@ -539,7 +539,7 @@ class PipelineConfig:
     def check(self, key: str = "pipeline") -> None:
         for s in self.stages:
             _one_of(s, f"{key}.stages", ("train", "linearity", "relex", "weight", "logits", "evaluate", "report",
-                                         "regrounding"))
+                                         "regrounding", "token_snr", "mechanism"))
         steps = self.evaluate_steps
         _require(steps == "all" or (isinstance(steps, list) and all(_is_int(s) and s >= 0 for s in steps)),
                  f"{key}.evaluate_steps", f"{steps!r}: use all or a list of steps")
@@ -547,6 +547,34 @@ class PipelineConfig:
             for pair in getattr(self, group).pairs:
                 _require(len(pair) == 2 and pair[0] != pair[1], f"{key}.{group}.pairs",
                          f"{pair}: need [base_step, second_step] with two different steps")
+
+
+@dataclass
+class MechanismSftConfig:
+    steps: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+
+
+@dataclass
+class MechanismConfig:
+    """LIN's mechanism analyses (docs/mechanism.md): the token-SNR SFT runs (Fig. 3), the output
+    change decomposition (Fig. 4) and activation linearity."""
+
+    snr_db: list[float] = MISSING
+    noise: str = MISSING
+    sft: MechanismSftConfig = field(default_factory=MechanismSftConfig)
+    probes: int = MISSING
+    activation_min_change: float = MISSING
+
+    def check(self, key: str = "mechanism") -> None:
+        _one_of(self.noise, f"{key}.noise", ("sequence", "token"))
+        _require(self.sft.steps >= 2, f"{key}.sft.steps", f"{self.sft.steps}: need at least 2 steps for an R²")
+        _require(self.sft.lr > 0, f"{key}.sft.lr", f"{self.sft.lr}: need a positive learning rate")
+        _require(self.sft.batch_size >= 1, f"{key}.sft.batch_size", f"{self.sft.batch_size}: need at least 1")
+        _require(self.probes >= 1, f"{key}.probes", f"{self.probes}: need at least one probe problem")
+        _require(self.activation_min_change >= 0, f"{key}.activation_min_change",
+                 f"{self.activation_min_change} is negative")
 
 
 @dataclass
@@ -644,6 +672,7 @@ class RlvrConfig:
     figures: FiguresConfig = field(default_factory=FiguresConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
     regrounding: RegroundingConfig = field(default_factory=RegroundingConfig)
+    mechanism: MechanismConfig = field(default_factory=MechanismConfig)
 
 
 # group -> {schema name in the group: dataclass}; the alternatives' YAML files name their schema

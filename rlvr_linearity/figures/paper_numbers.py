@@ -57,3 +57,8 @@ RELEX_SETTINGS = {
     "Qwen3-4B-Base": {"t_cut": 75, "target": 500},
     "Qwen3-8B-Base": {"t_cut": 100, "target": 750},
 }
+
+# LIN Fig. 3 (token SNR): weight R² of SFT (median, mean) and the peak weighted median with
+# reward-style noise, at its SNR in dB.
+LIN_FIG3_SFT = (0.43, 0.44)
+LIN_FIG3_PEAK = (-10.0, 0.582)

@@ -15,6 +15,7 @@ from typing import Callable
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.figures import extrapolation as ext
 from rlvr_linearity.figures import linearity as lin
+from rlvr_linearity.figures import mechanism as mech
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures.catalogue import BY_ID, CATALOGUE, render_readme
 from rlvr_linearity.figures.discover import (check_regrounding, discover, load_json, logits_rows, merge_results,
@@ -72,6 +73,7 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
         if settings:
             index.add("lin_robustness", paper.plot_robustness(settings, fig_dir / "lin_robustness.png", reference=reference),
                       used)
+        _mechanism_figures(index, files, inputs)
         groups = _results_figures(index, files, inputs, reference)
         _table1(index, files, groups, reference)
         for p in files["regrounding"][:1]:
@@ -110,6 +112,15 @@ def _linearity_figures(index: Index, files: dict[str, list[Path]], inputs, coeff
     for path, data in relex_runs:
         _draw(index, "relex_rank1_coefficient", ext.plot_relex_coefficient, data, [path], run_label(path, inputs),
               n_coef > 1, tensor=coefficient_tensor)
+
+
+def _mechanism_figures(index: Index, files: dict[str, list[Path]], inputs) -> None:
+    """LIN Fig. 3, Fig. 4 and activation linearity from the mechanism stages' files."""
+    for kind, fig_id, fn in (("token_snr", "lin_fig3_token_snr", mech.plot_token_snr),
+                             ("decomposition", "lin_fig4_decomposition", mech.plot_decomposition),
+                             ("activations", "activation_linearity", mech.plot_activation_linearity)):
+        for path in files[kind]:
+            _draw(index, fig_id, fn, load_json(path), [path], run_label(path, inputs), len(files[kind]) > 1)
 
 
 def _results_figures(index: Index, files: dict[str, list[Path]], inputs, reference: bool) -> list:

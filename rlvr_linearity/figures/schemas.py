@@ -21,6 +21,9 @@ FILE_KINDS = {
     "robustness.json": "robustness",
     "regrounding.json": "regrounding",
     "logits_extrapolation.json": "logits",
+    "token_snr.json": "token_snr",
+    "decomposition.json": "decomposition",
+    "activation_r2.json": "activations",
 }
 
 

@@ -144,6 +144,24 @@ class Pipeline:
                 out.append({"base_step": a, "second_step": b, "target": t, "path": path})
         return out
 
+    def mechanism(self, traj: str | None, ident: str) -> dict:
+        """LIN's mechanism stages that `pipeline.stages` names: token_snr (Fig. 3, SFT of the base
+        model, independent of the trajectory) and mechanism (Fig. 4, activation linearity)."""
+        from rlvr_linearity.pipeline import mechanism as mech
+
+        stages, out = list(self.cfg.pipeline.stages), {}
+        if "token_snr" in stages:
+            res = self.run_stage(Stage("token_snr", mech.token_snr_config(self.cfg), [],
+                                       lambda d: mech.token_snr(self.cfg, d / "mechanism"), label="token_snr"))
+            out["token_snr_median_r2"] = res.result if res else None
+        if "mechanism" in stages:
+            config = {**mech.mechanism_config(self.cfg), "trajectory": _traj_selection(self.cfg)}
+            res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism",
+                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj),
+                                                                            d / "mechanism")))
+            out["mechanism"] = res.result if res else None
+        return out
+
     def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
         """Benchmark metrics of one model (or a model pair with an engine override)."""
         from rlvr_linearity.evaluate.app import evaluate
@@ -283,6 +301,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     lin = p.linearity(traj_path, ident) if "linearity" in stages else None
     relex = p.relex(traj_path, ident) if "relex" in stages else []
     weight = p.weight(traj_path, ident) if "weight" in stages else []
+    mechanism = p.mechanism(traj_path, ident)
 
     given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
     results: dict[str, Any] = {"benchmark": bench, "benchmarks": benches, "trajectory": traj_path or given}
@@ -311,6 +330,8 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     if lin is not None:
         results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
                                 "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
+    if mechanism:
+        results["mechanism"] = mechanism
     if p.dry_run:
         listing = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
         for row in listing:
