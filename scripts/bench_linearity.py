@@ -171,7 +171,7 @@ def main() -> None:
     floor(a.path, steps)  # the page cache again, after start-up
     runs = {
         "weight R² (1 window, every weight)": ["linearity.lowrank=false", "linearity.windows=[all]"],
-        "weight R² (4 windows)": ["linearity.lowrank=false", f"linearity.windows=[5,10,15,all]"],
+        "weight R² (4 windows)": ["linearity.lowrank=false", "linearity.windows=[5,10,15,all]"],
         "low-rank pass (Grams, EV, coefficients)": ["linearity.weights=false", "linearity.windows=[5,10,15,all]"],
         "LIN preset (0.1% sample, filters)": ["linearity=lin_paper", "linearity.lowrank=false"],
     }
