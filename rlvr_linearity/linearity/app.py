@@ -50,16 +50,21 @@ def _write(path: Path, data) -> None:
     write_json_atomic(path, jsonable(data))
 
 
+def r2_filters(lin) -> dict:
+    """The weight-R² settings of `linearity.*` that every weight R² pass shares (which weights count, how)."""
+    return {"thresholds": tuple(float(t) for t in lin.thresholds), "engine": str(lin.engine),
+            "sample_fraction": lin.sample_fraction, "min_samples": int(lin.min_samples),
+            "min_abs_change": float(lin.min_abs_change or 0.0), "min_unique": int(lin.min_unique or 0),
+            "sample_seed": int(lin.sample_seed)}
+
+
 def _weights(cfg, traj, steps, out: Path) -> dict:
     from rlvr_linearity.linearity.weights import weight_linearity
 
     lin = cfg.linearity
     return weight_linearity(
-        traj, steps, windows=list(lin.windows), thresholds=tuple(float(t) for t in lin.thresholds),
-        device=_device(lin), engine=str(lin.engine), chunk_elements=int(lin.chunk_elements), sample_fraction=lin.sample_fraction,
-        min_samples=int(lin.min_samples), min_abs_change=float(lin.min_abs_change or 0.0),
-        min_unique=int(lin.min_unique or 0), sample_seed=int(lin.sample_seed),
-        per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None)
+        traj, steps, windows=list(lin.windows), device=_device(lin), chunk_elements=int(lin.chunk_elements),
+        per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None, **r2_filters(lin))
 
 
 def _lowrank(cfg, traj, steps, out: Path) -> dict:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.logprob import r2_stats, rows_r2
 from rlvr_linearity.linearity.names import parse_name
 
@@ -163,8 +164,6 @@ def analyse_models(models: list[tuple[int, str]], texts: list[str], *, min_chang
     """(decomposition.json, activation_r2.json) of checkpoints [(step, HF dir)] on probe texts.
     Each model is loaded once in float64; two consecutive records are kept at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlvr_linearity.errors import ConfigError
 
     if len(models) < 2:
         raise ConfigError(f"mechanism: needs at least two checkpoints, got steps {[s for s, _ in models]}")

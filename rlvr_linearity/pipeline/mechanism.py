@@ -40,6 +40,7 @@ def token_snr(cfg, out: Path) -> dict:
     import datasets  # noqa: F401  (imported before `quiet`, so its progress bars go quiet too)
 
     from rlvr_linearity.console import quiet
+    from rlvr_linearity.linearity.app import r2_filters
     from rlvr_linearity.linearity.weights import weight_linearity
     from rlvr_linearity.tasks.arithmetic import make_split
     from rlvr_linearity.train.noisy_sft import noise_sigma, train_noisy_sft
@@ -57,11 +58,7 @@ def token_snr(cfg, out: Path) -> dict:
         traj_dir = train_noisy_sft(base, rows, run_dir, steps=int(m.sft.steps), lr=float(m.sft.lr),
                                    batch_size=int(m.sft.batch_size), seed=int(cfg.seed), snr_db=snr,
                                    granularity=str(m.noise), completion=completion_text)
-        r2 = weight_linearity(open_trajectory(path=str(traj_dir)), thresholds=tuple(float(t) for t in lin.thresholds),
-                              engine=str(lin.engine), sample_fraction=lin.sample_fraction,
-                              min_samples=int(lin.min_samples), min_abs_change=float(lin.min_abs_change),
-                              min_unique=int(lin.min_unique), sample_seed=int(lin.sample_seed), examples=0,
-                              progress=False)
+        r2 = weight_linearity(open_trajectory(path=str(traj_dir)), examples=0, progress=False, **r2_filters(lin))
         levels.append({"label": _level_label(snr), "snr_db": snr, "sigma": noise_sigma(snr),
                        "trajectory": str(traj_dir),
                        **{k: r2.get(k) for k in ("n_weights", "n_defined", "mean", "median", "frac_above")},
