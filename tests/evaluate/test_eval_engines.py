@@ -51,9 +51,12 @@ def vllm_python():
     py = root / "bin" / "python"
     if not (root / ".complete").exists():
         venv.create(root, with_pip=True, clear=True)
-        own = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        Path(own, "main-venv.pth").write_text(site.getsitepackages()[0] + "\n")
+    # Point at *this* run's main venv every time: a venv kept from a run in another checkout would
+    # otherwise see that checkout's (maybe deleted) packages and miss torch.
+    own = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    Path(own, "main-venv.pth").write_text(site.getsitepackages()[0] + "\n")
+    if not (root / ".complete").exists():
         pip = [str(py), "-m", "pip", "install", "-q"]
         for args in ([*pip, "--no-deps", f"vllm=={VLLM_VERSION}"], [*pip, *VLLM_IMPORT_DEPS]):
             done = subprocess.run(args, capture_output=True, text=True)
