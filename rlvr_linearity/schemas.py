@@ -621,6 +621,19 @@ class ForecastConfig:
 
 
 @dataclass
+class PartitionConfig:
+    """Tensor-partitioned linearity / extrapolation jobs and their merge (docs/scaling.md)."""
+
+    count: int = MISSING
+    index: int = MISSING
+    merge: bool = MISSING
+
+    def check(self, key: str = "partition") -> None:
+        _require(self.count >= 1, f"{key}.count", f"{self.count}: need at least 1 partition")
+        _require(0 <= self.index < self.count, f"{key}.index", f"{self.index}: need 0 <= index < count ({self.count})")
+
+
+@dataclass
 class RegroundingConfig:
     """LIN's periodic re-grounding (`rlvr pipeline experiment=regrounding`)."""
 
@@ -673,6 +686,7 @@ class RlvrConfig:
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
     regrounding: RegroundingConfig = field(default_factory=RegroundingConfig)
     mechanism: MechanismConfig = field(default_factory=MechanismConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
 
 
 # group -> {schema name in the group: dataclass}; the alternatives' YAML files name their schema

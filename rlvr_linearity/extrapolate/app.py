@@ -39,7 +39,7 @@ def _hub_max_step(cfg, ex) -> int | None:
     return max(int(h) for h in hists) if hists else None
 
 
-def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
+def _relex(cfg, traj, root: Path, names) -> tuple[dict, dict, list[int]]:
     """RELEX from `cfg.extrapolate`: (result, parameters, steps observed)."""
     from rlvr_linearity.paths import cache_dir
 
@@ -51,7 +51,8 @@ def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
                     degree=int(ex.degree), mode=str(ex.mode), dtype=ex.dtype,
                     cache_dir=cache_dir(cfg) / "grams" if ex.cache else None, memory_budget=int(ex.memory_budget),
                     gram_steps=traj.steps if ex.gram_steps == "all" else None, axis=str(ex.axis),
-                    target_scale=float(ex.target_scale), fit_window=ex.fit_window, ar_window=ex.ar_window)
+                    target_scale=float(ex.target_scale), fit_window=ex.fit_window, ar_window=ex.ar_window,
+                    names=names)
     params = {"rank": int(ex.rank), "fit": str(ex.fit), "degree": int(ex.degree), "mode": str(ex.mode),
               "axis": str(ex.axis), "target_scale": float(ex.target_scale), "fit_window": ex.fit_window,
               "ar_window": ex.ar_window,
@@ -61,7 +62,7 @@ def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
     return res, params, steps
 
 
-def _weight(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
+def _weight(cfg, traj, root: Path, names) -> tuple[dict, dict, list[int]]:
     """LIN's weight extrapolation from `cfg.extrapolate`: (result, parameters, steps observed)."""
     from .weight import run_weight
 
@@ -71,7 +72,7 @@ def _weight(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:
                           "`extrapolate=weight extrapolate.second_step=B` (base_step A defaults to 0)")
     base_step = int(ex.base_step)
     res = run_weight(traj, base_step, int(ex.second_step), list(ex.targets), root,
-                     extrapolate_norms=bool(ex.extrapolate_norms), dtype=ex.dtype)
+                     extrapolate_norms=bool(ex.extrapolate_norms), dtype=ex.dtype, names=names)
     params = {"base_step": base_step, "second_step": int(ex.second_step),
               "extrapolate_norms": bool(ex.extrapolate_norms)}
     return res, params, sorted({base_step, int(ex.second_step)})
@@ -82,31 +83,46 @@ METHODS = {"relex": _relex, "weight": _weight}  # extrapolate.method -> the meth
 
 def extrapolate(cfg, out_dir) -> dict:
     """Write the predictions and extrapolation.json under out_dir/extrapolate; return its content.
-    A second run into the same out_dir while this one runs fails at once with one line."""
+    A second run into the same out_dir while this one runs fails at once with one line. With
+    `partition.count` > 1 only partition `partition.index`'s tensors are written (out_dir is then
+    that partition's directory; `extrapolate.partition.merge` makes the whole models)."""
     from rlvr_linearity.trajectory.writer import claim_output
 
     with claim_output(Path(out_dir) / "extrapolate"):
         return _extrapolate(cfg, out_dir)
 
 
+def open_keyed(cfg):
+    """The trajectory the method reads, and the key of a run's outputs (the method's and the
+    trajectory's config, the trajectory's content; not the partition: every partition and the
+    merge share it)."""
+    from rlvr_linearity.io import stage_key
+
+    ex = cfg.extrapolate
+    if str(ex.method) not in METHODS:
+        raise ConfigError(f"extrapolate.method={ex.method!r}: expected one of {', '.join(METHODS)}")
+    traj = _open(cfg, _hub_max_step(cfg, ex) if ex.method == "relex" else None)
+    return traj, stage_key("extrapolate", {k: section(cfg, k) for k in ("extrapolate", "trajectory")},
+                           [traj.fingerprint()])
+
+
 def _extrapolate(cfg, out_dir) -> dict:
-    from rlvr_linearity.io import jsonable, stage_key, write_json_atomic
+    from rlvr_linearity.io import jsonable, write_json_atomic
     from rlvr_linearity.linearity import gram
+    from rlvr_linearity.partitions import partition_names
 
     t0, read0 = time.perf_counter(), gram.bytes_read()
     ex = cfg.extrapolate
     method = str(ex.method)
     root = Path(out_dir) / "extrapolate"
-    if method not in METHODS:
-        raise ConfigError(f"extrapolate.method={method!r}: expected one of {', '.join(METHODS)}")
-    traj = _open(cfg, _hub_max_step(cfg, ex) if method == "relex" else None)
-    config_key = stage_key("extrapolate", {k: section(cfg, k) for k in ("extrapolate", "trajectory")},
-                           [traj.fingerprint()])
-    done = _complete(root, config_key)
+    traj, config_key = open_keyed(cfg)
+    done = complete(root, config_key)
     if done is not None:  # a rerun of a finished job (a sweep resubmitted, a requeued Slurm job)
         log.info("extrapolate: %s is complete for this config; nothing to do", root)
         return done
-    res, params, steps = METHODS[method](cfg, traj, root)
+    part = cfg.partition
+    names = partition_names(traj, int(part.count), int(part.index)) if part.count > 1 else None
+    res, params, steps = METHODS[method](cfg, traj, root, names)
     out = {"method": method, "trajectory": str(traj.path), "base": str(traj.base.path), "steps": steps,
            "targets": [int(t) for t in ex.targets], "dtype": ex.dtype, "parameters": params, **res}
     out["timings"] = {**res.get("timings", {}), "run_s": time.perf_counter() - t0}
@@ -116,7 +132,7 @@ def _extrapolate(cfg, out_dir) -> dict:
     return out
 
 
-def _complete(root: Path, config_key: str) -> dict | None:
+def complete(root: Path, config_key: str) -> dict | None:
     """extrapolation.json of a finished run with the same config whose predictions all exist."""
     import json
 

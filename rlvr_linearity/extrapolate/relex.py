@@ -347,11 +347,12 @@ class Relex:
 
     def __init__(self, windows: list[Window], targets, out_root: Path, *, rank: int = 1, fit: str = "linear",
                  degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None, gram_steps=None,
-                 max_elements: int = 1 << 22, **options):
+                 max_elements: int = 1 << 22, names: list[str] | None = None, **options):
         self.temporal = check_targets(windows, targets, mode, rank, fit, degree, **options)
         self.targets = [int(t) for t in targets]
         self.windows, self.rank, self.fit, self.degree, self.mode = windows, rank, fit, degree, mode
         self.dtype, self.cache_dir, self.gram_steps, self.max_elements = dtype, cache_dir, gram_steps, max_elements
+        self.names = names  # a partition job's share of the tensors (None: all)
         self.union = sorted({s for w in windows for s in w.steps})
         pos = {s: i for i, s in enumerate(self.union)}
         self.rows = {w.label: np.asarray([pos[s] for s in w.steps]) for w in windows}
@@ -365,7 +366,8 @@ class Relex:
         from rlvr_linearity.linearity.gram import GramCache, compute_grams
 
         base = traj.base
-        floating = [n for n in base.tensor_names if base.dtype(n).is_floating_point]
+        names = list(base.tensor_names if self.names is None else self.names)
+        floating = [n for n in names if base.dtype(n).is_floating_point]
         if self.cache_dir is not None:
             self.cache = GramCache(self.cache_dir, traj.fingerprint())
             self.cached = self.cache.lookup(self.union, floating)
@@ -377,7 +379,7 @@ class Relex:
                 self.cached = self.cache.lookup(self.union, floating)
         steps = tuple(self.union)
         tensors = {}
-        for name in base.tensor_names:  # non-floating tensors: copied from the base
+        for name in names:  # non-floating tensors: copied from the base
             if name not in floating:
                 tensors[name] = Copy(0)
             elif self.cached is not None:
@@ -420,7 +422,7 @@ class Relex:
                              "x": float(self.temporal[w.label].x_target[i]), "path": str(self.dirs[(w.label, t)]),
                              "weights": {n: f[n].weights[i].tolist() for n in f}} for i, t in enumerate(self.targets)],
                 "explained_variance": {n: tf.explained_variance for n, tf in f.items()},
-                "explained_variance_summary": _summary(evs),
+                "explained_variance_summary": ev_summary(evs),
                 "rank_kept": {n: tf.rank for n, tf in f.items()},
                 "singular_values": {n: tf.sigma.tolist() for n, tf in f.items()},
                 "coefficients": {n: tf.coefficients.tolist() for n, tf in f.items()},
@@ -432,15 +434,17 @@ class Relex:
 
 def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *, rank: int = 1,
               fit: str = "linear", degree: int = 2, mode: str = "extrapolate", dtype=None, cache_dir=None,
-              memory_budget: int = 1 << 28, max_elements: int = 1 << 22, gram_steps=None, **options) -> dict:
+              memory_budget: int = 1 << 28, max_elements: int = 1 << 22, gram_steps=None, names=None,
+              **options) -> dict:
     """Write every (window, target) prediction (`Relex`, through the executor); return
     extrapolation.json's content (without the top-level method/parameters, which the app adds).
-    `options`: temporal_fit's §B2 options (axis, target_scale, fit_window, ar_window)."""
+    `options`: temporal_fit's §B2 options (axis, target_scale, fit_window, ar_window); `names`:
+    only these tensors (a partition job's share; its outputs hold only them)."""
     from rlvr_linearity.linearity.executor import execute
 
     t0 = time.perf_counter()
     method = Relex(windows, targets, out_root, rank=rank, fit=fit, degree=degree, mode=mode, dtype=dtype,
-                   cache_dir=cache_dir, gram_steps=gram_steps, max_elements=max_elements, **options)
+                   cache_dir=cache_dir, gram_steps=gram_steps, max_elements=max_elements, names=names, **options)
     done = execute(traj, method.plan(traj), max_elements=max_elements, memory_budget=memory_budget)
     t_store = time.perf_counter()
     method.store_grams()
@@ -449,7 +453,7 @@ def run_relex(traj, windows: list[Window], targets: list[int], out_root: Path, *
                           "write_s": done["write_s"] + t_end - t_store})
 
 
-def _summary(values) -> dict:
+def ev_summary(values) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return {"n": 0}

@@ -44,7 +44,7 @@ class WeightExtrapolation:
     start model), B = M, target M + N."""
 
     def __init__(self, base_step: int, second_step: int, targets, out_root: Path, *, extrapolate_norms: bool = False,
-                 dtype=None):
+                 dtype=None, names: list[str] | None = None):
         self.a_step, self.b_step = int(base_step), int(second_step)
         self.targets = [int(t) for t in targets]
         if not self.targets:
@@ -53,6 +53,7 @@ class WeightExtrapolation:
             raise ConfigError(f"extrapolate.targets={self.targets}: duplicate targets")
         self.alphas = [alpha(t, self.a_step, self.b_step) for t in self.targets]
         self.out_root, self.extrapolate_norms, self.dtype = Path(out_root), bool(extrapolate_norms), dtype
+        self.names = names  # a partition job's share of the tensors (None: all)
         self.copied: list[str] = []
         self.extrapolated: list[str] = []
 
@@ -64,7 +65,7 @@ class WeightExtrapolation:
         base = traj.base
         al = np.asarray(self.alphas, dtype=np.float64)[:, None]
         tensors = {}
-        for name in base.tensor_names:
+        for name in (base.tensor_names if self.names is None else self.names):
             if not base.dtype(name).is_floating_point or (is_norm(name) and not self.extrapolate_norms):
                 tensors[name] = Copy(self.b_step)
                 self.copied.append(name)
@@ -84,13 +85,13 @@ class WeightExtrapolation:
 
 
 def run_weight(traj, base_step: int, second_step: int, targets, out_root: Path, *, extrapolate_norms: bool = False,
-               dtype=None, max_elements: int = 1 << 22) -> dict:
+               dtype=None, max_elements: int = 1 << 22, names=None) -> dict:
     """Write DIR/extrapolate/step_<t>/ for every target (`WeightExtrapolation`, through the
-    executor); return extrapolation.json's content."""
+    executor; `names`: only these tensors); return extrapolation.json's content."""
     from rlvr_linearity.linearity.executor import execute
 
     t0 = time.perf_counter()
     method = WeightExtrapolation(base_step, second_step, targets, out_root, extrapolate_norms=extrapolate_norms,
-                                 dtype=dtype)
+                                 dtype=dtype, names=names)
     execute(traj, method.plan(traj), max_elements=max_elements)
     return method.report(traj, time.perf_counter() - t0)

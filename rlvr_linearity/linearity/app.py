@@ -58,29 +58,37 @@ def r2_filters(lin) -> dict:
             "sample_seed": int(lin.sample_seed)}
 
 
-def _weights(cfg, traj, steps, out: Path) -> dict:
-    from rlvr_linearity.linearity.weights import weight_linearity
+def weight_state(cfg, traj, steps, out: Path, names=None):
+    """The weight-R² pass over `names` (default: every tensor) as a mergeable `WeightState`."""
+    from rlvr_linearity.linearity.weights import weight_pass
 
     lin = cfg.linearity
-    return weight_linearity(
+    return weight_pass(
         traj, steps, windows=list(lin.windows), device=_device(lin), chunk_elements=int(lin.chunk_elements),
-        per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None, **r2_filters(lin))
+        per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None, names=names,
+        scope=list(traj.tensor_names), **r2_filters(lin))
 
 
-def _lowrank(cfg, traj, steps, out: Path) -> dict:
+def gram_matrices(cfg, traj, steps, names=None) -> dict:
+    """Per-tensor Grams of the deltas over `steps` (cached), for `names` (default: every tensor)."""
     from rlvr_linearity.linearity.gram import compute_grams
-    from rlvr_linearity.linearity.lowrank import lowrank_report
     from rlvr_linearity.paths import cache_dir
+
+    threads = torch.get_num_threads()
+    if _device(cfg.linearity) == "cpu":
+        torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
+    try:
+        return compute_grams(traj, [s for s in steps if s != 0], cache_dir=cache_dir(cfg) / "grams", names=names)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def lowrank(cfg, traj, steps, grams: dict, out: Path) -> dict:
+    """lowrank.json's content from every tensor's Gram (and the reconstructions it asks for)."""
+    from rlvr_linearity.linearity.lowrank import lowrank_report
 
     lin = cfg.linearity
     observed = [s for s in steps if s != 0]
-    threads = torch.get_num_threads()
-    if _device(lin) == "cpu":
-        torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
-    try:
-        grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
-    finally:
-        torch.set_num_threads(threads)
     report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.coefficient_history)
     if lin.reconstruct_steps:
         report["reconstruct"] = reconstruct(traj, grams, observed, [int(s) for s in lin.reconstruct_steps],
@@ -146,7 +154,7 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
             for it in items for g in it["generated_texts"]]
 
 
-def _logprobs(cfg, traj, steps, out: Path) -> dict:
+def logprobs(cfg, traj, steps, out: Path) -> dict:
     from rlvr_linearity.linearity.logprob import teacher_forced_matrix, token_linearity
 
     pc = cfg.linearity.probes
@@ -171,30 +179,45 @@ def analyse(cfg, out_dir) -> dict:
         return _analyse(cfg, out_dir)
 
 
-def _analyse(cfg, out_dir) -> dict:
-    from rlvr_linearity.figures.linearity import linearity_figures
+def open_checked(cfg):
+    """The trajectory and its steps; bad windows fail before any work."""
     from rlvr_linearity.trajectory import open_trajectory
 
-    lin = cfg.linearity
-    out_dir = Path(out_dir)
-    out = out_dir / "linearity"
     traj = open_trajectory(cfg.trajectory)
     steps = list(traj.steps)
-    window_lengths(steps, list(lin.windows))  # bad windows fail before any work
+    window_lengths(steps, list(cfg.linearity.windows))
+    return traj, steps
+
+
+def _analyse(cfg, out_dir) -> dict:
+    from rlvr_linearity.linearity.weights import weights_result
+
+    lin = cfg.linearity
+    out = Path(out_dir) / "linearity"
+    traj, steps = open_checked(cfg)
+    weights = weights_result(weight_state(cfg, traj, steps, out)) if lin.weights else None
+    low = lowrank(cfg, traj, steps, gram_matrices(cfg, traj, steps), out) if lin.lowrank else None
+    probes = logprobs(cfg, traj, steps, out) if lin.logprobs else None
+    return write_outputs(out_dir, steps, weights, low, probes)
+
+
+def write_outputs(out_dir, steps, weights: dict | None, lowrank: dict | None, logprobs: dict | None) -> dict:
+    """Write the JSON outputs and figures under out_dir (a run's, or a merge of partitions');
+    return the summary numbers."""
+    from rlvr_linearity.figures.linearity import linearity_figures
+
+    out_dir = Path(out_dir)
+    out = out_dir / "linearity"
     summary: dict = {"dir": str(out_dir), "steps": steps}
-    weights = lowrank = logprobs = None
-    if lin.weights:
-        weights = _weights(cfg, traj, steps, out)
+    if weights is not None:
         _write(out / "weights_r2.json", weights)
         summary.update({k: weights[k] for k in ("n_weights", "n_defined", "mean", "median", "frac_above")})
         summary["windows"] = {k: {"median": w["median"], "mean": w["mean"], "frac_above": w["frac_above"]}
                               for k, w in weights["windows"].items()}
-    if lin.lowrank:
-        lowrank = _lowrank(cfg, traj, steps, out)
+    if lowrank is not None:
         _write(out / "lowrank.json", lowrank)
         summary["lowrank"] = lowrank["summary"]
-    if lin.logprobs:
-        logprobs = _logprobs(cfg, traj, steps, out)
+    if logprobs is not None:
         _write(out / "logprob_r2.json", logprobs)
         summary["logprob"] = {k: logprobs["logprob"].get(k) for k in ("median", "mean", "frac_above", "n_tokens")}
     figs = linearity_figures(out_dir / "figures", weights=weights, lowrank=lowrank, logprobs=logprobs)

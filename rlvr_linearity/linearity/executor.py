@@ -47,7 +47,8 @@ def execute(traj, plan: Plan, *, max_elements: int = CHUNK_ELEMENTS, memory_budg
 
     with ExitStack() as stack:
         stack.enter_context(torch_threads(1))  # memory-bound block arithmetic: no OpenMP spinning
-        writers = [stack.enter_context(ModelWriter(d, template=traj.base, dtype=plan.dtype)) for d in plan.outputs]
+        writers = [stack.enter_context(ModelWriter(d, template=traj.base, dtype=plan.dtype, names=list(plan.tensors)))
+                   for d in plan.outputs]
         run = _Execution(traj, plan, writers, max_elements, memory_budget)
         for name, p in plan.tensors.items():
             if isinstance(p, Copy):

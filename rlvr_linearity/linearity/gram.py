@@ -7,8 +7,8 @@ whole sweep. Nothing of size steps × parameters is kept: blocks of rows are rea
 `traj.iter_blocks`, differenced in float32 (exact enough: the base is subtracted before any
 accumulation) and their products accumulated in float64.
 
-Cache: `<cache_dir>/<fingerprint>/<steps-hash>.npz` holds the Grams of every tensor over one
-step list (atomic: temp file + os.replace). A request whose steps (and names) are a subset of a
+Cache: `<cache_dir>/<fingerprint>/<hash of steps and names>.npz` holds the Grams of every tensor
+(or of a partition job's share) over one step list (atomic: temp file + os.replace). A request whose steps (and names) are a subset of a
 cached entry's is answered from it without reading any tensor.
 """
 
@@ -107,8 +107,10 @@ def predict_update(block: torch.Tensor, weights: torch.Tensor, out: torch.Tensor
     return pred
 
 
-def _steps_key(steps) -> str:
-    return hashlib.sha256(json.dumps([int(s) for s in steps]).encode()).hexdigest()[:24]
+def _entry_key(steps, names) -> str:
+    """An entry's file name: its steps and its tensors (a partition job's entry holds only its
+    share, so partitions never overwrite or wait for one another's)."""
+    return hashlib.sha256(json.dumps([[int(s) for s in steps], sorted(names)]).encode()).hexdigest()[:24]
 
 
 class GramCache:
@@ -137,16 +139,16 @@ class GramCache:
                     f.unlink(missing_ok=True)
         return None
 
-    def claim(self, steps):
-        """An exclusive lock on computing the Grams over `steps` (a file lock: works across jobs)."""
+    def claim(self, steps, names):
+        """An exclusive lock on computing the Grams of `names` over `steps` (a file lock: works across jobs)."""
         from filelock import FileLock
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.dir / f".{_steps_key(steps)}.lock"))
+        return FileLock(str(self.dir / f".{_entry_key(steps, names)}.lock"))
 
     def store(self, steps, grams: dict[str, np.ndarray]) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"{_steps_key(steps)}.npz"
+        path = self.dir / f"{_entry_key(steps, grams)}.npz"
         tmp = self.dir / f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz"
         try:
             np.savez(tmp, __steps__=np.asarray([int(s) for s in steps], dtype=np.int64), **grams)
@@ -194,7 +196,7 @@ def compute_grams(traj, steps, cache_dir=None, names=None, max_elements: int = C
     hit = cache.lookup(steps, names)
     if hit is not None:
         return hit
-    with cache.claim(steps):  # concurrent jobs of a sweep: one computes, the others then hit the cache
+    with cache.claim(steps, names):  # concurrent jobs of a sweep: one computes, the others then hit the cache
         hit = cache.lookup(steps, names)
         if hit is not None:
             return hit

@@ -228,6 +228,26 @@ class R2Stats:
                 self._bin(old)
         self._hist = other._hist.clone() if self._hist is None else self._hist.add_(other._hist.to(self._hist.device))
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The accumulator as numpy arrays (a partition's share, saved for the merge)."""
+        out = {"n": np.asarray(self.n, dtype=np.int64), "total": np.asarray(self.total, dtype=np.float64),
+               "above": np.asarray(self.above, dtype=np.int64)}
+        if self._values is not None:
+            out["values"] = (torch.cat(self._values).cpu().numpy() if self._values else np.zeros(0))
+        else:
+            out["hist"] = self._hist.cpu().numpy()
+        return out
+
+    @classmethod
+    def from_arrays(cls, thresholds, arrays: dict) -> "R2Stats":
+        st = cls(tuple(thresholds))
+        st.n, st.total, st.above = int(arrays["n"]), float(arrays["total"]), [int(a) for a in arrays["above"]]
+        if "values" in arrays:
+            st._values = [torch.from_numpy(np.asarray(arrays["values"], dtype=np.float64))] if st.n else []
+        else:
+            st._values, st._hist = None, torch.from_numpy(np.asarray(arrays["hist"], dtype=np.int64))
+        return st
+
     def median(self) -> float:
         if self.n == 0:
             return float("nan")

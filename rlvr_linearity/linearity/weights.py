@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,30 +119,38 @@ def _raise_not_finite(traj, steps, name, block, start, stop):
     raise TrajectoryError(f"{where(mf.info(name).file, steps[i], name)}: NaN/Inf weights (rows {start}:{stop})")
 
 
-def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), thresholds=(0.5, 0.7, 0.9),
-                     device: str = "cpu", chunk_elements: int = 1 << 24, sample_fraction: float | None = None,
-                     min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
-                     sample_seed: int = 42, sub_chunk: int = 8192, engine: str = "auto",
-                     names: list[str] | None = None, per_weight_path: Path | None = None,
-                     examples: int = 4, progress: bool = True) -> dict:
+def weight_linearity(traj, steps: list[int] | None = None, **options) -> dict:
+    """The `weights_r2.json` content of one pass over the trajectory (`weight_pass`'s options)."""
+    return weights_result(weight_pass(traj, steps, **options))
+
+
+def weight_pass(traj, steps: list[int] | None = None, *, windows=("all",), thresholds=(0.5, 0.7, 0.9),
+                device: str = "cpu", chunk_elements: int = 1 << 24, sample_fraction: float | None = None,
+                min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
+                sample_seed: int = 42, sub_chunk: int = 8192, engine: str = "auto",
+                names: list[str] | None = None, per_weight_path: Path | None = None,
+                examples: int = 4, progress: bool = True, scope: list[str] | None = None) -> "WeightState":
     """R² of every weight (or LIN's sample) of every tensor over `steps` (default: all, base first).
 
     chunk_elements bounds one block read (all steps together) in elements. engine "kernel" uses
     the fused numba kernel on CPU (one pass per block, windows nearly free), "auto" does so for
     trajectories of at least KERNEL_MIN_WORK element reads, "torch" never (the torch path runs
     on `device`, `sub_chunk` columns at a time so its float64 work stays in cache). Memory stays at a few blocks whatever the number of steps.
-    Returns the `weights_r2.json` content: the contract's keys for the largest window plus
-    `windows: {label: same keys}`.
+    Returns the pass's mergeable state; `weights_result(state)` is the `weights_r2.json` content:
+    the contract's keys for the largest window plus `windows: {label: same keys}`. `scope`: the
+    whole set of tensors of which `names` is a share (a partition job): the engine and the
+    example tensors are chosen on it, so that merged partitions equal one pass over `scope`.
     """
     steps = list(traj.steps if steps is None else steps)
     if steps[0] != 0:
         steps = [0] + steps
     names = list(traj.tensor_names if names is None else names)
+    scope = names if scope is None else list(scope)
     filters = {"sample_fraction": sample_fraction, "min_samples": min_samples, "min_abs_change": min_abs_change,
                "min_unique": min_unique, "seed": sample_seed}
     run = _WeightPass(traj, steps, names, window_lengths(steps, windows), tuple(thresholds), device, filters,
-                      use_kernel=_use_kernel(traj, steps, names, engine, device, min_unique), sub_chunk=sub_chunk,
-                      per_weight_path=per_weight_path, examples=examples)
+                      use_kernel=_use_kernel(traj, steps, scope, engine, device, min_unique), sub_chunk=sub_chunk,
+                      per_weight_path=per_weight_path, examples=examples, scope=scope)
     # block copies and small torch ops are memory-bound: one torch thread, no OpenMP spin-waiting
     # (measured 30x faster reads on a shared 2-core machine); the kernel has its own threads
     threads = torch.get_num_threads()
@@ -158,7 +168,7 @@ def weight_linearity(traj, steps: list[int] | None = None, *, windows=("all",), 
     finally:
         blocks.close()
         torch.set_num_threads(threads)
-    return run.result()
+    return run.state()
 
 
 def _use_kernel(traj, steps, names, engine: str, device: str, min_unique: int) -> bool:
@@ -181,7 +191,7 @@ class _WeightPass:
     per-weight file, and a few example weights; `tensor` takes one tensor's blocks."""
 
     def __init__(self, traj, steps, names, wins, thresholds, device, filters: dict, *, use_kernel: bool,
-                 sub_chunk: int, per_weight_path: Path | None, examples: int):
+                 sub_chunk: int, per_weight_path: Path | None, examples: int, scope: list[str]):
         from rlvr_linearity.linearity.kernels import r2 as kernel
 
         self.traj, self.steps, self.wins, self.thresholds = traj, steps, wins, thresholds
@@ -202,8 +212,9 @@ class _WeightPass:
         self.n_weights = 0
         self.example_rows: list[dict] = []
         self.i07 = list(thresholds).index(0.7) if 0.7 in thresholds else None
-        self.rng = np.random.default_rng(filters["seed"])
-        self.example_tensors = {names[i] for i in np.linspace(0, len(names) - 1, min(examples, len(names))).astype(int)}
+        self.rng = None  # the example's, seeded per tensor: examples do not depend on the other tensors
+        picks = np.linspace(0, len(scope) - 1, min(examples, len(scope))).astype(int)
+        self.example_tensors = {scope[i] for i in picks} & set(names)
 
     def read(self, name: str, chunk_elements: int):
         """The tensor's blocks; the kernel widens bf16 bits itself, fp16 is widened by the reader."""
@@ -231,6 +242,7 @@ class _WeightPass:
             med = self.ks.finish_tensor()
             tstats = [R2Stats.counts_only(self.thresholds, n[j], tot[j], above[j], med) for j in range(len(self.wins))]
         module, layer = parse_name(name)
+        self.rng = None
         for j in range(len(self.wins)):
             s = tstats[j].summary()
             self.rows[j].append({"name": name, "numel": numel, "n_defined": s["n_defined"], "mean": s["mean"],
@@ -276,6 +288,8 @@ class _WeightPass:
 
     def _example(self, name, block, lo, cols) -> None:
         """One random weight of the tensor, its values per step and its R² (the report's examples)."""
+        if self.rng is None:
+            self.rng = np.random.default_rng([int(self.filters["seed"]), zlib.crc32(name.encode())])
         col = int(self.rng.integers(block.shape[1]))
         one = block[:, col: col + 1].clone().cpu()
         r2 = block_r2(block_deltas(one), self.cpu_design)[-1, 0]
@@ -284,22 +298,81 @@ class _WeightPass:
             self.example_rows.append({"tensor": name, "index": lo + (int(cols[col]) if cols is not None else col),
                                       "steps": self.steps, "values": one[:, 0].double().tolist(), "r2": float(r2)})
 
-    def result(self) -> dict:
-        """The `weights_r2.json` content (see weight_linearity)."""
+    def state(self) -> "WeightState":
+        """The pass's statistics, complete (per-weight file closed, the kernel's folded in)."""
         if self.writer is not None:
             self.writer.close()
         if self.ks is not None:
             self.ks.finish()
             for j in range(len(self.wins)):
                 self.glob[j].add_hist(self.ks.glob_n[j], self.ks.glob_sum[j], self.ks.glob_above[j], self.ks.glob[j])
-        per_window = {label: _window_result(self.steps, n, self.glob[j], self.rows[j], self.n_weights)
-                      for j, (label, n) in enumerate(self.wins)}
-        f = self.filters
-        top = dict(per_window[self.wins[-1][0]])
-        top["windows"] = per_window
-        top["n_numel"] = sum(r["numel"] for r in self.rows[-1])
-        top["filters"] = {**f, "min_samples": f["min_samples"] if f["sample_fraction"] else None}
-        top["thresholds"] = [_key(t) for t in self.thresholds]
-        top["median_error_bound"] = 0.0 if self.glob[-1]._values is not None else MEDIAN_ERROR_BOUND
-        top["examples"] = self.example_rows
-        return top
+        return WeightState(self.steps, self.wins, self.thresholds, self.filters, self.rows, self.glob,
+                           self.n_weights, self.example_rows)
+
+
+@dataclass
+class WeightState:
+    """A weight-R² pass, or a partition's share of one, before it becomes `weights_r2.json`:
+    per window the global statistics (values or fine histogram: they add exactly) and the
+    per-tensor rows (with the sums that module / layer means pool). Saved by a partition job,
+    merged in the tensors' order, it gives the single pass's result (means to float rounding)."""
+
+    steps: list[int]
+    wins: list[tuple[str, int]]
+    thresholds: tuple[float, ...]
+    filters: dict
+    rows: list[list[dict]]
+    glob: list[R2Stats]
+    n_weights: int
+    examples: list[dict]
+
+    def save(self, path: Path) -> None:
+        from rlvr_linearity.io import atomic_path
+
+        meta = {"steps": self.steps, "wins": self.wins, "thresholds": list(self.thresholds), "filters": self.filters,
+                "rows": self.rows, "n_weights": self.n_weights, "examples": self.examples}
+        arrays = {f"glob{j}_{k}": v for j, st in enumerate(self.glob) for k, v in st.to_arrays().items()}
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "WeightState":
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes())
+            thresholds = tuple(meta["thresholds"])
+            glob = [R2Stats.from_arrays(thresholds, {k.split("_", 1)[1]: z[k] for k in z.files
+                                                     if k.startswith(f"glob{j}_")}) for j in range(len(meta["wins"]))]
+        return cls(meta["steps"], [tuple(w) for w in meta["wins"]], thresholds, meta["filters"], meta["rows"], glob,
+                   meta["n_weights"], meta["examples"])
+
+    @classmethod
+    def merge(cls, parts: list["WeightState"], order: list[str]) -> "WeightState":
+        """One state from partitions' states, rows and examples in the tensors' `order`."""
+        first = parts[0]
+        pos = {n: i for i, n in enumerate(order)}
+        glob = []
+        for j in range(len(first.wins)):
+            st = R2Stats(first.thresholds)
+            for p in parts:
+                st.merge(p.glob[j])
+            glob.append(st)
+        rows = [sorted((r for p in parts for r in p.rows[j]), key=lambda r: pos[r["name"]])
+                for j in range(len(first.wins))]
+        examples = sorted((e for p in parts for e in p.examples), key=lambda e: pos[e["tensor"]])
+        return cls(first.steps, first.wins, first.thresholds, first.filters, rows, glob,
+                   sum(p.n_weights for p in parts), examples)
+
+
+def weights_result(state: WeightState) -> dict:
+    """The `weights_r2.json` content (see weight_linearity) of a pass's state."""
+    per_window = {label: _window_result(state.steps, n, state.glob[j], state.rows[j], state.n_weights)
+                  for j, (label, n) in enumerate(state.wins)}
+    f = state.filters
+    top = dict(per_window[state.wins[-1][0]])
+    top["windows"] = per_window
+    top["n_numel"] = sum(r["numel"] for r in state.rows[-1])
+    top["filters"] = {**f, "min_samples": f["min_samples"] if f["sample_fraction"] else None}
+    top["thresholds"] = [_key(t) for t in state.thresholds]
+    top["median_error_bound"] = 0.0 if state.glob[-1]._values is not None else MEDIAN_ERROR_BOUND
+    top["examples"] = state.examples
+    return top

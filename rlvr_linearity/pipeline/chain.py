@@ -94,18 +94,14 @@ class Pipeline:
         return (res.result["trajectory"] if res else None), stage.key
 
     def linearity(self, traj: str | None, ident: str) -> dict | None:
-        from rlvr_linearity.linearity.app import analyse
-
         config = {"linearity": section(self.cfg, "linearity"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("linearity", config, [ident], lambda d: analyse(self._on(traj, d), d), label="linearity")
+        stage = Stage("linearity", config, [ident], lambda d: self._analysis("linearity", traj, d), label="linearity")
         res = self.run_stage(stage)
         return None if res is None else {"dir": str(res.path), **(res.result or {})}
 
     def relex(self, traj: str | None, ident: str) -> list[dict]:
         """Predicted checkpoints for every (window, target), from `extrapolate.*` as `rlvr
         extrapolate` reads them (windows, or history for one): [{history, target, path}]."""
-        from rlvr_linearity.extrapolate.app import extrapolate
-
         ex = self.cfg.extrapolate
         if ex.method != "relex":
             raise ConfigError(f"pipeline stage relex: extrapolate.method is {ex.method!r}; drop the stage or use "
@@ -115,7 +111,7 @@ class Pipeline:
         if not windows or not targets:
             return []
         config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d), d), label="relex")
+        stage = Stage("relex", config, [ident], lambda d: self._analysis("extrapolate", traj, d), label="relex")
         res = self.run_stage(stage)
         method = {"rank": int(ex.rank), "fit": str(ex.fit)}
         return [
@@ -125,8 +121,6 @@ class Pipeline:
         ]
 
     def weight(self, traj: str | None, ident: str) -> list[dict]:
-        from rlvr_linearity.extrapolate.app import extrapolate
-
         pcfg = self.cfg.pipeline.weight
         targets = list(pcfg.targets)
         out = []
@@ -136,7 +130,7 @@ class Pipeline:
             ecfg = derive(self.cfg, **over)
             ecfg = _weight_only(ecfg)
             config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-            stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e), d),
+            stage = Stage("weight", config, [ident], lambda d, e=ecfg: self._analysis("extrapolate", traj, d, e),
                           label=f"weight_{a}_{b}")
             res = self.run_stage(stage)
             for t in targets:
@@ -227,6 +221,19 @@ class Pipeline:
         res = self.run_stage(Stage("prediction_error", config, [ident], fn, label="prediction_error"))
         for i, err in res.result.items():
             rows[int(i)]["weight_error"] = err
+
+    def _analysis(self, command: str, traj: str | None, out_dir: Path, cfg=None) -> dict:
+        """`rlvr linearity` or `rlvr extrapolate`'s work in a stage directory; with `partition.count`
+        > 1 split by tensors and merged (`pipeline.partitions`: docs/scaling.md), the same outputs."""
+        from rlvr_linearity.extrapolate.app import extrapolate
+        from rlvr_linearity.linearity.app import analyse
+        from rlvr_linearity.linearity.partition import run_partition
+        from rlvr_linearity.pipeline.partitions import run_partitioned
+
+        cfg = self._on(traj, out_dir, cfg)
+        if cfg.partition.count > 1:
+            return run_partitioned(command, cfg, out_dir, run_partition if command == "linearity" else extrapolate)
+        return (analyse if command == "linearity" else extrapolate)(cfg, out_dir)
 
     def _on(self, traj: str | None, out_dir: Path, cfg=None):
         """The config a stage runs with: the trained trajectory (if any) and the stage's dir."""

@@ -84,16 +84,18 @@ class ModelWriter:
     dtype None keeps each tensor's stored dtype in the template; otherwise floating tensors are
     cast to `dtype` on write. Above `shard_bytes` the weights are split into
     `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`. The template's config
-    (dtype updated), generation config, tokenizer and chat template are copied.
+    (dtype updated), generation config, tokenizer and chat template are copied. `names`: write
+    only these of the template's tensors (a partition job's share of a model; config.json as
+    the whole model's).
     """
 
-    def __init__(self, out_dir, template, dtype=None, shard_bytes: int = 5 * 10**9):
+    def __init__(self, out_dir, template, dtype=None, shard_bytes: int = 5 * 10**9, names=None):
         self.out = Path(out_dir).resolve()
         self.template = template if hasattr(template, "tensor_names") else ModelFiles(template)
         self.dtype = parse_dtype(dtype)
-        self.tensor_names = list(self.template.tensor_names)
+        self.tensor_names = list(self.template.tensor_names if names is None else names)
         self._entries = {}
-        for n in self.tensor_names:
+        for n in self.template.tensor_names:
             src = self.template.dtype(n)
             dt = self.dtype if (self.dtype is not None and src.is_floating_point) else src
             self._entries[n] = (dt, tuple(self.template.shape(n)), self.template.numel(n) * dt.itemsize)
@@ -210,7 +212,7 @@ class ModelWriter:
         """(dtype, shape, nbytes) of a template tensor, inside the `with` block."""
         if self._tmp is None:
             raise RuntimeError(f"ModelWriter.{method} outside its `with` block")
-        if name not in self._entries:
+        if name not in self._where:
             raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
         return self._entries[name]
 
@@ -234,7 +236,7 @@ class ModelWriter:
         for fname in {w[0] for w in self._where.values()}:
             read_header(self._tmp / fname)  # sizes and offsets consistent
         if len(self._shards) > 1:
-            total = sum(e[2] for e in self._entries.values())
+            total = sum(self._entries[n][2] for n in self.tensor_names)
             index = {"metadata": {"total_size": total}, "weight_map": {n: self._where[n][0] for n in self.tensor_names}}
             (self._tmp / INDEX).write_text(json.dumps(index, indent=2))
         self._copy_aux()

@@ -1,0 +1,108 @@
+"""`rlvr linearity` over a share of the tensors (`partition.count=N partition.index=i`) and the
+exact merge of the N shares into the single run's outputs (docs/scaling.md).
+
+A partition job writes under its own directory (`paths.partition_dir`), in `linearity/`:
+`weights_state.npz` (per window the global R² statistics, values or fine histogram, and the
+per-tensor rows: `weights.WeightState`), `grams.npz` (its tensors' Grams) and, last,
+`partition.json` (its config key and tensors), which marks it complete: a rerun with the same
+config does nothing. Token log-prob linearity, which runs the whole model, is partition 0's.
+The merge checks every partition's marker and writes `weights_r2.json` and `lowrank.json`
+exactly as one run writes them (histograms and per-tensor rows equal; means to float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rlvr_linearity.config import section
+from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.io import atomic_path, stage_key, write_json_atomic
+from rlvr_linearity.linearity.app import gram_matrices, logprobs, lowrank, open_checked, weight_state, write_outputs
+from rlvr_linearity.linearity.weights import WeightState, weights_result
+from rlvr_linearity.partitions import partition_names, require_complete
+
+log = logging.getLogger(__name__)
+
+STATE, GRAMS, LOGPROBS, MARKER = "weights_state.npz", "grams.npz", "logprob_r2.json", "partition.json"
+
+
+def config_key(cfg, traj) -> str:
+    """What a partition's results depend on: the analysis, the trajectory's content, the count."""
+    return stage_key("linearity-partition", {"linearity": section(cfg, "linearity"),
+                                             "trajectory": section(cfg, "trajectory"),
+                                             "count": int(cfg.partition.count)}, [traj.fingerprint()])
+
+
+def _done(part_dir: Path, key: str) -> bool:
+    marker = Path(part_dir) / "linearity" / MARKER
+    try:
+        return json.loads(marker.read_text())["key"] == key
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _check(cfg) -> None:
+    lin = cfg.linearity
+    if lin.save_per_weight or lin.reconstruct_steps:
+        raise ConfigError("partition.count > 1 does not support linearity.save_per_weight or "
+                          "linearity.reconstruct_steps: run those without partitions")
+
+
+def run_partition(cfg, out_dir) -> dict:
+    """Partition `partition.index` of `partition.count`: its tensors' shares under out_dir/linearity/."""
+    from rlvr_linearity.trajectory.writer import claim_output
+
+    _check(cfg)
+    part = cfg.partition
+    out = Path(out_dir) / "linearity"
+    with claim_output(out):
+        traj, steps = open_checked(cfg)
+        key = config_key(cfg, traj)
+        names = partition_names(traj, int(part.count), int(part.index))
+        summary = {"dir": str(out_dir), "partition": int(part.index), "count": int(part.count), "tensors": len(names)}
+        if _done(out_dir, key):
+            log.info("linearity partition %d of %d in %s is complete; nothing to do", part.index, part.count, out_dir)
+            return summary
+        lin = cfg.linearity
+        if lin.weights:
+            weight_state(cfg, traj, steps, out, names=names).save(out / STATE)
+        if lin.lowrank:
+            g = gram_matrices(cfg, traj, steps, names=names)
+            with atomic_path(out / GRAMS) as tmp, open(tmp, "wb") as f:
+                np.savez(f, __names__=np.asarray(list(g)), **g)
+        if lin.logprobs and part.index == 0:
+            write_json_atomic(out / LOGPROBS, logprobs(cfg, traj, steps, out))
+        write_json_atomic(out / MARKER, {"key": key, **summary, "names": names})  # last: marks it complete
+    return summary
+
+
+def merge(cfg, out_dir) -> dict:
+    """Merge the `partition.count` partitions under out_dir into out_dir's outputs; a missing or
+    unfinished partition is one error line naming it. Returns the single run's summary."""
+    from rlvr_linearity.trajectory.writer import claim_output
+
+    _check(cfg)
+    out_dir = Path(out_dir)
+    lin = cfg.linearity
+    with claim_output(out_dir / "linearity"):
+        traj, steps = open_checked(cfg)
+        key = config_key(cfg, traj)
+        dirs = require_complete(out_dir, int(cfg.partition.count), lambda d: _done(d, key), "linearity")
+        order = list(traj.tensor_names)
+        weights = low = probes = None
+        if lin.weights:
+            weights = weights_result(WeightState.merge([WeightState.load(d / "linearity" / STATE) for d in dirs],
+                                                       order))
+        if lin.lowrank:
+            merged: dict[str, np.ndarray] = {}
+            for d in dirs:
+                with np.load(d / "linearity" / GRAMS) as z:
+                    merged.update({str(n): z[str(n)] for n in z["__names__"]})
+            low = lowrank(cfg, traj, steps, {n: merged[n] for n in order if n in merged}, out_dir / "linearity")
+        if lin.logprobs:
+            probes = json.loads((dirs[0] / "linearity" / LOGPROBS).read_text())
+        return write_outputs(out_dir, steps, weights, low, probes)
