@@ -275,3 +275,29 @@ def without_dac(cmd: list[str]) -> list[str]:
         pytest.skip("running as root without setpriv: file modes cannot be made to bind")
     caps = "-dac_override,-dac_read_search"
     return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+
+
+def differences(a, b, where: str = "", rel: float = 0.0) -> list[str]:
+    """Where two JSON values differ: exactly, except floats under a key named `mean` (or in a
+    `total_s`-like timing) which may differ by `rel` relative (sums taken in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return [f"{where}: keys {list(a)} != {list(b)}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}.{k}", rel if k != "mean" else 1e-12)]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]", rel)]
+    if isinstance(a, float) and isinstance(b, float) and rel:
+        return [] if abs(a - b) <= rel * max(abs(a), abs(b)) else [f"{where}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{where}: {str(a)[:80]} != {str(b)[:80]}"]
+
+
+def safetensors_of(model_dir) -> dict:
+    """Every tensor of a model directory (single file or shards), by name, as stored."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out

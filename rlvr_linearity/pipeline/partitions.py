@@ -34,33 +34,74 @@ def merge_partitions(cfg, out_dir) -> dict:
 
 
 class MergePartitions(Callback):
-    """At the end of a multirun of partition jobs: merge them into `output_dir`. Hydra turns a
-    callback's exception into a warning, so a user error (a missing partition) ends the command
-    here: one line, exit code 2, as a job's error would."""
+    """Around a multirun of partition jobs: before they fan out, the trajectory is opened once
+    (a hub trajectory downloaded into the shared cache, not by every job); when they are all
+    done, they are merged into `output_dir`. Hydra turns a callback's exception into a warning,
+    so a user error (a missing partition) ends the command here: one line, exit code 2, as a
+    job's error would."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        cfg = _partitioned(config)
+        if cfg is not None and (cfg.trajectory.hub_repo or cfg.trajectory.path):
+            _guarded(cfg, lambda: _open(cfg))
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        part = config.partition
-        if part.count <= 1 or part.merge or config.command not in PARTITIONED:
+        cfg = _partitioned(config)
+        if cfg is None:
             return
-        from omegaconf import open_dict
+        out = _guarded(cfg, lambda: _merge(cfg))
+        print(f"rlvr {cfg.command}: merged {cfg.partition.count} partitions into {out}", flush=True)
 
-        from rlvr_linearity.errors import RlvrError
-        from rlvr_linearity.paths import resolve_output_dir
-        from rlvr_linearity.schemas import validate
 
-        cfg = derive(config, **{"partition.merge": True})
-        with open_dict(cfg):
-            del cfg["hydra"]  # as in a job's config
-        try:
-            validate(cfg)
-            out = resolve_output_dir(cfg)
-            merge_partitions(cfg, out)
-        except RlvrError as err:
-            if cfg.debug:
-                traceback.print_exc()
-            print(f"rlvr {cfg.command}: error: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        print(f"rlvr {cfg.command}: merged {part.count} partitions into {out}", flush=True)
+def _partitioned(config):
+    """A multirun's config as its merge runs it, or None when it is no sweep of partition jobs."""
+    part = config.partition
+    if part.count <= 1 or part.merge or config.command not in PARTITIONED:
+        return None
+    from omegaconf import open_dict
+
+    cfg = derive(config, **{"partition.merge": True})
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a job's config
+    return cfg
+
+
+def _guarded(cfg, fn):
+    from rlvr_linearity.errors import RlvrError
+    from rlvr_linearity.schemas import validate
+
+    try:
+        validate(cfg)
+        return fn()
+    except RlvrError as err:
+        if cfg.debug:
+            traceback.print_exc()
+        print(f"rlvr {cfg.command}: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _open(cfg) -> None:
+    """The trajectory as the command opens it (a hub trajectory: the revisions it needs, downloaded)."""
+    if cfg.command == "linearity":
+        from rlvr_linearity.linearity.app import open_checked
+
+        open_checked(cfg)
+    else:
+        from rlvr_linearity.extrapolate.app import open_keyed
+
+        open_keyed(cfg)
+
+
+def _merge(cfg) -> Path:
+    from rlvr_linearity.paths import resolve_output_dir
+
+    out = resolve_output_dir(cfg)
+    res = merge_partitions(cfg, out)
+    if cfg.command == "extrapolate":  # what `rlvr extrapolate` draws (linearity's merge draws its own)
+        from rlvr_linearity.figures.extrapolation import extrapolation_figures
+
+        extrapolation_figures(out / "figures", res)
+    return out
 
 
 def run_partitioned(command: str, cfg, out_dir: Path, run) -> dict:

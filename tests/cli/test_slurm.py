@@ -323,3 +323,62 @@ def test_linearity_sweep_over_four_windows_on_slurm(slurm_cluster, tmp_path):
         result = json.loads((sweep / str(num) / "linearity" / "weights_r2.json").read_text())
         assert max(result["steps"]) == window
         assert result["n_defined"] > 0 and 0.9 < result["median"] <= 1.0  # linear drift: R² near 1
+
+
+def _partition_sweep(env, sweep_dir: Path, command: str, *args: str) -> subprocess.CompletedProcess:
+    """`rlvr <command> -m ... partition.index=...` as a Slurm job array (the merge runs at its end)."""
+    argv = [sys.executable, "-m", "rlvr_linearity", command, "-m", *args, "logger=none", "hydra/launcher=slurm_cpu",
+            f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+            "hydra.launcher.timeout_min=5", "hydra.launcher.partition=debug"]
+    return subprocess.run(argv, env=env, cwd=sweep_dir.parent, capture_output=True, text=True, timeout=300)
+
+
+def test_linearity_partitions_on_slurm_merge_into_the_single_run(slurm_cluster, tmp_path, monkeypatch):
+    """3 partition jobs of `rlvr linearity` on Slurm: with partition 1 missing the merge fails with
+    one line naming it; partition 1 rerun alone, the sweep's end merges weights_r2.json and
+    lowrank.json equal to a single run's (means to float rounding)."""
+    from conftest import compose_config, differences, make_trajectory
+
+    from rlvr_linearity.linearity.app import analyse
+
+    traj = make_trajectory(tmp_path / "traj", "checkpoint", steps=(1, 2, 3, 5, 8), drift="random", write_json=True)
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    common = [f"trajectory.path={traj.path}", "linearity.windows=[3,all]"]
+    analyse(compose_config("linearity", "logger=none", *common), tmp_path / "single")
+    env = {**slurm_cluster["env"], "RLVR_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    out = tmp_path / "D"
+    parts = [*common, f"output_dir={out}", "partition.count=3"]
+    r = _partition_sweep(env, tmp_path / "sweep0", "linearity", *parts, "partition.index=0,2")
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "partition(s) 1 of 3 missing" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    r = _partition_sweep(env, tmp_path / "sweep1", "linearity", *parts, "partition.index=1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("weights_r2.json", "lowrank.json"):
+        single = json.loads((tmp_path / "single" / "linearity" / name).read_text())
+        assert differences(single, json.loads((out / "linearity" / name).read_text())) == [], name
+
+
+def test_relex_partitions_on_slurm_merge_into_the_single_run(slurm_cluster, tmp_path, monkeypatch):
+    """3 partition jobs of RELEX on Slurm merge into sharded models whose tensors are the single
+    run's bit for bit and which AutoModelForCausalLM loads."""
+    import torch
+    from conftest import compose_config, make_trajectory, safetensors_of
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_linearity.extrapolate.app import extrapolate
+
+    traj = make_trajectory(tmp_path / "traj", "checkpoint", steps=(1, 2, 3, 4, 6), drift="random",
+                           dtype=torch.bfloat16, write_json=True)
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "cache"))
+    common = [f"trajectory.path={traj.path}", "extrapolate.history=4", "extrapolate.targets=[8,12]"]
+    extrapolate(compose_config("extrapolate", "logger=none", *common), tmp_path / "single")
+    env = {**slurm_cluster["env"], "RLVR_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    r = _partition_sweep(env, tmp_path / "sweep", "extrapolate", *common, f"output_dir={tmp_path / 'D'}", "partition.count=3",
+                         "partition.index=0,1,2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for t in (8, 12):
+        merged = tmp_path / "D" / "extrapolate" / f"step_{t}"
+        assert len(list(merged.glob("model-*-of-00003.safetensors"))) == 3
+        a, b = safetensors_of(tmp_path / "single" / "extrapolate" / f"step_{t}"), safetensors_of(merged)
+        assert set(a) == set(b) and all(torch.equal(a[n].view(torch.uint8), b[n].view(torch.uint8)) for n in a)
+        AutoModelForCausalLM.from_pretrained(merged)

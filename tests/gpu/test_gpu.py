@@ -26,6 +26,24 @@ def test_weight_r2_on_cuda_equals_cpu(tmp_path):
         assert abs(a["mean"] - b["mean"]) < 1e-9 and abs(a["median"] - b["median"]) < 1e-9
 
 
+def test_partitions_on_cuda_merge_into_the_single_cuda_run(tmp_path):
+    """`linearity.device=cuda` partition jobs (each on its node's GPU) saved, loaded and merged:
+    the single cuda run's weights_r2.json (means to float rounding)."""
+    from conftest import differences
+
+    from rlvr_linearity.linearity.weights import WeightState, weight_pass, weights_result
+    from rlvr_linearity.partitions import assign, tensor_bytes
+
+    tt = make_trajectory(tmp_path / "t", "checkpoint", (1, 2, 4, 7), dtype=torch.bfloat16, drift="random")
+    traj = open_trajectory(path=tt.path, base=tt.base)
+    run = dict(windows=[4, "all"], engine="torch", device="cuda", progress=False)
+    single = weight_linearity(traj, **run)
+    for i, names in enumerate(assign(tensor_bytes(traj.base), 3)):
+        weight_pass(traj, names=names, scope=traj.tensor_names, **run).save(tmp_path / f"{i}.npz")
+    merged = WeightState.merge([WeightState.load(tmp_path / f"{i}.npz") for i in range(3)], traj.tensor_names)
+    assert differences(single, weights_result(merged)) == []
+
+
 @pytest.mark.parametrize("alpha,which", [(0.0, 0), (1.0, 1)])
 def test_logits_extrapolation_on_cuda_reproduces_models(tiny_model_dir, alpha, which):
     pair = str(tiny_model_dir(seed=1)), str(tiny_model_dir(seed=2))

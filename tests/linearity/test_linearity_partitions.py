@@ -1,0 +1,113 @@
+"""Tensor-partitioned `rlvr linearity` (partition.count/index) and its merge: equal to one run.
+
+The Slurm versions of these runs are in tests/cli/test_slurm.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_config, differences, make_trajectory
+
+from rlvr_linearity.errors import ConfigError, RlvrError
+from rlvr_linearity.linearity.kernels.common import available as numba_available
+from rlvr_linearity.paths import partition_dir
+from rlvr_linearity.partitions import assign
+
+STEPS = (1, 2, 3, 5, 8)
+
+
+def test_assignment_is_balanced_disjoint_and_deterministic():
+    sizes = {f"t{i}": s for i, s in enumerate([90, 10, 40, 40, 30, 30, 20, 5, 5, 1])}
+    parts = assign(sizes, 3)
+    assert sorted(n for p in parts for n in p) == sorted(sizes)  # disjoint and complete
+    loads = [sum(sizes[n] for n in p) for p in parts]
+    assert max(loads) - min(loads) <= 10  # LPT: within the smallest tensor that could move
+    assert all(p == [n for n in sizes if n in p] for p in parts)  # each in the model's order
+    assert assign(dict(reversed(list(sizes.items()))), 3) == [list(reversed(p)) for p in parts]  # names, not order
+    with pytest.raises(ConfigError, match="only 10 tensors"):
+        assign(sizes, 11)
+
+
+def _cfg(tt, *extra):
+    return compose_config("linearity", "logger=none", f"trajectory.path={tt.path}", "linearity.windows=[3,all]", *extra)
+
+
+@pytest.mark.parametrize("engine", ["torch", pytest.param("kernel", marks=pytest.mark.skipif(
+    not numba_available(), reason="numba not installed (fused kernel)"))])
+def test_three_partitions_merge_into_the_single_run(tmp_path, rlvr_cache, engine):
+    """weights_r2.json (histograms, per-tensor rows, medians exactly; means to float rounding) and
+    lowrank.json of 3 partitions equal the single run's; the embedding (81920 weights) is large
+    enough for the kernel's histogram path."""
+    from rlvr_linearity.linearity.app import analyse
+    from rlvr_linearity.linearity.partition import merge, run_partition
+
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True, hidden=256, layers=1)
+    single = tmp_path / "single"
+    analyse(_cfg(tt, f"linearity.engine={engine}"), single)
+    out = tmp_path / "parts"
+    for i in range(3):
+        share = run_partition(_cfg(tt, f"linearity.engine={engine}", "partition.count=3", f"partition.index={i}"),
+                              partition_dir(out, 3, i))
+        assert share["tensors"] > 0
+    summary = merge(_cfg(tt, f"linearity.engine={engine}", "partition.count=3", "partition.merge=true"), out)
+    for name in ("weights_r2.json", "lowrank.json"):
+        a = json.loads((single / "linearity" / name).read_text())
+        b = json.loads((out / "linearity" / name).read_text())
+        assert differences(a, b) == [], name
+    w = json.loads((out / "linearity" / "weights_r2.json").read_text())
+    assert summary["median"] == w["median"] and (out / "figures" / "weight_r2_histogram.png").exists()
+    assert (w["median_error_bound"] > 0) == (engine == "kernel")  # the kernel's fine histogram was merged
+
+
+def _rlvr(*args, env):
+    return subprocess.run([sys.executable, "-m", "rlvr_linearity", "linearity", *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_multirun_merges_and_a_missing_partition_is_named_then_rerun_alone(tmp_path, rlvr_cache):
+    """The basic launcher's version of the Slurm test: a sweep with partition 1 missing fails with
+    one line naming it; partition 1 killed before it finished (no marker) is still named; rerun
+    alone, it completes the merge (the others are not redone) into the single run's outputs."""
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
+    env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache)}
+    common = [f"trajectory.path={tt.path}", "logger=none", "linearity.windows=[3,all]"]
+    single, out = tmp_path / "single", tmp_path / "D"
+    assert _rlvr(*common, f"output_dir={single}", env=env).returncode == 0
+    r = _rlvr("-m", *common, f"output_dir={out}", "partition.count=3", "partition.index=0,2",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("rlvr linearity: error: cannot merge linearity: partition(s) 1 of 3") and "Traceback" not in r.stderr
+    assert not (out / "linearity" / "weights_r2.json").exists()
+    # partition 1 started and was killed: a share written, no marker
+    r = _rlvr(*common, f"output_dir={out}", "partition.count=3", "partition.index=1", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    marker = partition_dir(out, 3, 1) / "linearity" / "partition.json"
+    marker.unlink()
+    r = _rlvr(*common, f"output_dir={out}", "partition.count=3", "partition.merge=true", env=env)
+    assert r.returncode == 2 and "partition(s) 1 of 3" in r.stderr.strip().splitlines()[-1]
+    done = [(partition_dir(out, 3, i) / "linearity" / "partition.json").stat().st_mtime_ns for i in (0, 2)]
+    r = _rlvr("-m", *common, f"output_dir={out}", "partition.count=3", "partition.index=1",
+              f"hydra.sweep.dir={tmp_path / 'sweep1'}", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "merged 3 partitions" in r.stdout
+    assert [(partition_dir(out, 3, i) / "linearity" / "partition.json").stat().st_mtime_ns for i in (0, 2)] == done
+    for name in ("weights_r2.json", "lowrank.json"):
+        a = json.loads((single / "linearity" / name).read_text())
+        assert differences(a, json.loads((out / "linearity" / name).read_text())) == [], name
+
+
+def test_partition_errors(tmp_path, rlvr_cache):
+    from rlvr_linearity.linearity.partition import merge, run_partition
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 2, 3), write_json=True)
+    with pytest.raises(ConfigError, match="save_per_weight"):
+        run_partition(_cfg(tt, "partition.count=2", "linearity.save_per_weight=true"), tmp_path / "p")
+    with pytest.raises(RlvrError, match=r"partition\(s\) 0, 1 of 2"):
+        merge(_cfg(tt, "partition.count=2", "partition.merge=true"), tmp_path / "empty")
+    with pytest.raises(ConfigError, match="partition.index"):
+        compose_config("linearity", "partition.count=2", "partition.index=2")
+    r = _rlvr(f"trajectory.path={tt.path}", "logger=none", "partition.count=2", env={**os.environ})
+    assert r.returncode == 2 and "needs output_dir" in r.stderr
