@@ -42,6 +42,7 @@ def main() -> None:
     size = du(a.path)
     work = Path(tempfile.mkdtemp(prefix="bench_part_"))
     env = {**os.environ, "RLVR_CACHE_DIR": str(work / "cache"), "WANDB_MODE": "disabled"}
+    os.environ["RLVR_CACHE_DIR"] = env["RLVR_CACHE_DIR"]  # the in-process merge composes the jobs' config
     history = a.steps // 2
     commands = {
         "linearity": ["linearity", f"trajectory.path={a.path}", "logger=none"],

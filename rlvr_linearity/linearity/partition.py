@@ -31,9 +31,10 @@ STATE, GRAMS, LOGPROBS, MARKER = "weights_state.npz", "grams.npz", "logprob_r2.j
 
 
 def config_key(cfg, traj) -> str:
-    """What a partition's results depend on: the analysis, the trajectory's content, the count."""
-    return stage_key("linearity-partition", {"linearity": section(cfg, "linearity"),
-                                             "trajectory": section(cfg, "trajectory"),
+    """What a partition's results depend on: the analysis, the trajectory's selection and content,
+    the count (not where the hub cache is: a merge run from another shell finds the partitions)."""
+    selection = {k: v for k, v in section(cfg, "trajectory").items() if k != "cache_dir"}
+    return stage_key("linearity-partition", {"linearity": section(cfg, "linearity"), "trajectory": selection,
                                              "count": int(cfg.partition.count)}, [traj.fingerprint()])
 
 
