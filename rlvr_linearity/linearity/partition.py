@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,8 @@ def run_partition(cfg, out_dir) -> dict:
                 np.savez(f, __names__=np.asarray(list(g)), **g)
         if lin.logprobs and part.index == 0:
             write_json_atomic(out / LOGPROBS, logprobs(cfg, traj, steps, out))
-        write_json_atomic(out / MARKER, {"key": key, **summary, "names": names})  # last: marks it complete
+        write_json_atomic(out / MARKER, {"key": key, **summary, "names": names,  # last: marks it complete
+                                         "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return summary
 
 

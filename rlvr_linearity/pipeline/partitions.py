@@ -105,10 +105,46 @@ def _merge(cfg) -> Path:
 
 
 def run_partitioned(command: str, cfg, out_dir: Path, run) -> dict:
-    """A pipeline stage split in `partition.count` partitions, run one after another in this
-    process (each resumable: a finished partition is skipped on a rerun), then merged into
-    out_dir. `run(cfg, dir)`: the command's work on one partition."""
+    """A pipeline stage split in `partition.count` partitions, then merged into out_dir.
+    `run(cfg, dir)`: the command's work on one partition. A pipeline launched through a submitit
+    launcher (`-m hydra/launcher=slurm_*`) sends the partitions as a job array with its own
+    launcher settings and waits for them; otherwise they run one after another in this process
+    (on one machine a single run already uses every core and the disk). Either way a finished
+    partition is skipped on a rerun."""
     count = int(cfg.partition.count)
-    for i in range(count):
-        run(derive(cfg, **{"partition.index": i, "partition.merge": False}), partition_dir(out_dir, count, i))
+    shares = [derive(cfg, **{"partition.index": i, "partition.merge": False}) for i in range(count)]
+    dirs = [partition_dir(out_dir, count, i) for i in range(count)]
+    executor = _executor(Path(out_dir) / ".submitit")
+    if executor is None:
+        for share, d in zip(shares, dirs):
+            run(share, d)
+    else:
+        jobs = executor.map_array(run, shares, dirs)
+        log.info("%s: %d partitions sent as Slurm jobs %s", command, count, ", ".join(j.job_id for j in jobs))
+        for job in jobs:
+            job.result()  # a partition's error, as its job raised it
     return merge_partitions(derive(cfg, command=command, **{"partition.merge": True}), out_dir)
+
+
+def _executor(folder: Path):
+    """A submitit executor with the settings of the launcher that started this job (as Hydra's
+    submitit launcher builds its own), or None when this job did not come from one."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return None
+    params = OmegaConf.to_container(HydraConfig.get().launcher, resolve=True)
+    target = str(params.pop("_target_", ""))
+    if "submitit_launcher" not in target:
+        return None
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cluster = "slurm" if target.endswith("SlurmLauncher") else "local"
+    params.pop("submitit_folder", None)
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                     **{f"{cluster}_max_num_timeout": params.pop("max_num_timeout")})
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{cluster}_{k}": v for k, v in params.items()})
+    return executor

@@ -382,3 +382,33 @@ def test_relex_partitions_on_slurm_merge_into_the_single_run(slurm_cluster, tmp_
         a, b = safetensors_of(tmp_path / "single" / "extrapolate" / f"step_{t}"), safetensors_of(merged)
         assert set(a) == set(b) and all(torch.equal(a[n].view(torch.uint8), b[n].view(torch.uint8)) for n in a)
         AutoModelForCausalLM.from_pretrained(merged)
+
+
+def test_pipeline_sends_its_partitions_as_slurm_jobs(slurm_cluster, tmp_path, monkeypatch):
+    """`rlvr pipeline -m hydra/launcher=slurm_cpu partition.count=2`: the pipeline's job sends the
+    linearity and relex partitions as Slurm jobs of their own, and merges them into the single
+    run's outputs."""
+    import torch
+    from conftest import compose_config, differences, make_trajectory, safetensors_of
+
+    from rlvr_linearity.extrapolate.app import extrapolate
+    from rlvr_linearity.linearity.app import analyse
+
+    traj = make_trajectory(tmp_path / "traj", "checkpoint", steps=(1, 2, 3, 4, 6), drift="random", write_json=True)
+    monkeypatch.setenv("RLVR_CACHE_DIR", str(tmp_path / "single-cache"))
+    common = [f"trajectory.path={traj.path}", "extrapolate.history=4", "extrapolate.targets=[8]"]
+    analyse(compose_config("linearity", "logger=none", *common), tmp_path / "single")
+    extrapolate(compose_config("extrapolate", "logger=none", *common), tmp_path / "single")
+    env = {**slurm_cluster["env"], "RLVR_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    r = _partition_sweep(env, tmp_path / "sweep", "pipeline", *common, "pipeline.stages=[linearity,relex]",
+                         f"output_dir={tmp_path / 'D'}", "partition.count=2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stages = tmp_path / "D" / "stages"
+    jobs = {json.loads((stages / "linearity" / "partitions" / f"part-{i}-of-2" / "linearity" / "partition.json")
+                       .read_text())["slurm_job_id"] for i in (0, 1)}
+    assert None not in jobs and len(jobs) == 2  # each partition ran as its own Slurm job
+    for name in ("weights_r2.json", "lowrank.json"):
+        single = json.loads((tmp_path / "single" / "linearity" / name).read_text())
+        assert differences(single, json.loads((stages / "linearity" / "linearity" / name).read_text())) == [], name
+    a, b = (safetensors_of(d / "extrapolate" / "step_8") for d in (tmp_path / "single", stages / "relex"))
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
