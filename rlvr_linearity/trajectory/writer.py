@@ -213,7 +213,8 @@ class ModelWriter:
         if self._tmp is None:
             raise RuntimeError(f"ModelWriter.{method} outside its `with` block")
         if name not in self._where:
-            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model")
+            raise RlvrError(f"file {self.template.path}, tensor {name}: not a tensor of the template model "
+                            "(or not one of the tensors this writer writes)")
         return self._entries[name]
 
     def _finish(self) -> None:
