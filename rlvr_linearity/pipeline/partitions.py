@@ -62,7 +62,7 @@ def _partitioned(config):
 
     cfg = derive(config, **{"partition.merge": True})
     with open_dict(cfg):
-        del cfg["hydra"]  # as in a job's config
+        cfg.pop("hydra", None)  # as in a job's config
     return cfg
 
 
