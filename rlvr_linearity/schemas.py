@@ -134,6 +134,7 @@ class LinearityConfig:
     logprobs: bool = MISSING
     save_per_weight: bool = MISSING
     windows: list[Any] = MISSING
+    max_step: Optional[int] = MISSING
     thresholds: list[float] = MISSING
     device: str = MISSING
     engine: str = MISSING
@@ -152,6 +153,7 @@ class LinearityConfig:
     def check(self, key: str = "linearity") -> None:
         check_windows(self.windows, f"{key}.windows")
         _require(bool(self.windows), f"{key}.windows", "empty: give at least one window")
+        _require(self.max_step is None or self.max_step >= 1, f"{key}.max_step", f"{self.max_step}: need a step >= 1")
         for t in self.thresholds:
             _require(0 <= t <= 1, f"{key}.thresholds", f"{t} is not an R² threshold in [0, 1]")
         _require(bool(DEVICE.match(self.device)) and self.device != "auto", f"{key}.device",

@@ -31,12 +31,13 @@ def _open(cfg, max_step=None):
 
 
 def _hub_max_step(cfg, ex) -> int | None:
-    """For hub trajectories with only histories asked: download no step beyond the largest."""
+    """For hub trajectories with only histories asked: download no step beyond the largest (nor
+    beyond trajectory.max_step); grams over every step (gram_steps=all) read them all."""
     tr = cfg.trajectory
-    if not tr.hub_repo or tr.steps is not None or tr.max_step is not None or ex.window is not None:
+    if not tr.hub_repo or tr.steps is not None or ex.window is not None or ex.gram_steps == "all":
         return None
-    hists = list(ex.windows or []) or ([ex.history] if ex.history is not None else [])
-    return max(int(h) for h in hists) if hists else None
+    hists = [int(h) for h in list(ex.windows or []) or ([ex.history] if ex.history is not None else [])]
+    return min(hists + ([int(tr.max_step)] if tr.max_step is not None else [])) if hists else None
 
 
 def _relex(cfg, traj, root: Path) -> tuple[dict, dict, list[int]]:

@@ -178,7 +178,8 @@ def _analyse(cfg, out_dir) -> dict:
     lin = cfg.linearity
     out_dir = Path(out_dir)
     out = out_dir / "linearity"
-    traj = open_trajectory(cfg.trajectory)
+    caps = [m for m in (cfg.trajectory.max_step, lin.max_step) if m is not None]
+    traj = open_trajectory(cfg.trajectory, max_step=min(caps, default=None))
     steps = list(traj.steps)
     window_lengths(steps, list(lin.windows))  # bad windows fail before any work
     summary: dict = {"dir": str(out_dir), "steps": steps}

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
+from rlvr_linearity.pipeline.fetch import HubFetch, announce, plan_hub_fetch, relex_histories
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Pipeline:
         self.plan: list[tuple[Stage, bool]] = []  # (stage, cached) in order, for dry runs and reports
         self.timings: dict[str, float] = {}
         self.stage_dirs: dict[str, Path] = {}  # label -> stage directory (evaluations' samples.jsonl)
+        self.hub: HubFetch | None = None  # a hub trajectory's fetch plan: what each stage reads
+        self.fetched: dict | None = None  # that plan as announced (steps, bytes)
 
     # -- running --------------------------------------------------------------------------
     def run_stage(self, stage: Stage) -> StageResult | None:
@@ -70,15 +73,14 @@ class Pipeline:
     def trajectory(self) -> tuple[str | None, str]:
         """The trajectory to analyse: trained here (cached) or given; returns (path, identity)."""
         tcfg = self.cfg.trajectory
-        if tcfg.path or tcfg.hub_repo:
+        if tcfg.hub_repo:  # only the steps the stages read, said first and fetched before they run
+            self.hub = plan_hub_fetch(self.cfg)
+            self.fetched = announce(self.hub, fetch=not self.dry_run)
+            return None, self.hub.identity  # the hub's commits: the same key in a dry run
+        if tcfg.path:
             from rlvr_linearity.trajectory import open_trajectory
 
-            # A given trajectory (local or hub) is used as configured: identity = its content (a dry
-            # run downloads nothing: a hub trajectory is then keyed by its config, a local one by content).
-            ident = json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
-            if not (self.dry_run and tcfg.hub_repo):
-                ident = open_trajectory(tcfg).fingerprint()
-            return None, ident
+            return None, open_trajectory(tcfg).fingerprint()  # a given trajectory: identity = its content
         if "train" not in self.cfg.pipeline.stages:
             raise ConfigError("pipeline: no trajectory.path and no train stage: nothing to analyse")
         from rlvr_linearity.train.app import train
@@ -97,7 +99,8 @@ class Pipeline:
         from rlvr_linearity.linearity.app import analyse
 
         config = {"linearity": section(self.cfg, "linearity"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("linearity", config, [ident], lambda d: analyse(self._on(traj, d), d), label="linearity")
+        stage = Stage("linearity", config, [ident], lambda d: analyse(self._on(traj, d, stage="linearity"), d),
+                      label="linearity")
         res = self.run_stage(stage)
         return None if res is None else {"dir": str(res.path), **(res.result or {})}
 
@@ -110,12 +113,13 @@ class Pipeline:
         if ex.method != "relex":
             raise ConfigError(f"pipeline stage relex: extrapolate.method is {ex.method!r}; drop the stage or use "
                               "extrapolate=relex (weight extrapolation is the weight stage: pipeline.weight.pairs)")
-        windows = list(ex.windows) if ex.windows else ([ex.history] if ex.history is not None else [])
+        windows = relex_histories(ex)
         targets = list(ex.targets)
         if not windows or not targets:
             return []
         config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d), d), label="relex")
+        stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, stage="relex"), d),
+                      label="relex")
         res = self.run_stage(stage)
         method = {"rank": int(ex.rank), "fit": str(ex.fit)}
         return [
@@ -136,7 +140,7 @@ class Pipeline:
             ecfg = derive(self.cfg, **over)
             ecfg = _weight_only(ecfg)
             config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-            stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e), d),
+            stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e, "weight"), d),
                           label=f"weight_{a}_{b}")
             res = self.run_stage(stage)
             for t in targets:
@@ -157,7 +161,7 @@ class Pipeline:
         if "mechanism" in stages:
             config = {**mech.mechanism_config(self.cfg), "trajectory": _traj_selection(self.cfg)}
             res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism",
-                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj),
+                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj, "mechanism"),
                                                                             d / "mechanism")))
             out["mechanism"] = res.result if res else None
         return out
@@ -207,9 +211,9 @@ class Pipeline:
     def prediction_errors(self, traj: str | None, ident: str, rows: list[dict]) -> None:
         """Weight-space error (relative L2, cosine of deltas from step 0) of every prediction
         whose target was trained, added to its row; one cached stage over all of them."""
-        if self.dry_run:
+        if self.dry_run or (self.hub is not None and "prediction_error" not in self.hub.reads):
             return
-        traj_obj = self.open_trajectory(traj)
+        traj_obj = self.open_trajectory(traj, "prediction_error")
         todo = {f"{i}": (r["path"], r["target"]) for i, r in enumerate(rows)
                 if r.get("path") and r["target"] in traj_obj.steps and r["target"] != 0}
         if not todo:
@@ -228,17 +232,21 @@ class Pipeline:
         for i, err in res.result.items():
             rows[int(i)]["weight_error"] = err
 
-    def _on(self, traj: str | None, out_dir: Path, cfg=None):
-        """The config a stage runs with: the trained trajectory (if any) and the stage's dir."""
+    def _on(self, traj: str | None, out_dir: Path, cfg=None, stage: str | None = None):
+        """The config a stage runs with: the trained trajectory (if any) and the stage's dir; of
+        a hub trajectory, only the steps the stage reads (fetched already)."""
         cfg = cfg if cfg is not None else self.cfg
+        if traj is None and self.hub is not None and stage is not None:
+            return derive(cfg, **{"trajectory.steps": self.hub.reading(stage), "trajectory.max_step": None,
+                                  "output_dir": str(out_dir)})
         if traj is None:  # a given trajectory: keep trajectory.* as configured
             return derive(cfg, output_dir=str(out_dir))
         return derive(cfg, **{"trajectory.path": traj, "trajectory.hub_repo": None, "output_dir": str(out_dir)})
 
-    def open_trajectory(self, traj: str | None):
+    def open_trajectory(self, traj: str | None, stage: str | None = None):
         from rlvr_linearity.trajectory import open_trajectory
 
-        return open_trajectory(self._on(traj, self.out).trajectory)
+        return open_trajectory(self._on(traj, self.out, stage=stage).trajectory)
 
 
 def _traj_selection(cfg) -> dict:
@@ -336,7 +344,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         listing = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
         for row in listing:
             print(f"{'cached' if row['cached'] else 'to run':>7}  {row['stage']}  ({row['key']})")
-        return {"dry_run": listing}
+        return {"dry_run": listing, **({"fetch": p.fetched} if p.fetched else {})}
     results["timings"] = {**p.timings, "total": round(time.perf_counter() - start, 3)}
     results["stages"] = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
     write_json_atomic(Path(out_dir) / "results.json", results)
@@ -361,7 +369,7 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
     if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
         return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
-    traj = p.open_trajectory(traj_path)
+    traj = p.open_trajectory(traj_path, "evaluate")
     steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
     if wanted != "all" and 0 not in steps:
         steps = [0, *steps]
@@ -384,7 +392,7 @@ def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[s
         return out
     if p.dry_run:
         return out
-    traj = p.open_trajectory(traj_path)
+    traj = p.open_trajectory(traj_path, "logits")
     for a, b in [tuple(x) for x in pcfg.pairs]:
         for t in pcfg.targets:
             alpha = (t - a) / (b - a)
