@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
-from rlvr_linearity.pipeline.fetch import HubFetch, announce, plan_hub_fetch, relex_histories
+from rlvr_linearity.pipeline.fetch import HubFetch, announce, plan_hub_fetch
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,9 @@ class Pipeline:
         """The trajectory to analyse: trained here (cached) or given; returns (path, identity)."""
         tcfg = self.cfg.trajectory
         if tcfg.hub_repo:  # only the steps the stages read, said first and fetched before they run
-            self.hub = plan_hub_fetch(self.cfg)
+            self.hub = plan_hub_fetch(self.cfg, required=not self.dry_run)
+            if self.hub is None:  # a dry run, the hub unreachable and nothing cached: keyed by the config
+                return None, json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
             self.fetched = announce(self.hub, fetch=not self.dry_run)
             return None, self.hub.identity  # the hub's commits: the same key in a dry run
         if tcfg.path:
@@ -107,13 +109,13 @@ class Pipeline:
     def relex(self, traj: str | None, ident: str) -> list[dict]:
         """Predicted checkpoints for every (window, target), from `extrapolate.*` as `rlvr
         extrapolate` reads them (windows, or history for one): [{history, target, path}]."""
-        from rlvr_linearity.extrapolate.app import extrapolate
+        from rlvr_linearity.extrapolate.app import extrapolate, histories
 
         ex = self.cfg.extrapolate
         if ex.method != "relex":
             raise ConfigError(f"pipeline stage relex: extrapolate.method is {ex.method!r}; drop the stage or use "
                               "extrapolate=relex (weight extrapolation is the weight stage: pipeline.weight.pairs)")
-        windows = relex_histories(ex)
+        windows = histories(ex)
         targets = list(ex.targets)
         if not windows or not targets:
             return []

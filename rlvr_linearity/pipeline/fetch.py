@@ -15,10 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def relex_histories(ex) -> list[int]:
-    """The relex stage's histories (T_cut): extrapolate.windows, or extrapolate.history for one."""
-    return list(ex.windows) if ex.windows else ([ex.history] if ex.history is not None else [])
+from rlvr_linearity.extrapolate.app import histories
 
 
 def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
@@ -33,7 +30,7 @@ def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
     targets: list[int] = []  # predictions compared with the trained checkpoint at their target
     if "linearity" in stages:  # every window, "all" included, lies within linearity.max_step
         reads["linearity"] = [s for s in avail if cfg.linearity.max_step is None or s <= cfg.linearity.max_step]
-    if "relex" in stages and ex.method == "relex" and relex_histories(ex) and ex.targets:
+    if "relex" in stages and ex.method == "relex" and histories(ex) and ex.targets:
         windows = select_windows(avail, history=ex.history, window=ex.window, last=ex.last, windows=ex.windows)
         reads["relex"] = avail if ex.gram_steps == "all" else [s for w in windows for s in w.steps]
         targets += ex.targets
@@ -83,15 +80,23 @@ class HubFetch:
         return sorted({*self.reads.get(stage, []), *([0] if 0 in self.commits else [])})
 
 
-def plan_hub_fetch(cfg) -> HubFetch:
-    """The plan of `cfg`'s hub trajectory: its revisions listed (offline: the cached steps), no download."""
+def plan_hub_fetch(cfg, required: bool = True) -> HubFetch | None:
+    """The plan of `cfg`'s hub trajectory: its revisions listed (offline: the cached steps), no
+    download. With the hub unreachable and nothing cached: an error, or None (said) if not `required`."""
+    from rlvr_linearity.errors import TrajectoryError
     from rlvr_linearity.trajectory.hub import hub_cache_dir, hub_revisions
     from rlvr_linearity.trajectory.load import hub_cache, select_steps
 
     tr = cfg.trajectory
     repo, prefix = str(tr.hub_repo), str(tr.hub_revision_prefix)
     cache = hub_cache(tr.cache_dir)
-    commits = hub_revisions(repo, prefix, hub_cache_dir(cache, repo))
+    try:
+        commits = hub_revisions(repo, prefix, hub_cache_dir(cache, repo))
+    except TrajectoryError as e:
+        if required:
+            raise
+        print(f"{e}: the steps to fetch and their size are unknown", flush=True)
+        return None
     selected = select_steps(sorted(commits), tr.steps, tr.max_step, where_=f"trajectory.hub_repo {repo}")
     commits = {s: commits[s] for s in selected}
     spec = {"hub": repo, "prefix": prefix, "base": tr.base, "commits": commits}
