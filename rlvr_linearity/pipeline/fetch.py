@@ -84,22 +84,26 @@ def plan_hub_fetch(cfg, required: bool = True) -> HubFetch | None:
     """The plan of `cfg`'s hub trajectory: its revisions listed (offline: the cached steps), no
     download. With the hub unreachable and nothing cached: an error, or None (said) if not `required`."""
     from rlvr_linearity.errors import TrajectoryError
-    from rlvr_linearity.trajectory.hub import hub_cache_dir, hub_revisions
+    from rlvr_linearity.trajectory.hub import hub_cache_dir, hub_revisions, listed_revisions
     from rlvr_linearity.trajectory.load import hub_cache, select_steps
 
     tr = cfg.trajectory
     repo, prefix = str(tr.hub_repo), str(tr.hub_revision_prefix)
     cache = hub_cache(tr.cache_dir)
+    root = hub_cache_dir(cache, repo)
     try:
-        commits = hub_revisions(repo, prefix, hub_cache_dir(cache, repo))
+        commits = hub_revisions(repo, prefix, root)
     except TrajectoryError as e:
         if required:
             raise
         print(f"{e}: the steps to fetch and their size are unknown", flush=True)
         return None
-    selected = select_steps(sorted(commits), tr.steps, tr.max_step, where_=f"trajectory.hub_repo {repo}")
+    where_ = f"trajectory.hub_repo {repo}"
+    selected = select_steps(sorted(commits), tr.steps, tr.max_step, where_=where_)
+    known = {**listed_revisions(root), **commits}  # offline: also the last listing's steps, not linked
+    spec = {"hub": repo, "prefix": prefix, "base": tr.base,
+            "commits": {s: known[s] for s in select_steps(sorted(known), tr.steps, tr.max_step, where_=where_)}}
     commits = {s: commits[s] for s in selected}
-    spec = {"hub": repo, "prefix": prefix, "base": tr.base, "commits": commits}
     identity = "hub:" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return HubFetch(repo, prefix, cache, commits, stage_steps(cfg, selected), not tr.base, identity)
 

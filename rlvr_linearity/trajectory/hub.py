@@ -12,6 +12,7 @@ valid step: a half-downloaded revision never gets one, a corrupt one is deleted 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rlvr_linearity.errors import TrajectoryError, where
+from rlvr_linearity.io import write_json_atomic
 
 from .files import ModelFiles
 
@@ -101,10 +103,26 @@ def hub_revisions(repo: str, prefix: str, cache_root: Path) -> dict[int, str]:
             return dict(sorted(cached.items()))
         raise TrajectoryError(f"trajectory.hub_repo {repo}: cannot list its revisions and nothing is cached in "
                               f"{cache_root} (offline?) [{_offline_hint(e)}]") from None
-    steps = {int(m.group(1)): commit for r, commit in revs.items() if (m := rx.match(r))}
+    steps = dict(sorted((int(m.group(1)), commit) for r, commit in revs.items() if (m := rx.match(r))))
     if not steps:
         raise TrajectoryError(f"trajectory.hub_repo {repo}: no revisions named {prefix}N")
-    return dict(sorted(steps.items()))
+    cache_root.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(_listing(cache_root), steps)
+    return steps
+
+
+def _listing(cache_root: Path) -> Path:
+    """`<cache>/hub/<org>--<name>.revisions.json`, beside the step links."""
+    return cache_root.with_name(cache_root.name + ".revisions.json")
+
+
+def listed_revisions(cache_root: Path) -> dict[int, str]:
+    """Step -> commit of the last listing `hub_revisions` saved (empty if none): offline, the
+    commits of the steps not linked, so an offline run keys its stages as the online one did."""
+    try:
+        return {int(s): str(c) for s, c in json.loads(_listing(cache_root).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def hub_step_sizes(repo: str, prefix: str, steps: list[int], workers: int = 8) -> dict[int, int]:

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from huggingface_hub import constants
 
 from conftest import compose_config, make_trajectory
 from fake_hf_hub import FakeHfHub, serve
@@ -114,7 +115,7 @@ def tiny_hub(tmp_path, monkeypatch):
     hub.close()
 
 
-def test_pipeline_fetches_only_the_steps_its_dry_run_listed(tmp_path, capsys, tiny_hub):
+def test_pipeline_fetches_only_the_steps_its_dry_run_listed(tmp_path, capsys, monkeypatch, tiny_hub):
     """linearity ≤ 3, RELEX window 1..2, weight pair (0, 2), evaluation of step 6, predictions at
     4 and 5 compared with the trained ones: steps 1-6 are fetched, 7 and 8 never."""
     overrides = [f"trajectory.hub_repo={TINY}", f"trajectory.base={tiny_hub.traj.base}",
@@ -143,3 +144,9 @@ def test_pipeline_fetches_only_the_steps_its_dry_run_listed(tmp_path, capsys, ti
     again = run_chain(compose_config("pipeline", *overrides, "pipeline.dry_run=true"), tmp_path / "dry2")
     assert all(row["cached"] for row in again["dry_run"]) and again["fetch"]["to_download"] == 0
     assert tiny_hub.downloads() == []
+    # offline, the linked steps and the last listing of the branches give the same keys
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    capsys.readouterr()
+    offline = run_chain(compose_config("pipeline", *overrides, "pipeline.dry_run=true"), tmp_path / "dry3")
+    assert all(row["cached"] for row in offline["dry_run"]) and offline["fetch"]["steps"] == [1, 2, 3, 4, 5, 6]
+    assert "fetch 6 steps, size unknown" in capsys.readouterr().out
