@@ -163,8 +163,8 @@ class Pipeline:
         if "mechanism" in stages:
             config = {**mech.mechanism_config(self.cfg), "trajectory": _traj_selection(self.cfg)}
             res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism",
-                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj, "mechanism"),
-                                                                            d / "mechanism")))
+                                       fn=lambda d: mech.mechanism_analysis(
+                                           self.cfg, self.open_trajectory(traj, "mechanism"), d / "mechanism")))
             out["mechanism"] = res.result if res else None
         return out
 

@@ -125,8 +125,9 @@ def announce(plan: HubFetch, fetch: bool) -> dict:
         sizes = None
     total = None if sizes is None else sum(sizes.values())
     todo = None if sizes is None else sum(n for s, n in sizes.items() if s not in cached)
-    print(f"  fetch {len(plan.steps)} steps, " + ("size unknown (the hub's file listing is unreachable)" if sizes is None
-          else f"{human_bytes(total)} ({len(cached)} cached; {human_bytes(todo)} to download)"), flush=True)
+    size = ("size unknown (the hub's file listing is unreachable)" if sizes is None
+            else f"{human_bytes(total)} ({len(cached)} cached; {human_bytes(todo)} to download)")
+    print(f"  fetch {len(plan.steps)} steps, {size}", flush=True)
     if fetch:
         fetch_hub_trajectory(plan.repo, plan.steps, plan.cache, plan.prefix)
     return {"reads": plan.reads, "steps": plan.steps, "bytes": total, "cached": cached, "to_download": todo}

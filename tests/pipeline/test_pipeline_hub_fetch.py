@@ -99,7 +99,8 @@ def test_dry_run_lists_the_steps_and_their_size_and_downloads_nothing(tmp_path, 
     assert "fetch 80 steps, 248 GB (0 cached; 248 GB to download)" in out
     assert res["fetch"]["steps"] == [*range(1, 76), 100, 200, 300, 400, 500]
     assert relex_shaped_hub.downloads() == [] and relex_shaped_hub.downloads("config.json") == []
-    assert not (tmp_path / "hf-cache").exists() and not (tmp_path / "cache" / "hub" / "relex-rlvr--RLVR-Qwen2.5-Math-1.5B").exists()
+    assert not (tmp_path / "hf-cache").exists()  # nothing in the Hugging Face cache, no step linked
+    assert not (tmp_path / "cache" / "hub" / RELEX_REPO.replace("/", "--")).exists()
     assert [row["stage"] for row in res["dry_run"]][:2] == ["linearity", "relex"]
 
 
