@@ -44,8 +44,8 @@ def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
     if "mechanism" in stages:
         reads["mechanism"] = avail
     reads["prediction_error"] = targets
-    have = set(avail)
-    return {k: sorted(have & {int(s) for s in v}) for k, v in reads.items() if have & {int(s) for s in v}}
+    picked = {stage: sorted(set(avail) & {int(s) for s in steps}) for stage, steps in reads.items()}
+    return {stage: steps for stage, steps in picked.items() if steps}
 
 
 def union(reads: dict[str, list[int]]) -> list[int]:
@@ -148,6 +148,6 @@ def human_bytes(n: float) -> str:
     """Decimal units, as the hub shows sizes: 248 GB, 1.55 TB."""
     units = ["B", "kB", "MB", "GB", "TB"]
     i = 0
-    while n >= 1000 and i < len(units) - 1:
+    while n >= 999.5 and i < len(units) - 1:  # 999.7 GB is "1 TB", not "1e+03 GB"
         n, i = n / 1000, i + 1
     return f"{n:.3g} {units[i]}"

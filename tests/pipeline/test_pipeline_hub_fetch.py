@@ -59,7 +59,8 @@ def test_stage_steps_read_pairs_windows_and_only_what_exists():
 
 def test_plan_formatting():
     assert step_ranges([1, 2, 3, 5, 7, 8, 100]) == "1-3,5,7-8,100"
-    assert [human_bytes(n) for n in (5, 80 * STEP_BYTES, 500 * STEP_BYTES)] == ["5 B", "248 GB", "1.55 TB"]
+    assert [human_bytes(n) for n in (5, 80 * STEP_BYTES, 500 * STEP_BYTES, 999.7e9)] == [
+        "5 B", "248 GB", "1.55 TB", "1 TB"]
 
 
 @pytest.fixture
