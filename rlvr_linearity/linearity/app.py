@@ -68,7 +68,7 @@ def r2_steps(lin, saved: list[int]) -> list[int]:
     missing = [s for s in wanted if s not in set(saved)]
     if missing:
         raise ConfigError(f"linearity.steps: step(s) {', '.join(map(str, missing))} not in the trajectory "
-                          f"(saved: {_span(saved)})")
+                          f"(saved: {_span(saved)}); linearity.steps=null uses every saved step")
     return wanted
 
 
