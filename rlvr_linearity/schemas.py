@@ -555,6 +555,7 @@ class PipelineWeightConfig:
             _require((e.base, e.second) not in seen, f"{key}.per_pair",
                      f"pair [{e.base}, {e.second}] is given twice (pairs and per_pair, or per_pair twice)")
             seen.add((e.base, e.second))
+            _require(bool(e.targets), f"{key}.per_pair", f"pair [{e.base}, {e.second}] has no targets")
             for t in e.targets:
                 _require(t >= 0, f"{key}.per_pair", f"target {t} of [{e.base}, {e.second}] is negative")
 

@@ -142,13 +142,14 @@ def test_pairs_and_per_pair_targets_combine():
     from rlvr_linearity.pipeline.chain import pair_targets
 
     cfg = compose_config("pipeline", "logger=none", "pipeline.weight.pairs=[[0,3]]", "pipeline.weight.targets=[5,6]",
-                         "pipeline.weight.per_pair=[{base:0,second:4,targets:[8]},{base:1,second:4,targets:[]}]")
-    assert pair_targets(cfg.pipeline.weight) == [(0, 3, [5, 6]), (0, 4, [8]), (1, 4, [])]
+                         "pipeline.weight.per_pair=[{base:0,second:4,targets:[8]},{base:1,second:4,targets:[9,10]}]")
+    assert pair_targets(cfg.pipeline.weight) == [(0, 3, [5, 6]), (0, 4, [8]), (1, 4, [9, 10])]
     assert pair_targets(cfg.pipeline.logits) == []
 
 
 @pytest.mark.parametrize("per_pair,message", [
-    ("[{base:0,second:3,targets:[5]}]", "given twice"), ("[{base:2,second:2,targets:[5]}]", "two different steps")])
+    ("[{base:0,second:3,targets:[5]}]", "given twice"), ("[{base:2,second:2,targets:[5]}]", "two different steps"),
+    ("[{base:0,second:2,targets:[]}]", "has no targets")])
 def test_bad_per_pair_fails_at_validation(per_pair, message):
     with pytest.raises(ConfigError, match=rf"pipeline.logits.per_pair: .*{message}"):
         compose_config("pipeline", "logger=none", "pipeline.logits.pairs=[[0,3]]", f"pipeline.logits.per_pair={per_pair}")
