@@ -127,10 +127,8 @@ class Pipeline:
     def weight(self, traj: str | None, ident: str) -> list[dict]:
         from rlvr_linearity.extrapolate.app import extrapolate
 
-        pcfg = self.cfg.pipeline.weight
-        targets = list(pcfg.targets)
         out = []
-        for a, b in [tuple(p) for p in pcfg.pairs]:
+        for a, b, targets in pair_targets(self.cfg.pipeline.weight):
             over = {"extrapolate": {**section(self.cfg, "extrapolate"), "method": "weight", "base_step": a,
                                     "second_step": b, "targets": targets}}
             ecfg = derive(self.cfg, **over)
@@ -239,6 +237,13 @@ class Pipeline:
         from rlvr_linearity.trajectory import open_trajectory
 
         return open_trajectory(self._on(traj, self.out).trajectory)
+
+
+def pair_targets(pcfg) -> list[tuple[int, int, list[int]]]:
+    """(base, second, targets) of `pipeline.weight` / `pipeline.logits`: every `pairs` entry with the
+    shared `targets`, then every `per_pair` entry with its own (LIN Fig. 5: t′ depends on t₁)."""
+    shared = [(int(a), int(b), [int(t) for t in pcfg.targets]) for a, b in pcfg.pairs]
+    return shared + [(int(e.base), int(e.second), [int(t) for t in e.targets]) for e in pcfg.per_pair]
 
 
 def _traj_selection(cfg) -> dict:
@@ -377,18 +382,26 @@ def _logits_engine(cfg, models: list[str], alpha: float) -> dict:
     return {**spec, "models": models, "alpha": alpha, "device": device}
 
 
-def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
-    pcfg = cfg.pipeline.logits
-    out = []
-    if not pcfg.pairs or not pcfg.targets:
-        return out
-    if p.dry_run:
-        return out
+def _pair_models(p: Pipeline, traj_path: str | None) -> Callable[[int], str]:
+    """step -> model directory of a logits pair; a dry run before training (or of a hub trajectory)
+    names the step instead, so its listing shows the stages (their keys final once the models exist)."""
+    given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
+    if p.dry_run and not (given and traj_path is None):
+        return lambda step: f"<step {step}>"
     traj = p.open_trajectory(traj_path)
-    for a, b in [tuple(x) for x in pcfg.pairs]:
-        for t in pcfg.targets:
+    return lambda step: str(traj.model(step).path)
+
+
+def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
+    out = []
+    pairs = [(a, b, targets) for a, b, targets in pair_targets(cfg.pipeline.logits) if targets]
+    if not pairs:
+        return out
+    model = _pair_models(p, traj_path)
+    for a, b, targets in pairs:
+        for t in targets:
             alpha = (t - a) / (b - a)
-            engine = _logits_engine(cfg, [str(traj.model(a).path), str(traj.model(b).path)], alpha)
+            engine = _logits_engine(cfg, [model(a), model(b)], alpha)
             label = f"logits_{a}_{b}_t{t}"
             metrics = p.evaluate_model(label, None, ident, engine=engine)
             row = {"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, benches)}
