@@ -41,8 +41,8 @@ CATALOGUE = [
                 "rlvr linearity -m trajectory.path=RUN_A/trajectory,RUN_B/trajectory linearity.logprobs=true (one run per setting, GPU-scale for the paper)"),
     PaperFigure("lin_weight_extrapolation", "LIN", "Fig. 5: weight extrapolation, accuracy vs target t′ per t₁",
                 "results.json with `weight_extrapolation` rows",
-                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.weight.pairs=[[0,300],[0,600],[0,1400]] "
-                "pipeline.weight.targets=[400,600,900,1200,1600,1800,2000] -m hydra/launcher=slurm_gpu (GPU)"),
+                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory -m hydra/launcher=slurm_gpu "
+                "(GPU; the preset's pipeline.weight.per_pair holds Fig. 5's targets per t₁)"),
     PaperFigure("lin_table1", "LIN", "Table 1: logits extrapolation vs standard RL per benchmark",
                 "logits_extrapolation.json, or results.json with `logits_extrapolation` rows",
                 f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.logits.pairs=[[200,1400]] "

@@ -55,7 +55,26 @@ def r2_filters(lin) -> dict:
     return {"thresholds": tuple(float(t) for t in lin.thresholds), "engine": str(lin.engine),
             "sample_fraction": lin.sample_fraction, "min_samples": int(lin.min_samples),
             "min_abs_change": float(lin.min_abs_change or 0.0), "min_unique": int(lin.min_unique or 0),
+            "unique_dtype": str(lin.unique_filter_dtype), "tensors": str(lin.tensors),
             "sample_seed": int(lin.sample_seed)}
+
+
+def r2_steps(lin, saved: list[int]) -> list[int]:
+    """The steps weight and token log-prob R² run over: `linearity.steps` (the base, step 0, always
+    counts), or every saved step when null. Steps the trajectory lacks fail with one line."""
+    if lin.steps is None:
+        return list(saved)
+    wanted = sorted({0, *(int(s) for s in lin.steps)})
+    missing = [s for s in wanted if s not in set(saved)]
+    if missing:
+        raise ConfigError(f"linearity.steps: step(s) {', '.join(map(str, missing))} not in the trajectory "
+                          f"(saved: {_span(saved)}); linearity.steps=null uses every saved step")
+    return wanted
+
+
+def _span(steps: list[int]) -> str:
+    """A short listing of saved steps for error lines."""
+    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]} ({len(steps)} steps)"
 
 
 def _weights(cfg, traj, steps, out: Path) -> dict:
@@ -101,8 +120,10 @@ def reconstruct(traj, grams: dict, observed: list[int], targets: list[int], rank
     return method.report()
 
 
-def _problem_texts(cfg, benchmark: str) -> list[str]:
-    """The prompts of a benchmark's problems (the task's own prompt, asking for \\boxed{})."""
+def _problem_texts(cfg, benchmark: str, instruction: str | None) -> list[str]:
+    """The problem texts probes store (LIN's `problem`): the bare statements when
+    `linearity.probes.instruction` is set (`logprob.prompt_text` appends it, once), else the
+    benchmark's own prompt, which already asks for \\boxed{}."""
     try:
         from rlvr_linearity.evaluate.benchmarks import load_benchmark
     except ImportError:  # evaluation package not installed in this tree: the demo task directly
@@ -118,7 +139,7 @@ def _problem_texts(cfg, benchmark: str) -> list[str]:
 
     def text(r):
         get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
-        return get("prompt") or get("problem")
+        return get("problem") if instruction else (get("prompt") or get("problem"))
 
     return [text(r) for r in rows]
 
@@ -136,7 +157,7 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
         return load_probes(pc.file)
     if not pc.generate:
         raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
-    texts = _problem_texts(cfg, str(pc.benchmark))[: int(pc.n_problems)]
+    texts = _problem_texts(cfg, str(pc.benchmark), pc.instruction)[: int(pc.n_problems)]
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
                             max_new_tokens=int(cfg.sampling.max_tokens), temperature=pc.temperature, top_p=pc.top_p,
                             top_k=pc.top_k, seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.instruction,
@@ -181,11 +202,12 @@ def _analyse(cfg, out_dir) -> dict:
     caps = [m for m in (cfg.trajectory.max_step, lin.max_step) if m is not None]
     traj = open_trajectory(cfg.trajectory, max_step=min(caps, default=None))
     steps = list(traj.steps)
-    window_lengths(steps, list(lin.windows))  # bad windows fail before any work
-    summary: dict = {"dir": str(out_dir), "steps": steps}
+    selected = r2_steps(lin, steps)
+    window_lengths(selected, list(lin.windows))  # bad windows fail before any work
+    summary: dict = {"dir": str(out_dir), "steps": steps, "r2_steps": selected}
     weights = lowrank = logprobs = None
     if lin.weights:
-        weights = _weights(cfg, traj, steps, out)
+        weights = _weights(cfg, traj, selected, out)
         _write(out / "weights_r2.json", weights)
         summary.update({k: weights[k] for k in ("n_weights", "n_defined", "mean", "median", "frac_above")})
         summary["windows"] = {k: {"median": w["median"], "mean": w["mean"], "frac_above": w["frac_above"]}
@@ -195,7 +217,7 @@ def _analyse(cfg, out_dir) -> dict:
         _write(out / "lowrank.json", lowrank)
         summary["lowrank"] = lowrank["summary"]
     if lin.logprobs:
-        logprobs = _logprobs(cfg, traj, steps, out)
+        logprobs = _logprobs(cfg, traj, selected, out)
         _write(out / "logprob_r2.json", logprobs)
         summary["logprob"] = {k: logprobs["logprob"].get(k) for k in ("median", "mean", "frac_above", "n_tokens")}
     figs = linearity_figures(out_dir / "figures", weights=weights, lowrank=lowrank, logprobs=logprobs)

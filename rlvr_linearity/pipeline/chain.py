@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
-from rlvr_linearity.pipeline.fetch import HubFetch, announce, plan_hub_fetch
+from rlvr_linearity.pipeline.fetch import HubFetch, announce, pair_targets, plan_hub_fetch
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,8 @@ class Pipeline:
     def weight(self, traj: str | None, ident: str) -> list[dict]:
         from rlvr_linearity.extrapolate.app import extrapolate
 
-        pcfg = self.cfg.pipeline.weight
-        targets = list(pcfg.targets)
         out = []
-        for a, b in [tuple(p) for p in pcfg.pairs]:
+        for a, b, targets in pair_targets(self.cfg.pipeline.weight):
             over = {"extrapolate": {**section(self.cfg, "extrapolate"), "method": "weight", "base_step": a,
                                     "second_step": b, "targets": targets}}
             ecfg = derive(self.cfg, **over)
@@ -387,18 +385,26 @@ def _logits_engine(cfg, models: list[str], alpha: float) -> dict:
     return {**spec, "models": models, "alpha": alpha, "device": device}
 
 
-def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
-    pcfg = cfg.pipeline.logits
-    out = []
-    if not pcfg.pairs or not pcfg.targets:
-        return out
-    if p.dry_run:
-        return out
+def _pair_models(p: Pipeline, traj_path: str | None) -> Callable[[int], str]:
+    """step -> model directory of a logits pair; a dry run before training (or of a hub trajectory)
+    names the step instead, so its listing shows the stages (their keys final once the models exist)."""
+    given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
+    if p.dry_run and not (given and traj_path is None):
+        return lambda step: f"<step {step}>"
     traj = p.open_trajectory(traj_path, "logits")
-    for a, b in [tuple(x) for x in pcfg.pairs]:
-        for t in pcfg.targets:
+    return lambda step: str(traj.model(step).path)
+
+
+def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
+    out = []
+    pairs = [(a, b, targets) for a, b, targets in pair_targets(cfg.pipeline.logits) if targets]
+    if not pairs:
+        return out
+    model = _pair_models(p, traj_path)
+    for a, b, targets in pairs:
+        for t in targets:
             alpha = (t - a) / (b - a)
-            engine = _logits_engine(cfg, [str(traj.model(a).path), str(traj.model(b).path)], alpha)
+            engine = _logits_engine(cfg, [model(a), model(b)], alpha)
             label = f"logits_{a}_{b}_t{t}"
             metrics = p.evaluate_model(label, None, ident, engine=engine)
             row = {"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, benches)}

@@ -18,6 +18,13 @@ from pathlib import Path
 from rlvr_linearity.extrapolate.app import histories
 
 
+def pair_targets(pcfg) -> list[tuple[int, int, list[int]]]:
+    """(base, second, targets) of `pipeline.weight` / `pipeline.logits`: every `pairs` entry with the
+    shared `targets`, then every `per_pair` entry with its own (LIN Fig. 5: t′ depends on t₁)."""
+    shared = [(int(a), int(b), [int(t) for t in pcfg.targets]) for a, b in pcfg.pairs]
+    return shared + [(int(e.base), int(e.second), [int(t) for t in e.targets]) for e in pcfg.per_pair]
+
+
 def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
     """{stage: sorted steps it reads} for the chain's stages in `pipeline.stages`, out of the
     trajectory's `available` steps (after trajectory.steps / max_step). Step 0 (the base) is
@@ -28,17 +35,19 @@ def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
     stages, pc, ex = set(cfg.pipeline.stages), cfg.pipeline, cfg.extrapolate
     reads: dict[str, list[int]] = {}
     targets: list[int] = []  # predictions compared with the trained checkpoint at their target
-    if "linearity" in stages:  # every window, "all" included, lies within linearity.max_step
-        reads["linearity"] = [s for s in avail if cfg.linearity.max_step is None or s <= cfg.linearity.max_step]
+    if "linearity" in stages:  # R² over linearity.steps (low rank: every step), windows within max_step
+        lin = cfg.linearity
+        reads["linearity"] = [s for s in (avail if lin.steps is None or lin.lowrank else lin.steps)
+                              if lin.max_step is None or s <= lin.max_step]
     if "relex" in stages and ex.method == "relex" and histories(ex) and ex.targets:
         windows = select_windows(avail, history=ex.history, window=ex.window, last=ex.last, windows=ex.windows)
         reads["relex"] = avail if ex.gram_steps == "all" else [s for w in windows for s in w.steps]
         targets += ex.targets
     if "weight" in stages:
-        reads["weight"] = [s for pair in pc.weight.pairs for s in pair]
-        targets += pc.weight.targets if pc.weight.pairs else []
-    if {"logits", "evaluate"} <= stages and pc.logits.targets:
-        reads["logits"] = [s for pair in pc.logits.pairs for s in pair]
+        reads["weight"] = [s for a, b, _ in pair_targets(pc.weight) for s in (a, b)]
+        targets += [t for *_, ts in pair_targets(pc.weight) for t in ts]
+    if {"logits", "evaluate"} <= stages:  # logits extrapolation runs inside evaluate
+        reads["logits"] = [s for a, b, ts in pair_targets(pc.logits) if ts for s in (a, b)]
     if "evaluate" in stages:
         reads["evaluate"] = avail if pc.evaluate_steps == "all" else pc.evaluate_steps
     if "mechanism" in stages:

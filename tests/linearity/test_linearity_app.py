@@ -243,7 +243,7 @@ def test_lin_paper_preset_reproduces_reference(tmp_path, rlvr_cache):
     res = json.loads((tmp_path / "out" / "linearity" / "weights_r2.json").read_text())
     steps = [0, *STEPS]
     kept, n_sampled = [], 0
-    for n in tt.names:
+    for n in [n for n in tt.names if n.endswith(".weight")]:  # linearity.tensors=weights_only
         y = np.stack([tt.values[s][n].numpy().ravel() for s in steps])
         idx = sample_indices(y.shape[1], sample_size(y.shape[1], 0.001, 50), 42, n)
         n_sampled += idx.size
@@ -254,4 +254,5 @@ def test_lin_paper_preset_reproduces_reference(tmp_path, rlvr_cache):
     kept = np.asarray(kept)
     assert res["n_weights"] == n_sampled and res["n_defined"] == kept.size > 0
     assert abs(res["mean"] - kept.mean()) < 1e-9 and abs(res["median"] - np.median(kept)) < 1e-9
-    assert res["filters"]["min_unique"] == 4
+    assert (res["filters"]["min_unique"], res["filters"]["unique_filter_dtype"], res["filters"]["tensors"]) == \
+        (4, "bfloat16", "weights_only")

@@ -57,6 +57,21 @@ def test_stage_steps_read_pairs_windows_and_only_what_exists():
     assert stage_steps(no_eval, [0, 1, 2, 3, 4]) == {}
 
 
+def test_stage_steps_of_per_pair_targets_and_linearity_steps():
+    """LIN Fig. 5's per-pair targets: each pair's steps, each target compared; linearity.steps is
+    what weight R² reads, unless the low-rank analysis (every step) is on."""
+    available = list(range(0, 1001, 100))
+    per_pair = ("pipeline.weight.per_pair=[{base:0,second:300,targets:[400,600]},{base:100,second:600,"
+                "targets:[800]}]")
+    cfg = compose_config("pipeline", "pipeline.stages=[linearity,weight,logits,evaluate]", per_pair,
+                         "pipeline.logits.per_pair=[{base:0,second:200,targets:[500]}]", "pipeline.evaluate_steps=[]",
+                         "linearity.steps=[0,200,300,900]", "linearity.lowrank=false", "linearity.max_step=800")
+    assert stage_steps(cfg, available) == {"linearity": [200, 300], "weight": [100, 300, 600], "logits": [200],
+                                           "prediction_error": [400, 600, 800]}
+    lowrank = compose_config("pipeline", "pipeline.stages=[linearity]", "linearity.steps=[0,200,300]")
+    assert stage_steps(lowrank, available) == {"linearity": available[1:]}
+
+
 def test_plan_formatting():
     assert step_ranges([1, 2, 3, 5, 7, 8, 100]) == "1-3,5,7-8,100"
     assert [human_bytes(n) for n in (5, 80 * STEP_BYTES, 500 * STEP_BYTES, 999.7e9)] == [
