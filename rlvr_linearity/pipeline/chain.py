@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
+from rlvr_linearity.pipeline import reconstruction as rec
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,28 @@ class Pipeline:
             out["mechanism"] = res.result if res else None
         return out
 
+    def reconstruct(self, traj: str | None, ident: str) -> list[dict]:
+        """RELEX Finding 1: rank-r reconstructions of trained steps, one cached stage per rank
+        (`pipeline.reconstruct.*`): [{step, rank, history, path}]."""
+        out = []
+        for r in [int(x) for x in self.cfg.pipeline.reconstruct.ranks]:
+            config = {**rec.reconstruct_config(self.cfg, r), "trajectory": _traj_selection(self.cfg)}
+            res = self.run_stage(Stage("reconstruct", config, [ident], label=f"reconstruct_r{r}",
+                                       fn=lambda d, r=r: rec.reconstruct_stage(self.cfg, self.open_trajectory(traj), r, d)))
+            out += rec.stage_rows(self.cfg, r, res and res.path, res and res.result)
+        return out
+
+    def model_identity(self, model: str | None) -> str:
+        """A model directory as a cache identity: its path inside the stage cache (which names the
+        stage key that made it), else the path as given (a given trajectory's content is `ident`)."""
+        if model is None:
+            return ""
+        path = Path(model)
+        return str(path.relative_to(self.cache.root)) if path.is_relative_to(self.cache.root) else str(model)
+
     def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
-        """Benchmark metrics of one model (or a model pair with an engine override)."""
+        """Benchmark metrics of one model (or a model pair with an engine override), keyed by the
+        model's identity (not the label: two models may share one) and the evaluation config."""
         from rlvr_linearity.evaluate.app import evaluate
 
         config = {k: section(self.cfg, k) for k in ("evaluate", "benchmarks", "sampling", "task")}
@@ -178,7 +199,7 @@ class Pipeline:
                     ecfg.engine = OmegaConf.create(engine)
             return evaluate(ecfg, d)
 
-        res = self.run_stage(Stage("evaluate", config, [ident, label], fn, label=f"eval_{label}"))
+        res = self.run_stage(Stage("evaluate", config, [ident, self.model_identity(model)], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
     def correctness(self, label: str, benchmark: str) -> dict[str, list[bool]] | None:
@@ -210,8 +231,8 @@ class Pipeline:
         if self.dry_run:
             return
         traj_obj = self.open_trajectory(traj)
-        todo = {f"{i}": (r["path"], r["target"]) for i, r in enumerate(rows)
-                if r.get("path") and r["target"] in traj_obj.steps and r["target"] != 0}
+        todo = {f"{i}": (r["path"], _target(r)) for i, r in enumerate(rows)
+                if r.get("path") and _target(r) in traj_obj.steps and _target(r) != 0}
         if not todo:
             return
 
@@ -222,8 +243,7 @@ class Pipeline:
             return {i: prediction_error(traj_obj.base, traj_obj.model(t), ModelFiles(path, t))
                     for i, (path, t) in todo.items()}
 
-        config = {"predictions": {i: [str(Path(p).relative_to(self.cache.root)) if Path(p).is_relative_to(self.cache.root)
-                                      else p, t] for i, (p, t) in todo.items()}}
+        config = {"predictions": {i: [self.model_identity(p), t] for i, (p, t) in todo.items()}}
         res = self.run_stage(Stage("prediction_error", config, [ident], fn, label="prediction_error"))
         for i, err in res.result.items():
             rows[int(i)]["weight_error"] = err
@@ -239,6 +259,11 @@ class Pipeline:
         from rlvr_linearity.trajectory import open_trajectory
 
         return open_trajectory(self._on(traj, self.out).trajectory)
+
+
+def _target(row: dict) -> int:
+    """The trained step a prediction (`target`) or a reconstruction (`step`) is compared with."""
+    return row["target"] if "target" in row else row["step"]
 
 
 def _traj_selection(cfg) -> dict:
@@ -281,11 +306,11 @@ def _scored(metrics: dict | None, benches: list[str]) -> dict:
 
 
 def _compare(p: "Pipeline", row: dict, label: str, benches: list[str]) -> None:
-    """Paired comparison with the trained checkpoint at the row's target, per benchmark (the
-    first benchmark's also as the row's `vs_trained`)."""
+    """Paired comparison with the trained checkpoint at the row's target (a reconstruction's
+    step), per benchmark (the first benchmark's also as the row's `vs_trained`)."""
     for b in benches:
         if row["metrics"].get(b) is not None:
-            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, row["target"], b)}
+            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, _target(row), b)}
     row["vs_trained"] = (row["metrics"].get(benches[0]) or {}).get("vs_trained")
 
 
@@ -302,6 +327,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     relex = p.relex(traj_path, ident) if "relex" in stages else []
     weight = p.weight(traj_path, ident) if "weight" in stages else []
     mechanism = p.mechanism(traj_path, ident)
+    recon = p.reconstruct(traj_path, ident) if "reconstruct" in stages and cfg.pipeline.reconstruct.steps else []
 
     given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
     results: dict[str, Any] = {"benchmark": bench, "benchmarks": benches, "trajectory": traj_path or given}
@@ -323,10 +349,16 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
             label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
             r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
             _compare(p, r, label, benches)
+        for r in recon:
+            label = rec.eval_label(r)
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
+            _compare(p, r, label, benches)
         results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, benches) if "logits" in stages else []
-    p.prediction_errors(traj_path, ident, relex + weight)
+    p.prediction_errors(traj_path, ident, relex + weight + recon)
     results["relex"] = relex
     results["weight_extrapolation"] = weight
+    if recon:
+        results["reconstruction"] = recon
     if lin is not None:
         results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
                                 "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
