@@ -92,7 +92,8 @@ class Pipeline:
 
         stage = Stage("train", config, [], fn, label="train")
         res = self.run_stage(stage)
-        return (res.result["trajectory"] if res else None), stage.key
+        done = res.result if res else (self.cache.lookup(stage.name, stage.key) or {}).get("result")
+        return (done or {}).get("trajectory"), stage.key  # a dry run knows a trained trajectory once cached
 
     def linearity(self, traj: str | None, ident: str) -> dict | None:
         from rlvr_linearity.linearity.app import analyse
@@ -117,11 +118,11 @@ class Pipeline:
             return []
         config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
         stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d), d), label="relex")
-        res = self.run_stage(stage)
+        self.run_stage(stage)
         method = {"rank": int(ex.rank), "fit": str(ex.fit)}
-        return [
+        return [  # paths known in a dry run too: they key the predictions' evaluations
             {"history": w, "target": t, **method,
-             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+             "path": str(_prediction_dir(self.cache.path(stage.name, stage.key), t, w if len(windows) > 1 else None))}
             for w in windows for t in targets
         ]
 
@@ -139,9 +140,9 @@ class Pipeline:
             config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
             stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e), d),
                           label=f"weight_{a}_{b}")
-            res = self.run_stage(stage)
+            self.run_stage(stage)
             for t in targets:
-                path = None if res is None else str(_prediction_dir(res.path, t, None))
+                path = str(_prediction_dir(self.cache.path(stage.name, stage.key), t, None))
                 out.append({"base_step": a, "second_step": b, "target": t, "path": path})
         return out
 
@@ -169,16 +170,15 @@ class Pipeline:
         out = []
         for r in [int(x) for x in self.cfg.pipeline.reconstruct.ranks]:
             config = {**rec.reconstruct_config(self.cfg, r), "trajectory": _traj_selection(self.cfg)}
-            res = self.run_stage(Stage("reconstruct", config, [ident], label=f"reconstruct_r{r}",
-                                       fn=lambda d, r=r: rec.reconstruct_stage(self.cfg, self.open_trajectory(traj), r, d)))
-            out += rec.stage_rows(self.cfg, r, res and res.path, res and res.result)
+            stage = Stage("reconstruct", config, [ident], label=f"reconstruct_r{r}",
+                          fn=lambda d, r=r: rec.reconstruct_stage(self.cfg, self.open_trajectory(traj), r, d))
+            self.run_stage(stage)
+            out += rec.stage_rows(self.cfg, r, self.cache.path(stage.name, stage.key))
         return out
 
-    def model_identity(self, model: str | None) -> str:
+    def model_identity(self, model: str) -> str:
         """A model directory as a cache identity: its path inside the stage cache (which names the
         stage key that made it), else the path as given (a given trajectory's content is `ident`)."""
-        if model is None:
-            return ""
         path = Path(model)
         return str(path.relative_to(self.cache.root)) if path.is_relative_to(self.cache.root) else str(model)
 
@@ -199,7 +199,8 @@ class Pipeline:
                     ecfg.engine = OmegaConf.create(engine)
             return evaluate(ecfg, d)
 
-        res = self.run_stage(Stage("evaluate", config, [ident, self.model_identity(model)], fn, label=f"eval_{label}"))
+        model_id = self.model_identity(model) if model else label  # no model: a logits pair (its engine) or a dry run's
+        res = self.run_stage(Stage("evaluate", config, [ident, model_id], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
     def correctness(self, label: str, benchmark: str) -> dict[str, list[bool]] | None:
@@ -391,13 +392,13 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     """(step, model dir) of the RLVR checkpoints to evaluate, base included."""
     wanted = p.cfg.pipeline.evaluate_steps
     given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
-    if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
+    if p.dry_run and not given and traj_path is None:  # nothing trained yet: list what was asked
         return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
     traj = p.open_trajectory(traj_path)
     steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
     if wanted != "all" and 0 not in steps:
         steps = [0, *steps]
-    return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
+    return [(s, str(traj.model(s).path)) for s in steps]
 
 
 def _logits_engine(cfg, models: list[str], alpha: float) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlvr_linearity.errors import ConfigError
+from rlvr_linearity.linearity.reconstruct import reconstruction_dir
 
 
 def reconstruct_config(cfg, rank: int) -> dict:
@@ -19,7 +20,7 @@ def reconstruct_config(cfg, rank: int) -> dict:
 
 def reconstruct_stage(cfg, traj, rank: int, out: Path) -> dict:
     """Write the rank-`rank` reconstruction of every `pipeline.reconstruct.steps` step under
-    `out/reconstruct/`; returns {"rows": [{step, rank, history, path (relative to out)}]}."""
+    `out/reconstruct/` (`stage_rows` names them); returns {"steps": [...]}."""
     from rlvr_linearity.linearity.app import reconstruct, trajectory_grams
 
     rc = cfg.pipeline.reconstruct
@@ -32,16 +33,16 @@ def reconstruct_stage(cfg, traj, rank: int, out: Path) -> dict:
         raise ConfigError(f"pipeline.reconstruct.history={rc.history}: no trained step at or before it (first: {observed[0]})")
     rows = reconstruct(traj, trajectory_grams(cfg, traj, observed), observed, steps, int(rank), rc.history,
                        out / "reconstruct", int(cfg.linearity.chunk_elements))
-    return {"rows": [{**r, "path": str(Path(r["path"]).relative_to(out))} for r in rows]}
+    return {"steps": [r["step"] for r in rows]}
 
 
-def stage_rows(cfg, rank: int, stage_dir: Path | None, result: dict | None) -> list[dict]:
-    """The results.json rows of one rank's stage, paths made absolute (None in a dry run)."""
-    if stage_dir is None or result is None:
-        rc = cfg.pipeline.reconstruct
-        return [{"step": s, "rank": int(rank), "history": rc.history, "path": None}
-                for s in reconstruct_config(cfg, rank)["steps"]]
-    return [{**r, "path": str(Path(stage_dir) / r["path"])} for r in result["rows"]]
+def stage_rows(cfg, rank: int, stage_dir: Path) -> list[dict]:
+    """The results.json rows of one rank's stage (known in a dry run too: the paths key the
+    reconstructions' evaluations)."""
+    history = cfg.pipeline.reconstruct.history
+    return [{"step": s, "rank": int(rank), "history": history,
+             "path": str(reconstruction_dir(Path(stage_dir) / "reconstruct", s, rank))}
+            for s in reconstruct_config(cfg, rank)["steps"]]
 
 
 def eval_label(row: dict) -> str:

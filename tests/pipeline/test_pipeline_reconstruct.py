@@ -56,6 +56,10 @@ def test_reconstruct_stage_rows_keys_and_weights(tmp_path, rlvr_cache):
     assert keys["eval_recon_r1_hall_s4"] != keys["eval_recon_r2_hall_s4"]  # one label per model, one key per model
     err = {(r["step"], r["rank"]): r["weight_error"]["rel_l2"] for r in rows}
     assert all(err[(s, 2)] < err[(s, 1)] for s in (2, 4))  # a higher rank keeps more of each update
+    listing = run_chain(_cfg(tmp_path, tt, "pipeline.dry_run=true"), tmp_path / "dry")["dry_run"]
+    ran = [(s["stage"], s["key"]) for s in res["stages"] if s["stage"] != "prediction_error"]  # not planned ahead
+    assert [(r["stage"], r["key"]) for r in listing] == ran
+    assert all(r["cached"] for r in listing)  # a dry run keys every evaluation by its model, as the run did
 
 
 def test_reconstruct_stage_rejects_an_untrained_step(tmp_path, rlvr_cache):
