@@ -78,8 +78,8 @@ def denoising(results: dict) -> dict | None:
     benches = benchmarks_of(results)
     trained = _trained(results, benches)
     cands = [(r["step"], _method(r), r) for r in results.get("reconstruction") or []]
-    cands += [(r["target"], f"RELEX (T_cut {r['history']}, rank {r.get('rank', 1)})", r)
-              for r in results.get("relex") or []]
+    cands += [(r["target"], f"RELEX (T_cut {r['history']}, rank {r.get('rank', 1)}"
+               + (f", {r['fit']})" if r.get("fit", "linear") != "linear" else ")"), r) for r in results.get("relex") or []]
     rows = []
     for step, method, r in cands:
         if r.get("accuracy") is None or step not in trained or step == 0:
@@ -118,7 +118,7 @@ def write_denoising(data: dict, md_path: Path, json_path: Path) -> tuple[Path, P
     note = "\n".join(
         f"- {s['method']}: " + "; ".join(f"{b} mean change {_num(v['mean_change'], '{:+.3f}')}, not worse at "
                                          f"{v['n_not_worse']}/{v['n']} steps" for b, v in s["benchmarks"].items())
-        + f"; removes {_num(s['mean_removed'])} of the update on average" for s in data["summary"])
+        + f"; mean ‖Δ̃ − Δ‖/‖Δ‖ {_num(s['mean_removed'])}" for s in data["summary"])
     md = write_markdown_table(md_path, "RELEX denoising: denoised checkpoints vs the trained ones at the same step",
                               ["method", "step", "removed ‖Δ−Δ̃‖/‖Δ‖", *[f"{b}: trained → denoised" for b in benches],
                                "p (paired)"], rows, note)
