@@ -563,6 +563,23 @@ class PipelineWeightConfig:
 
 
 @dataclass
+class PipelineReconstructConfig:
+    """RELEX Finding 1: rank-r reconstructions of trained steps (pipeline stage `reconstruct`)."""
+
+    steps: list[int] = MISSING
+    ranks: list[int] = MISSING
+    history: Optional[int] = MISSING
+
+    def check(self, key: str) -> None:
+        for s in self.steps:
+            _require(s >= 1, f"{key}.steps", f"step {s}: reconstructions are of trained steps (>= 1)")
+        _require(bool(self.ranks) or not self.steps, f"{key}.ranks", "empty: give at least one rank")
+        for r in self.ranks:
+            _require(r >= 1, f"{key}.ranks", f"rank {r}: ranks start at 1")
+        _require(self.history is None or self.history >= 1, f"{key}.history", f"{self.history}: need a step >= 1")
+
+
+@dataclass
 class PipelineConfig:
     stages: list[str] = MISSING
     stage_dir: str = MISSING
@@ -570,16 +587,18 @@ class PipelineConfig:
     evaluate_steps: Any = MISSING
     weight: PipelineWeightConfig = field(default_factory=PipelineWeightConfig)
     logits: PipelineWeightConfig = field(default_factory=PipelineWeightConfig)
+    reconstruct: PipelineReconstructConfig = field(default_factory=PipelineReconstructConfig)
 
     def check(self, key: str = "pipeline") -> None:
         for s in self.stages:
             _one_of(s, f"{key}.stages", ("train", "linearity", "relex", "weight", "logits", "evaluate", "report",
-                                         "regrounding", "token_snr", "mechanism"))
+                                         "regrounding", "token_snr", "mechanism", "reconstruct"))
         steps = self.evaluate_steps
         _require(steps == "all" or (isinstance(steps, list) and all(_is_int(s) and s >= 0 for s in steps)),
                  f"{key}.evaluate_steps", f"{steps!r}: use all or a list of steps")
         self.weight.check(f"{key}.weight")
         self.logits.check(f"{key}.logits")
+        self.reconstruct.check(f"{key}.reconstruct")
 
 
 @dataclass

@@ -86,20 +86,26 @@ def _weights(cfg, traj, steps, out: Path) -> dict:
         per_weight_path=out / "weights_r2.safetensors" if lin.save_per_weight else None, **r2_filters(lin))
 
 
-def _lowrank(cfg, traj, steps, out: Path) -> dict:
+def trajectory_grams(cfg, traj, observed: list[int]) -> dict:
+    """Per-tensor Grams of the deltas over `observed` (cached under the cache dir's grams/)."""
     from rlvr_linearity.linearity.gram import compute_grams
-    from rlvr_linearity.linearity.lowrank import lowrank_report
     from rlvr_linearity.paths import cache_dir
+
+    threads = torch.get_num_threads()
+    if _device(cfg.linearity) == "cpu":
+        torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
+    try:
+        return compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _lowrank(cfg, traj, steps, out: Path) -> dict:
+    from rlvr_linearity.linearity.lowrank import lowrank_report
 
     lin = cfg.linearity
     observed = [s for s in steps if s != 0]
-    threads = torch.get_num_threads()
-    if _device(lin) == "cpu":
-        torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
-    try:
-        grams = compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams")
-    finally:
-        torch.set_num_threads(threads)
+    grams = trajectory_grams(cfg, traj, observed)
     report = lowrank_report(grams, observed, list(lin.windows), list(lin.ranks), lin.coefficient_history)
     if lin.reconstruct_steps:
         report["reconstruct"] = reconstruct(traj, grams, observed, [int(s) for s in lin.reconstruct_steps],

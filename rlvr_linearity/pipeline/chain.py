@@ -19,6 +19,7 @@ from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
 from rlvr_linearity.pipeline.fetch import HubFetch, announce, pair_targets, plan_hub_fetch
+from rlvr_linearity.pipeline import reconstruction as rec
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class Pipeline:
 
         stage = Stage("train", config, [], fn, label="train")
         res = self.run_stage(stage)
-        return (res.result["trajectory"] if res else None), stage.key
+        done = res.result if res else (self.cache.lookup(stage.name, stage.key) or {}).get("result")
+        return (done or {}).get("trajectory"), stage.key  # a dry run knows a trained trajectory once cached
 
     def linearity(self, traj: str | None, ident: str) -> dict | None:
         from rlvr_linearity.linearity.app import analyse
@@ -122,11 +124,11 @@ class Pipeline:
         config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
         stage = Stage("relex", config, [ident], lambda d: extrapolate(self._on(traj, d, stage="relex"), d),
                       label="relex")
-        res = self.run_stage(stage)
+        self.run_stage(stage)
         method = {"rank": int(ex.rank), "fit": str(ex.fit)}
-        return [
+        return [  # paths known in a dry run too: they key the predictions' evaluations
             {"history": w, "target": t, **method,
-             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+             "path": str(_prediction_dir(self.cache.path(stage.name, stage.key), t, w if len(windows) > 1 else None))}
             for w in windows for t in targets
         ]
 
@@ -142,9 +144,9 @@ class Pipeline:
             config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
             stage = Stage("weight", config, [ident], lambda d, e=ecfg: extrapolate(self._on(traj, d, e, "weight"), d),
                           label=f"weight_{a}_{b}")
-            res = self.run_stage(stage)
+            self.run_stage(stage)
             for t in targets:
-                path = None if res is None else str(_prediction_dir(res.path, t, None))
+                path = str(_prediction_dir(self.cache.path(stage.name, stage.key), t, None))
                 out.append({"base_step": a, "second_step": b, "target": t, "path": path})
         return out
 
@@ -166,8 +168,27 @@ class Pipeline:
             out["mechanism"] = res.result if res else None
         return out
 
+    def reconstruct(self, traj: str | None, ident: str) -> list[dict]:
+        """RELEX Finding 1: rank-r reconstructions of trained steps, one cached stage per rank
+        (`pipeline.reconstruct.*`): [{step, rank, history, path}]."""
+        out = []
+        for r in [int(x) for x in self.cfg.pipeline.reconstruct.ranks]:
+            config = {**rec.reconstruct_config(self.cfg, r), "trajectory": _traj_selection(self.cfg)}
+            stage = Stage("reconstruct", config, [ident], label=f"reconstruct_r{r}",
+                          fn=lambda d, r=r: rec.reconstruct_stage(self.cfg, self.open_trajectory(traj, "reconstruct"), r, d))
+            self.run_stage(stage)
+            out += rec.stage_rows(self.cfg, r, self.cache.path(stage.name, stage.key))
+        return out
+
+    def model_identity(self, model: str) -> str:
+        """A model directory as a cache identity: its path inside the stage cache (which names the
+        stage key that made it), else the path as given (a given trajectory's content is `ident`)."""
+        path = Path(model)
+        return str(path.relative_to(self.cache.root)) if path.is_relative_to(self.cache.root) else str(model)
+
     def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
-        """Benchmark metrics of one model (or a model pair with an engine override)."""
+        """Benchmark metrics of one model (or a model pair with an engine override), keyed by the
+        model's identity (not the label: two models may share one) and the evaluation config."""
         from rlvr_linearity.evaluate.app import evaluate
 
         config = {k: section(self.cfg, k) for k in ("evaluate", "benchmarks", "sampling", "task")}
@@ -182,7 +203,8 @@ class Pipeline:
                     ecfg.engine = OmegaConf.create(engine)
             return evaluate(ecfg, d)
 
-        res = self.run_stage(Stage("evaluate", config, [ident, label], fn, label=f"eval_{label}"))
+        model_id = self.model_identity(model) if model else label  # no model: a logits pair (its engine) or a dry run's
+        res = self.run_stage(Stage("evaluate", config, [ident, model_id], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
     def correctness(self, label: str, benchmark: str) -> dict[str, list[bool]] | None:
@@ -214,8 +236,8 @@ class Pipeline:
         if self.dry_run or (self.hub is not None and "prediction_error" not in self.hub.reads):
             return
         traj_obj = self.open_trajectory(traj, "prediction_error")
-        todo = {f"{i}": (r["path"], r["target"]) for i, r in enumerate(rows)
-                if r.get("path") and r["target"] in traj_obj.steps and r["target"] != 0}
+        todo = {f"{i}": (r["path"], _target(r)) for i, r in enumerate(rows)
+                if r.get("path") and _target(r) in traj_obj.steps and _target(r) != 0}
         if not todo:
             return
 
@@ -226,8 +248,7 @@ class Pipeline:
             return {i: prediction_error(traj_obj.base, traj_obj.model(t), ModelFiles(path, t))
                     for i, (path, t) in todo.items()}
 
-        config = {"predictions": {i: [str(Path(p).relative_to(self.cache.root)) if Path(p).is_relative_to(self.cache.root)
-                                      else p, t] for i, (p, t) in todo.items()}}
+        config = {"predictions": {i: [self.model_identity(p), t] for i, (p, t) in todo.items()}}
         res = self.run_stage(Stage("prediction_error", config, [ident], fn, label="prediction_error"))
         for i, err in res.result.items():
             rows[int(i)]["weight_error"] = err
@@ -247,6 +268,11 @@ class Pipeline:
         from rlvr_linearity.trajectory import open_trajectory
 
         return open_trajectory(self._on(traj, self.out, stage=stage).trajectory)
+
+
+def _target(row: dict) -> int:
+    """The trained step a prediction (`target`) or a reconstruction (`step`) is compared with."""
+    return row["target"] if "target" in row else row["step"]
 
 
 def _traj_selection(cfg) -> dict:
@@ -289,11 +315,11 @@ def _scored(metrics: dict | None, benches: list[str]) -> dict:
 
 
 def _compare(p: "Pipeline", row: dict, label: str, benches: list[str]) -> None:
-    """Paired comparison with the trained checkpoint at the row's target, per benchmark (the
-    first benchmark's also as the row's `vs_trained`)."""
+    """Paired comparison with the trained checkpoint at the row's target (a reconstruction's
+    step), per benchmark (the first benchmark's also as the row's `vs_trained`)."""
     for b in benches:
         if row["metrics"].get(b) is not None:
-            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, row["target"], b)}
+            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, _target(row), b)}
     row["vs_trained"] = (row["metrics"].get(benches[0]) or {}).get("vs_trained")
 
 
@@ -310,6 +336,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     relex = p.relex(traj_path, ident) if "relex" in stages else []
     weight = p.weight(traj_path, ident) if "weight" in stages else []
     mechanism = p.mechanism(traj_path, ident)
+    recon = p.reconstruct(traj_path, ident) if "reconstruct" in stages and cfg.pipeline.reconstruct.steps else []
 
     given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
     results: dict[str, Any] = {"benchmark": bench, "benchmarks": benches, "trajectory": traj_path or given}
@@ -331,10 +358,16 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
             label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
             r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
             _compare(p, r, label, benches)
+        for r in recon:
+            label = rec.eval_label(r)
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
+            _compare(p, r, label, benches)
         results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, benches) if "logits" in stages else []
-    p.prediction_errors(traj_path, ident, relex + weight)
+    p.prediction_errors(traj_path, ident, relex + weight + recon)
     results["relex"] = relex
     results["weight_extrapolation"] = weight
+    if recon:
+        results["reconstruction"] = recon
     if lin is not None:
         results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
                                 "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
@@ -367,13 +400,13 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     """(step, model dir) of the RLVR checkpoints to evaluate, base included."""
     wanted = p.cfg.pipeline.evaluate_steps
     given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
-    if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
+    if p.dry_run and not given and traj_path is None:  # nothing trained yet: list what was asked
         return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
     traj = p.open_trajectory(traj_path, "evaluate")
     steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
     if wanted != "all" and 0 not in steps:
         steps = [0, *steps]
-    return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
+    return [(s, str(traj.model(s).path)) for s in steps]
 
 
 def _logits_engine(cfg, models: list[str], alpha: float) -> dict:

@@ -52,6 +52,9 @@ def stage_steps(cfg, available: list[int]) -> dict[str, list[int]]:
         reads["evaluate"] = avail if pc.evaluate_steps == "all" else pc.evaluate_steps
     if "mechanism" in stages:
         reads["mechanism"] = avail
+    if "reconstruct" in stages and pc.reconstruct.steps:  # the subspace from every trained step's Gram
+        reads["reconstruct"] = avail
+        targets += pc.reconstruct.steps
     reads["prediction_error"] = targets
     picked = {stage: sorted(set(avail) & {int(s) for s in steps}) for stage, steps in reads.items()}
     return {stage: steps for stage, steps in picked.items() if steps}
