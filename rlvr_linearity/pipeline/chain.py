@@ -186,9 +186,12 @@ class Pipeline:
         path = Path(model)
         return str(path.relative_to(self.cache.root)) if path.is_relative_to(self.cache.root) else str(model)
 
-    def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
+    def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None,
+                       model_id: str | None = None) -> dict | None:
         """Benchmark metrics of one model (or a model pair with an engine override), keyed by the
-        model's identity (not the label: two models may share one) and the evaluation config."""
+        model's identity (not the label: two models may share one) and the evaluation config. A
+        step of the trajectory `ident` names itself (`model_id`): its path is unknown to a dry run
+        of a hub trajectory, and the content is `ident` already."""
         from rlvr_linearity.evaluate.app import evaluate
 
         config = {k: section(self.cfg, k) for k in ("evaluate", "benchmarks", "sampling", "task")}
@@ -203,7 +206,7 @@ class Pipeline:
                     ecfg.engine = OmegaConf.create(engine)
             return evaluate(ecfg, d)
 
-        model_id = self.model_identity(model) if model else label  # no model: a logits pair (its engine) or a dry run's
+        model_id = model_id or (self.model_identity(model) if model else label)  # no model: a logits pair (its engine) or a dry run's
         res = self.run_stage(Stage("evaluate", config, [ident, model_id], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
@@ -344,7 +347,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         steps = _eval_steps(p, traj_path)
         rlvr = []
         for step, path in steps:
-            metrics = p.evaluate_model(f"step_{step}", path, ident)
+            metrics = p.evaluate_model(f"step_{step}", path, ident, model_id=f"step_{step}")
             rlvr.append({"step": step, **_scored(metrics, benches), "path": path})
         base = next((r for r in rlvr if r["step"] == 0), None)
         results["base"] = {"step": 0, **({k: base[k] for k in ("accuracy", "accuracy_ci95", "metrics")} if base
