@@ -113,6 +113,21 @@ RELEX = [
     new_code_cell('''for _, res in results:
     show(paper.plot_relex_accuracy(res, OUT / "relex_accuracy_vs_target.png"))
     show(paper.plot_relex_ablations(res, OUT / "relex_ablations.png"))'''),
+    new_markdown_cell("## Finding 1 (rank-r reconstructions vs the trained checkpoints), denoising, and the main table"),
+    new_code_cell('''from rlvr_linearity.figures import relex as rlx
+from rlvr_linearity.figures.discover import run_label
+
+for _, res in results:
+    show(rlx.plot_finding1(res, OUT / "relex_finding1_reconstruction.png"))
+    made = rlx.denoising_outputs(res, OUT / "relex_denoising.png")
+    if made:
+        show(made["png"])
+        display(Markdown(made["md"].read_text()))
+models = merge_results([(p, load_json(p)) for p in files["results"]], key=lambda p, r: r.get("trajectory") or str(p))
+made = rlx.main_table_outputs([(run_label(paths[0], [RESULTS]), res) for paths, res in models], OUT / "relex_main_table.png")
+if made:
+    show(made["png"])
+    display(Markdown(made["md"].read_text()))'''),
     *missing_figures("RELEX"),
 ]
 

@@ -21,7 +21,7 @@ def assign(sizes: dict[str, int], count: int) -> list[list[str]]:
     tensor to the lightest partition; ties by name, then by partition index), each partition's
     tensors kept in the given order. Deterministic: a function of the names and sizes alone."""
     if count > len(sizes):
-        raise ConfigError(f"partition.count={count}: the model has only {len(sizes)} tensors")
+        raise ConfigError(f"partition.count={count}: the analysis has only {len(sizes)} tensors to share")
     load = [0] * count
     owner: dict[str, int] = {}
     for name, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -36,9 +36,13 @@ def tensor_bytes(model) -> dict[str, int]:
     return {n: model.numel(n) * model.dtype(n).itemsize for n in model.tensor_names}
 
 
-def partition_names(traj, count: int, index: int) -> list[str]:
-    """The tensors (in the trajectory's order) that partition `index` of `count` handles."""
-    return assign(tensor_bytes(traj.base), count)[index]
+def partition_names(traj, count: int, index: int, names: list[str] | None = None) -> list[str]:
+    """The tensors (in the trajectory's order) that partition `index` of `count` handles, of
+    `names` (the tensors the analysis selects; default: every tensor)."""
+    sizes = tensor_bytes(traj.base)
+    if names is not None:
+        sizes = {n: sizes[n] for n in names}
+    return assign(sizes, count)[index]
 
 
 def require_complete(root: Path, count: int, done: Callable[[Path], bool], what: str) -> list[Path]:

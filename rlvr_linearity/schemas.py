@@ -133,8 +133,11 @@ class LinearityConfig:
     lowrank: bool = MISSING
     logprobs: bool = MISSING
     save_per_weight: bool = MISSING
+    steps: Optional[list[int]] = MISSING
     windows: list[Any] = MISSING
+    max_step: Optional[int] = MISSING
     thresholds: list[float] = MISSING
+    tensors: str = MISSING
     device: str = MISSING
     engine: str = MISSING
     chunk_elements: int = MISSING
@@ -142,6 +145,7 @@ class LinearityConfig:
     min_samples: int = MISSING
     min_abs_change: float = MISSING
     min_unique: int = MISSING
+    unique_filter_dtype: str = MISSING
     sample_seed: int = MISSING
     ranks: list[int] = MISSING
     coefficient_history: Optional[int] = MISSING
@@ -150,8 +154,15 @@ class LinearityConfig:
     probes: ProbesConfig = field(default_factory=ProbesConfig)
 
     def check(self, key: str = "linearity") -> None:
+        for s in self.steps or []:
+            _require(s >= 0, f"{key}.steps", f"{s} is negative")
+        _require(self.steps is None or len({0, *self.steps}) >= 2, f"{key}.steps",
+                 f"{list(self.steps or [])}: need a step besides the base (0) to fit a line; null = every saved step")
+        _one_of(self.tensors, f"{key}.tensors", ("all", "weights_only"))
+        _one_of(self.unique_filter_dtype, f"{key}.unique_filter_dtype", ("stored", "bfloat16"))
         check_windows(self.windows, f"{key}.windows")
         _require(bool(self.windows), f"{key}.windows", "empty: give at least one window")
+        _require(self.max_step is None or self.max_step >= 1, f"{key}.max_step", f"{self.max_step}: need a step >= 1")
         for t in self.thresholds:
             _require(0 <= t <= 1, f"{key}.thresholds", f"{t} is not an R² threshold in [0, 1]")
         _require(bool(DEVICE.match(self.device)) and self.device != "auto", f"{key}.device",
@@ -522,9 +533,50 @@ class WandbLoggerConfig:
 
 
 @dataclass
+class PairTargetsConfig:
+    """One extrapolation pair with its own targets (`pipeline.weight.per_pair` / `pipeline.logits.per_pair`)."""
+
+    base: int = MISSING
+    second: int = MISSING
+    targets: list[int] = MISSING
+
+
+@dataclass
 class PipelineWeightConfig:
     pairs: list[list[int]] = MISSING
     targets: list[int] = MISSING
+    per_pair: list[PairTargetsConfig] = MISSING
+
+    def check(self, key: str) -> None:
+        for pair in self.pairs:
+            _require(len(pair) == 2 and pair[0] != pair[1], f"{key}.pairs",
+                     f"{pair}: need [base_step, second_step] with two different steps")
+        seen = {tuple(pair) for pair in self.pairs}
+        for e in self.per_pair:
+            _require(e.base != e.second, f"{key}.per_pair", f"{{base: {e.base}, second: {e.second}}}: need two different steps")
+            _require((e.base, e.second) not in seen, f"{key}.per_pair",
+                     f"pair [{e.base}, {e.second}] is given twice (pairs and per_pair, or per_pair twice)")
+            seen.add((e.base, e.second))
+            _require(bool(e.targets), f"{key}.per_pair", f"pair [{e.base}, {e.second}] has no targets")
+            for t in e.targets:
+                _require(t >= 0, f"{key}.per_pair", f"target {t} of [{e.base}, {e.second}] is negative")
+
+
+@dataclass
+class PipelineReconstructConfig:
+    """RELEX Finding 1: rank-r reconstructions of trained steps (pipeline stage `reconstruct`)."""
+
+    steps: list[int] = MISSING
+    ranks: list[int] = MISSING
+    history: Optional[int] = MISSING
+
+    def check(self, key: str) -> None:
+        for s in self.steps:
+            _require(s >= 1, f"{key}.steps", f"step {s}: reconstructions are of trained steps (>= 1)")
+        _require(bool(self.ranks) or not self.steps, f"{key}.ranks", "empty: give at least one rank")
+        for r in self.ranks:
+            _require(r >= 1, f"{key}.ranks", f"rank {r}: ranks start at 1")
+        _require(self.history is None or self.history >= 1, f"{key}.history", f"{self.history}: need a step >= 1")
 
 
 @dataclass
@@ -535,18 +587,18 @@ class PipelineConfig:
     evaluate_steps: Any = MISSING
     weight: PipelineWeightConfig = field(default_factory=PipelineWeightConfig)
     logits: PipelineWeightConfig = field(default_factory=PipelineWeightConfig)
+    reconstruct: PipelineReconstructConfig = field(default_factory=PipelineReconstructConfig)
 
     def check(self, key: str = "pipeline") -> None:
         for s in self.stages:
             _one_of(s, f"{key}.stages", ("train", "linearity", "relex", "weight", "logits", "evaluate", "report",
-                                         "regrounding", "token_snr", "mechanism"))
+                                         "regrounding", "token_snr", "mechanism", "reconstruct"))
         steps = self.evaluate_steps
         _require(steps == "all" or (isinstance(steps, list) and all(_is_int(s) and s >= 0 for s in steps)),
                  f"{key}.evaluate_steps", f"{steps!r}: use all or a list of steps")
-        for group in ("weight", "logits"):
-            for pair in getattr(self, group).pairs:
-                _require(len(pair) == 2 and pair[0] != pair[1], f"{key}.{group}.pairs",
-                         f"{pair}: need [base_step, second_step] with two different steps")
+        self.weight.check(f"{key}.weight")
+        self.logits.check(f"{key}.logits")
+        self.reconstruct.check(f"{key}.reconstruct")
 
 
 @dataclass

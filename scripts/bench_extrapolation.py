@@ -12,7 +12,7 @@ models. Every run is measured `--repeats` times and the floor before and after t
 fastest of each counts. On a loaded machine compare CPU seconds (start-up subtracted): wall
 clock then mostly measures the other processes.
 Targets (issue 4): 1x1 <= 3x floor, peak anonymous RSS < 1.5 GB, 4x4 <= 1.5 x (1x1 + write 16),
-no temporary file larger than the outputs. Peak RSS (ru_maxrss) counts safetensors pages mapped
+no temporary file larger than the outputs. Peak RSS (VmHWM, see bench_linearity.child) counts safetensors pages mapped
 from the page cache (whole tensors read through safe_open; the streaming reader preads instead);
 the anonymous part is what the process allocates.
 """

@@ -107,34 +107,42 @@ def best_floor(root: Path, steps, n: int = 3) -> tuple[float, float]:
     return min(r[0] for r in runs), min(r[1] for r in runs)
 
 
-def _anon_kib(pid: int) -> int:
+def _status_kib(pid: int) -> tuple[int, int]:
+    """(VmHWM, RssAnon) of a running process in KiB: its peak RSS so far and its anonymous RSS now."""
+    got = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1])
+            if line.startswith(("VmHWM:", "RssAnon:")):
+                got[line.split(":")[0]] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return got.get("VmHWM", 0), got.get("RssAnon", 0)
 
 
-def child(args: list[str], env) -> tuple[float, float, float, float, int]:
-    """(wall s, CPU s, peak RSS MiB, peak anonymous RSS MiB, return code) of one `rlvr` process.
+def child(args: list[str], env, program: list[str] | None = None) -> tuple[float, float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, peak anonymous RSS MiB, return code) of one `rlvr` process
+    (or of `program` + `args`).
 
-    Peak RSS (ru_maxrss) counts the safetensors pages mapped from the page cache; the anonymous
-    part (polled from /proc) is the memory the process itself allocates."""
+    Peak RSS is the process's own high-water mark (VmHWM, polled from /proc every 50 ms; it counts
+    the safetensors pages mapped from the page cache), not wait4's ru_maxrss: the kernel records
+    the forking parent's high-water mark into a spawned child's ru_maxrss at exec, so that
+    measured this script's own peak (checked: a parent that had touched 800 MiB gave a
+    `python -c pass` child 812 MiB, its VmHWM 11 MiB). The anonymous part is the memory the
+    process itself allocates."""
     t = time.perf_counter()
-    p = subprocess.Popen([str(Path(sys.executable).parent / "rlvr"), *args], env=env,
+    p = subprocess.Popen([*(program or [str(Path(sys.executable).parent / "rlvr")]), *args], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    anon = 0
+    peak = anon = 0
     while True:
         pid, status, usage = os.wait4(p.pid, os.WNOHANG)
         if pid:
             break
-        anon = max(anon, _anon_kib(p.pid))
+        hwm, now = _status_kib(p.pid)
+        peak, anon = max(peak, hwm), max(anon, now)
         time.sleep(0.05)
     wall = time.perf_counter() - t
     rc = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, anon / 1024, rc
+    return wall, usage.ru_utime + usage.ru_stime, peak / 1024, anon / 1024, rc
 
 
 def du(path: Path) -> int:

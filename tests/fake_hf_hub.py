@@ -1,8 +1,8 @@
 """A local stand-in for the Hugging Face Hub, over HTTP, for the real huggingface_hub client.
 
-It serves the endpoints `snapshot_download` and `HfApi.list_repo_refs` call (revision info, tree
-listing, file resolve with HEAD/GET and byte ranges, refs) from directories
-`<root>/<org>--<name>/<revision>/`. A revision's commit is the hash of its files, as on the Hub.
+It serves the endpoints `snapshot_download`, `HfApi.list_repo_refs` and `HfApi.list_repo_tree`
+call (revision info, tree listing with file sizes, file resolve with HEAD/GET and byte ranges,
+refs) from directories `<root>/<org>--<name>/<revision>/`. A revision's commit is the hash of its files, as on the Hub.
 Pointing `huggingface_hub.constants.ENDPOINT` at it exercises the library's own cache layout
 (blobs/refs/snapshots), resumable downloads and offline fallback, with no network.
 """
@@ -22,11 +22,24 @@ def _sha1(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def serve(hub: "FakeHfHub", monkeypatch, hf_cache: Path) -> None:
+    """Point huggingface_hub (online) at `hub`, with its cache (HF_HUB_CACHE) in `hf_cache`."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 class FakeHfHub:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cut: dict[tuple[str, str], int] = {}  # (revision, file) -> times its body stops at half the file
+        # file name -> the size tree listings report for it (a hub shaped like the real one, 3.1 GB
+        # per step, without serving those bytes: for plans that only read the listing)
+        self.listed_size: dict[str, int] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -49,6 +62,8 @@ class FakeHfHub:
         return _sha1("".join(f"{p.name}:{_sha1(p.read_bytes())}\n" for p in files).encode())
 
     def _by_commit(self, repo: str, rev_or_commit: str) -> Path | None:
+        if rev_or_commit in self.revisions(repo):
+            return self.revision_dir(repo, rev_or_commit)
         for rev in self.revisions(repo):
             if rev_or_commit in (rev, self.commit(repo, rev)):
                 return self.revision_dir(repo, rev)
@@ -57,6 +72,12 @@ class FakeHfHub:
     def downloads(self, filename: str = "model.safetensors") -> list[tuple[str, str | None]]:
         """(path, Range) of every GET of `filename`."""
         return [(p, r) for m, p, r in self.requests if m == "GET" and p.endswith("/" + filename)]
+
+    def fetched_revisions(self, repo: str) -> list[str]:
+        """Revisions whose files were downloaded (each file GET names its revision's commit)."""
+        commits = {self.commit(repo, r): r for r in self.revisions(repo)}
+        return sorted({commits[p.split("/")[-2]] for p, _ in self.downloads()
+                       if p.startswith(f"/{repo}/resolve/") and p.split("/")[-2] in commits})
 
     # ----------------------------------------------------------------- HTTP
     def _handler(self):
@@ -105,7 +126,8 @@ class FakeHfHub:
                     d = hub._by_commit(*m.groups())
                     if d is None:
                         return self._missing("RevisionNotFound")
-                    return self._json([{"type": "file", "path": p.name, "size": p.stat().st_size,
+                    return self._json([{"type": "file", "path": p.name,
+                                        "size": hub.listed_size.get(p.name, p.stat().st_size),
                                         "oid": _sha1(p.read_bytes())} for p in sorted(d.iterdir())])
                 if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                     repo, rev, name = m.groups()

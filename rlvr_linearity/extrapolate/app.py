@@ -30,13 +30,21 @@ def _open(cfg, max_step=None):
     return open_trajectory(cfg.trajectory, max_step=max_step)
 
 
+def histories(ex) -> list[int]:
+    """The RELEX histories (T_cut) asked for: extrapolate.windows, or extrapolate.history for one."""
+    return [int(h) for h in ex.windows] if ex.windows else ([int(ex.history)] if ex.history is not None else [])
+
+
 def _hub_max_step(cfg, ex) -> int | None:
-    """For hub trajectories with only histories asked: download no step beyond the largest."""
+    """For hub trajectories with only histories asked: download no step beyond the largest (nor
+    beyond trajectory.max_step); grams over every step (gram_steps=all) read them all."""
     tr = cfg.trajectory
-    if not tr.hub_repo or tr.steps is not None or tr.max_step is not None or ex.window is not None:
+    if not tr.hub_repo or tr.steps is not None or ex.window is not None or ex.gram_steps == "all":
         return None
-    hists = list(ex.windows or []) or ([ex.history] if ex.history is not None else [])
-    return max(int(h) for h in hists) if hists else None
+    hists = histories(ex)
+    if not hists:
+        return None
+    return max(hists) if tr.max_step is None else min(max(hists), int(tr.max_step))
 
 
 def _relex(cfg, traj, root: Path, names) -> tuple[dict, dict, list[int]]:

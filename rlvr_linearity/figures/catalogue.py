@@ -41,8 +41,8 @@ CATALOGUE = [
                 "rlvr linearity -m trajectory.path=RUN_A/trajectory,RUN_B/trajectory linearity.logprobs=true (one run per setting, GPU-scale for the paper)"),
     PaperFigure("lin_weight_extrapolation", "LIN", "Fig. 5: weight extrapolation, accuracy vs target t′ per t₁",
                 "results.json with `weight_extrapolation` rows",
-                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.weight.pairs=[[0,300],[0,600],[0,1400]] "
-                "pipeline.weight.targets=[400,600,900,1200,1600,1800,2000] -m hydra/launcher=slurm_gpu (GPU)"),
+                f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory -m hydra/launcher=slurm_gpu "
+                "(GPU; the preset's pipeline.weight.per_pair holds Fig. 5's targets per t₁)"),
     PaperFigure("lin_table1", "LIN", "Table 1: logits extrapolation vs standard RL per benchmark",
                 "logits_extrapolation.json, or results.json with `logits_extrapolation` rows",
                 f"rlvr pipeline {LIN_EXP} trajectory.path=RUN/trajectory pipeline.logits.pairs=[[200,1400]] "
@@ -70,6 +70,21 @@ CATALOGUE = [
                 "results.json with `relex` rows",
                 f"rlvr pipeline {RELEX_EXP} extrapolate.windows=[25,50,75,100] extrapolate.history=null "
                 "extrapolate.targets=[125,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU)"),
+    PaperFigure("relex_finding1_reconstruction", "RELEX", "Finding 1: accuracy of rank-r reconstructions vs the trained "
+                "checkpoints", "results.json with `reconstruction` rows (pipeline stage reconstruct)",
+                f"rlvr pipeline {RELEX_EXP} pipeline.stages=[reconstruct,evaluate,report] "
+                "pipeline.reconstruct.steps=[100,200,300,400,500] pipeline.reconstruct.ranks=[1,5] "
+                "pipeline.reconstruct.history=500 -m hydra/launcher=slurm_gpu (GPU; CPU-scale: experiment=demo)"),
+    PaperFigure("relex_denoising", "RELEX", "Denoising: rank-r projections and RELEX predictions vs the trained "
+                "checkpoint at the same step", "results.json with `reconstruction` rows, or `relex` rows whose target "
+                "was trained and evaluated",
+                f"rlvr pipeline {RELEX_EXP} pipeline.stages=[reconstruct,relex,evaluate,report] "
+                "pipeline.reconstruct.steps=[100,200,300,400,500] -m hydra/launcher=slurm_gpu (GPU; CPU-scale: experiment=demo)"),
+    PaperFigure("relex_main_table", "RELEX", "Main table: base, RLVR at the final step and RELEX per window, "
+                "MATH and the out-of-domain benchmarks", "results.json of one or several models (base, rlvr and relex rows)",
+                "rlvr pipeline -m experiment=paper/relex_qwen2.5_math_1.5b,paper/relex_qwen3_4b_base,paper/relex_qwen3_8b_base "
+                "hydra/launcher=slurm_gpu, then rlvr figures figures.inputs=[RUN_1.5B,RUN_4B,RUN_8B] (GPU; CPU-scale: "
+                "experiment=demo)"),
     PaperFigure("relex_ablations", "RELEX", "Rank and fit ablations",
                 "results.json `relex` rows with `rank`/`fit` keys (several values)",
                 f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,polynomial hydra/launcher=slurm_gpu (GPU)"),

@@ -69,7 +69,7 @@ def run_label(path: Path, inputs) -> str:
 
 
 ROW_KEYS = {"rlvr": ("step",), "relex": ("history", "target"), "weight_extrapolation": ("base_step", "second_step", "target"),
-            "logits_extrapolation": ("second_step", "target")}
+            "logits_extrapolation": ("second_step", "target"), "reconstruction": ("step", "rank")}
 
 
 def _require(rows, keys, path: Path, what: str) -> None:
@@ -92,27 +92,29 @@ def check_regrounding(data, path: Path) -> dict:
     return data
 
 
-def merge_results(files: list[tuple[Path, dict]]) -> list[tuple[list[Path], dict]]:
-    """Pipeline results.json files merged per benchmark (a sweep's jobs): prediction rows
-    concatenated without duplicates, the RLVR curve deduplicated by step."""
+def merge_results(files: list[tuple[Path, dict]], key=None) -> list[tuple[list[Path], dict]]:
+    """Pipeline results.json files merged per benchmark (a sweep's jobs), or per `key(path,
+    results)`: prediction rows concatenated without duplicates, the RLVR curve deduplicated by step."""
     groups: dict[str, tuple[list[Path], dict]] = {}
     for path, res in files:
         bench = res.get("benchmark", "test")
-        paths, m = groups.setdefault(bench, ([], {"benchmark": bench, "base": {}, "rlvr": [], "relex": [],
-                                                    "weight_extrapolation": [], "logits_extrapolation": []}))
-        for key, keys in ROW_KEYS.items():
-            _require(res.get(key) or [], keys, path, key)
+        paths, m = groups.setdefault(key(path, res) if key else bench, (
+            [], {"benchmark": bench, "benchmarks": res.get("benchmarks") or [bench], "trajectory": res.get("trajectory"),
+                 "base": {}, "rlvr": [], "relex": [], "weight_extrapolation": [], "logits_extrapolation": [],
+                 "reconstruction": []}))
+        for kind, keys in ROW_KEYS.items():
+            _require(res.get(kind) or [], keys, path, kind)
         if path not in paths:
             paths.append(path)
         if (res.get("base") or {}).get("accuracy") is not None and not m["base"]:
             m["base"] = res["base"]
         steps = {r["step"] for r in m["rlvr"]}
         m["rlvr"] += [r for r in res.get("rlvr") or [] if r.get("step") not in steps]
-        for key in ("relex", "weight_extrapolation", "logits_extrapolation"):
-            for r in res.get(key) or []:
+        for kind in ("relex", "weight_extrapolation", "logits_extrapolation", "reconstruction"):
+            for r in res.get(kind) or []:
                 row = {k: v for k, v in r.items() if k != "path"}
-                if row not in m[key]:
-                    m[key].append(row)
+                if row not in m[kind]:
+                    m[kind].append(row)
     return list(groups.values())
 
 

@@ -17,6 +17,7 @@ from rlvr_linearity.figures import extrapolation as ext
 from rlvr_linearity.figures import linearity as lin
 from rlvr_linearity.figures import mechanism as mech
 from rlvr_linearity.figures import paper
+from rlvr_linearity.figures import relex
 from rlvr_linearity.figures.catalogue import BY_ID, CATALOGUE, render_readme
 from rlvr_linearity.figures.discover import (check_regrounding, discover, load_json, logits_rows, merge_results,
                                              results_from_evaluations, robustness_settings, run_label)
@@ -135,7 +136,24 @@ def _results_figures(index: Index, files: dict[str, list[Path]], inputs, referen
               reference=reference)
         _draw(index, "relex_accuracy_vs_target", paper.plot_relex_accuracy, res, paths, label, multi)
         _draw(index, "relex_ablations", paper.plot_relex_ablations, res, paths, label, multi)
+        _draw(index, "relex_finding1_reconstruction", relex.plot_finding1, res, paths, label, multi)
+        _draw(index, "relex_denoising", relex.denoising_outputs, res, paths, label, multi)
+    _main_table(index, loaded, inputs)
     return groups
+
+
+def _main_table(index: Index, loaded: list, inputs) -> None:
+    """RELEX's main table over every model found: pipeline results merged per trajectory (a
+    sweep's jobs), labelled by the hub repository or the run directory."""
+    models = merge_results(loaded, key=lambda p, r: r.get("trajectory") or str(p))
+    groups = [(_model_label(paths[0], res, inputs), res) for paths, res in models]
+    made = relex.main_table_outputs(groups, index.out_dir / "relex_main_table.png")
+    index.add("relex_main_table", made, [p for paths, _ in models for p in paths])
+
+
+def _model_label(path: Path, res: dict, inputs) -> str:
+    traj = str(res.get("trajectory") or "")
+    return traj.split("/")[-1] if traj.startswith("hub:") else run_label(path, inputs)
 
 
 def _table1(index: Index, files: dict[str, list[Path]], groups: list, reference: bool) -> None:

@@ -115,6 +115,16 @@ class WeightRow(TypedDict):
     accuracy: Optional[float]
 
 
+class ReconstructionRow(TypedDict):
+    """A rank-r reconstruction of trained step `step` (RELEX Finding 1; pipeline stage reconstruct)."""
+
+    step: int
+    rank: int
+    history: Optional[int]
+    accuracy: Optional[float]
+    weight_error: NotRequired[dict]  # {rel_l2, cosine, n_tensors} against the trained step
+
+
 class PipelineResults(TypedDict):
     """`results.json` of `rlvr pipeline` (contract). Several results.json of one benchmark (a
     sweep's jobs) are merged: rows are concatenated, the RLVR curve is deduplicated by step."""
@@ -125,6 +135,7 @@ class PipelineResults(TypedDict):
     relex: list[RelexRow]
     weight_extrapolation: list[WeightRow]
     logits_extrapolation: NotRequired[list[dict]]  # {base_step, second_step, target, alpha, accuracy}
+    reconstruction: NotRequired[list[ReconstructionRow]]
     linearity: NotRequired[dict]
 
 

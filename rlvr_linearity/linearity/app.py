@@ -55,11 +55,31 @@ def r2_filters(lin) -> dict:
     return {"thresholds": tuple(float(t) for t in lin.thresholds), "engine": str(lin.engine),
             "sample_fraction": lin.sample_fraction, "min_samples": int(lin.min_samples),
             "min_abs_change": float(lin.min_abs_change or 0.0), "min_unique": int(lin.min_unique or 0),
+            "unique_dtype": str(lin.unique_filter_dtype), "tensors": str(lin.tensors),
             "sample_seed": int(lin.sample_seed)}
 
 
+def r2_steps(lin, saved: list[int]) -> list[int]:
+    """The steps weight and token log-prob R² run over: `linearity.steps` (the base, step 0, always
+    counts), or every saved step when null. Steps the trajectory lacks fail with one line."""
+    if lin.steps is None:
+        return list(saved)
+    wanted = sorted({0, *(int(s) for s in lin.steps)})
+    missing = [s for s in wanted if s not in set(saved)]
+    if missing:
+        raise ConfigError(f"linearity.steps: step(s) {', '.join(map(str, missing))} not in the trajectory "
+                          f"(saved: {_span(saved)}); linearity.steps=null uses every saved step")
+    return wanted
+
+
+def _span(steps: list[int]) -> str:
+    """A short listing of saved steps for error lines."""
+    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}, {steps[1]}, ..., {steps[-1]} ({len(steps)} steps)"
+
+
 def weight_state(cfg, traj, steps, out: Path, names=None):
-    """The weight-R² pass over `names` (default: every tensor) as a mergeable `WeightState`."""
+    """The weight-R² pass over `names` (default: every tensor `linearity.tensors` selects) as a
+    mergeable `WeightState`."""
     from rlvr_linearity.linearity.weights import weight_pass
 
     lin = cfg.linearity
@@ -69,8 +89,9 @@ def weight_state(cfg, traj, steps, out: Path, names=None):
         scope=list(traj.tensor_names), **r2_filters(lin))
 
 
-def gram_matrices(cfg, traj, steps, names=None) -> dict:
-    """Per-tensor Grams of the deltas over `steps` (cached), for `names` (default: every tensor)."""
+def trajectory_grams(cfg, traj, observed: list[int], names=None) -> dict:
+    """Per-tensor Grams of the deltas over `observed` (cached under the cache dir's grams/), for
+    `names` (default: every tensor)."""
     from rlvr_linearity.linearity.gram import compute_grams
     from rlvr_linearity.paths import cache_dir
 
@@ -78,13 +99,13 @@ def gram_matrices(cfg, traj, steps, names=None) -> dict:
     if _device(cfg.linearity) == "cpu":
         torch.set_num_threads(1)  # block copies are memory-bound; OpenMP spinning starves a shared CPU
     try:
-        return compute_grams(traj, [s for s in steps if s != 0], cache_dir=cache_dir(cfg) / "grams", names=names)
+        return compute_grams(traj, observed, cache_dir=cache_dir(cfg) / "grams", names=names)
     finally:
         torch.set_num_threads(threads)
 
 
 def lowrank(cfg, traj, steps, grams: dict, out: Path) -> dict:
-    """lowrank.json's content from every tensor's Gram (and the reconstructions it asks for)."""
+    """lowrank.json's content from every tensor's Gram over `steps` (and the reconstructions it asks for)."""
     from rlvr_linearity.linearity.lowrank import lowrank_report
 
     lin = cfg.linearity
@@ -109,8 +130,10 @@ def reconstruct(traj, grams: dict, observed: list[int], targets: list[int], rank
     return method.report()
 
 
-def _problem_texts(cfg, benchmark: str) -> list[str]:
-    """The prompts of a benchmark's problems (the task's own prompt, asking for \\boxed{})."""
+def _problem_texts(cfg, benchmark: str, instruction: str | None) -> list[str]:
+    """The problem texts probes store (LIN's `problem`): the bare statements when
+    `linearity.probes.instruction` is set (`logprob.prompt_text` appends it, once), else the
+    benchmark's own prompt, which already asks for \\boxed{}."""
     try:
         from rlvr_linearity.evaluate.benchmarks import load_benchmark
     except ImportError:  # evaluation package not installed in this tree: the demo task directly
@@ -126,7 +149,7 @@ def _problem_texts(cfg, benchmark: str) -> list[str]:
 
     def text(r):
         get = r.get if isinstance(r, dict) else (lambda k: getattr(r, k, None))
-        return get("prompt") or get("problem")
+        return get("problem") if instruction else (get("prompt") or get("problem"))
 
     return [text(r) for r in rows]
 
@@ -144,7 +167,7 @@ def _probes(cfg, traj, out: Path) -> list[dict]:
         return load_probes(pc.file)
     if not pc.generate:
         raise ConfigError("linearity.logprobs=true needs linearity.probes.file or linearity.probes.generate=true")
-    texts = _problem_texts(cfg, str(pc.benchmark))[: int(pc.n_problems)]
+    texts = _problem_texts(cfg, str(pc.benchmark), pc.instruction)[: int(pc.n_problems)]
     items = generate_probes(traj.model(0).path, texts, n_samples=int(pc.n_samples),
                             max_new_tokens=int(cfg.sampling.max_tokens), temperature=pc.temperature, top_p=pc.top_p,
                             top_k=pc.top_k, seed=int(cfg.sampling.seed), batch_size=int(pc.batch_size), instruction=pc.instruction,
@@ -180,13 +203,16 @@ def analyse(cfg, out_dir) -> dict:
 
 
 def open_checked(cfg):
-    """The trajectory and its steps; bad windows fail before any work."""
+    """The trajectory (up to trajectory.max_step / linearity.max_step), its steps, and the steps
+    weight and log-prob R² run over (`r2_steps`); bad steps or windows fail before any work."""
     from rlvr_linearity.trajectory import open_trajectory
 
-    traj = open_trajectory(cfg.trajectory)
+    caps = [m for m in (cfg.trajectory.max_step, cfg.linearity.max_step) if m is not None]
+    traj = open_trajectory(cfg.trajectory, max_step=min(caps, default=None))
     steps = list(traj.steps)
-    window_lengths(steps, list(cfg.linearity.windows))
-    return traj, steps
+    selected = r2_steps(cfg.linearity, steps)
+    window_lengths(selected, list(cfg.linearity.windows))
+    return traj, steps, selected
 
 
 def _analyse(cfg, out_dir) -> dict:
@@ -194,21 +220,23 @@ def _analyse(cfg, out_dir) -> dict:
 
     lin = cfg.linearity
     out = Path(out_dir) / "linearity"
-    traj, steps = open_checked(cfg)
-    weights = weights_result(weight_state(cfg, traj, steps, out)) if lin.weights else None
-    low = lowrank(cfg, traj, steps, gram_matrices(cfg, traj, steps), out) if lin.lowrank else None
-    probes = logprobs(cfg, traj, steps, out) if lin.logprobs else None
-    return write_outputs(out_dir, steps, weights, low, probes)
+    traj, steps, selected = open_checked(cfg)
+    weights = weights_result(weight_state(cfg, traj, selected, out)) if lin.weights else None
+    observed = [s for s in steps if s != 0]  # low rank: every step, deltas against the base
+    low = lowrank(cfg, traj, steps, trajectory_grams(cfg, traj, observed), out) if lin.lowrank else None
+    probes = logprobs(cfg, traj, selected, out) if lin.logprobs else None
+    return write_outputs(out_dir, steps, selected, weights, low, probes)
 
 
-def write_outputs(out_dir, steps, weights: dict | None, lowrank: dict | None, logprobs: dict | None) -> dict:
+def write_outputs(out_dir, steps, selected, weights: dict | None, lowrank: dict | None,
+                  logprobs: dict | None) -> dict:
     """Write the JSON outputs and figures under out_dir (a run's, or a merge of partitions');
-    return the summary numbers."""
+    return the summary numbers (`selected`: the steps weight and log-prob R² ran over)."""
     from rlvr_linearity.figures.linearity import linearity_figures
 
     out_dir = Path(out_dir)
     out = out_dir / "linearity"
-    summary: dict = {"dir": str(out_dir), "steps": steps}
+    summary: dict = {"dir": str(out_dir), "steps": steps, "r2_steps": selected}
     if weights is not None:
         _write(out / "weights_r2.json", weights)
         summary.update({k: weights[k] for k in ("n_weights", "n_defined", "mean", "median", "frac_above")})

@@ -96,12 +96,14 @@ class _Execution:
         rows = shape[0] if shape else 1
         return -(-rows // rows_per_block(shape, len(_read_steps(p)), self.max_elements))
 
-    def read(self, name: str):
-        """The tensor's blocks over its plan's steps. A Gram's diagonal tells NaN/Inf for free
-        (`check_finite_gram`): `FromGram` reads skip the reader's scan."""
+    def read(self, name: str, reuse: int | None = None):
+        """The tensor's blocks over its plan's steps, in a ring of `reuse` buffers (default: the
+        one large enough to keep a tensor within the budget). A Gram's diagonal tells NaN/Inf for
+        free (`check_finite_gram`): `FromGram` reads skip the reader's scan."""
         p = self.plan.tensors[name]
         check = False if isinstance(p, FromGram) else self.plan.check_finite
-        return read_blocks(self.traj, name, _read_steps(p), self.max_elements, reuse=self.ring, check_finite=check)
+        return read_blocks(self.traj, name, _read_steps(p), self.max_elements, reuse=reuse or self.ring,
+                           check_finite=check)
 
     def tensor(self, name: str, group) -> None:
         """Write one streamed tensor of every output from its group of blocks."""
@@ -117,7 +119,10 @@ class _Execution:
         if kept:
             self._combine(name, p, kept)
             return
-        with closing(prefetch(tensor_stream([name], self.read))) as again:  # too big to keep: read again
+        # too big to keep: read again, in a thread of its own whose ring keeps nothing (one of the
+        # kept tensors' size there would hold up to memory_budget more: 280 MiB at the defaults)
+        reread = lambda n: self.read(n, PREFETCH_RING)  # noqa: E731
+        with closing(prefetch(tensor_stream([name], reread))) as again:
             self._combine(name, p, ((start, block) for _, grp in by_tensor(again) for start, _, block in grp))
 
     def _gram(self, name: str, p: FromGram, group) -> tuple[list, np.ndarray]:

@@ -90,18 +90,22 @@ def coefficient_linearity(gram: np.ndarray, steps, history: int | None) -> dict:
     return out
 
 
-def projection_weights(gram: np.ndarray, n_window: int, target: int, rank: int) -> np.ndarray:
+def projection_weights(gram: np.ndarray, n_window: int, target, rank: int) -> np.ndarray:
     """Weights w [n_window] with Σ_t w_t Δ_t = projection of Δ_target onto the top-`rank` right
     singular subspace of the window's rows (M_w): V_r V_rᵀ Δ = M_wᵀ U_r Λ_r⁻¹ U_rᵀ (M_w Δ).
+    `target` a list of rows: [len(target), n_window] from one eigendecomposition (an eigh per
+    target costs more than the whole write of a small model).
     RELEX's `mode=reconstruct` is the case of a target inside the window (same subspace, same
     cut-off), written there through the window's coefficients."""
     g = np.asarray(gram, dtype=np.float64)
+    cols = g[:n_window, target]  # [n_window] or [n_window, targets]
     vals, vecs = eigh_desc(g[:n_window, :n_window])
     r = kept_rank(np.sqrt(vals), rank)
     if r == 0:
-        return np.zeros(n_window)
+        return np.zeros(cols.shape[::-1])
     u = vecs[:, :r]
-    return u @ ((u.T @ g[:n_window, target]) / vals[:r])
+    w = u @ ((u.T @ cols) / (vals[:r] if cols.ndim == 1 else vals[:r, None]))
+    return w if cols.ndim == 1 else w.T
 
 
 def _stats(values) -> dict:

@@ -22,8 +22,8 @@ import numpy as np
 from rlvr_linearity.config import section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.io import atomic_path, stage_key, write_json_atomic
-from rlvr_linearity.linearity.app import gram_matrices, logprobs, lowrank, open_checked, weight_state, write_outputs
-from rlvr_linearity.linearity.weights import WeightState, weights_result
+from rlvr_linearity.linearity.app import logprobs, lowrank, open_checked, trajectory_grams, weight_state, write_outputs
+from rlvr_linearity.linearity.weights import WeightState, select_tensors, weights_result
 from rlvr_linearity.partitions import partition_names, require_complete
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,19 @@ def _check(cfg) -> None:
                           "linearity.reconstruct_steps: run those without partitions")
 
 
+def _shares(cfg, traj) -> dict[str, list[str]]:
+    """This partition's tensors per analysis, each assigned over the tensors that analysis reads:
+    weight R² those `linearity.tensors` selects, the Grams of the low-rank findings every tensor."""
+    count, index = int(cfg.partition.count), int(cfg.partition.index)
+    shares = {}
+    if cfg.linearity.weights:
+        chosen = select_tensors(list(traj.tensor_names), str(cfg.linearity.tensors))
+        shares["weights"] = partition_names(traj, count, index, chosen)
+    if cfg.linearity.lowrank:
+        shares["lowrank"] = partition_names(traj, count, index)
+    return shares
+
+
 def run_partition(cfg, out_dir) -> dict:
     """Partition `partition.index` of `partition.count`: its tensors' shares under out_dir/linearity/."""
     from rlvr_linearity.trajectory.writer import claim_output
@@ -62,22 +75,23 @@ def run_partition(cfg, out_dir) -> dict:
     part = cfg.partition
     out = Path(out_dir) / "linearity"
     with claim_output(out):
-        traj, steps = open_checked(cfg)
+        traj, steps, selected = open_checked(cfg)
         key = config_key(cfg, traj)
-        names = partition_names(traj, int(part.count), int(part.index))
-        summary = {"dir": str(out_dir), "partition": int(part.index), "count": int(part.count), "tensors": len(names)}
+        names = _shares(cfg, traj)
+        summary = {"dir": str(out_dir), "partition": int(part.index), "count": int(part.count),
+                   "tensors": len(set().union(*names.values()))}
         if _done(out_dir, key):
             log.info("linearity partition %d of %d in %s is complete; nothing to do", part.index, part.count, out_dir)
             return summary
         lin = cfg.linearity
         if lin.weights:
-            weight_state(cfg, traj, steps, out, names=names).save(out / STATE)
+            weight_state(cfg, traj, selected, out, names=names["weights"]).save(out / STATE)
         if lin.lowrank:
-            g = gram_matrices(cfg, traj, steps, names=names)
+            g = trajectory_grams(cfg, traj, [s for s in steps if s != 0], names=names["lowrank"])
             with atomic_path(out / GRAMS) as tmp, open(tmp, "wb") as f:
                 np.savez(f, __names__=np.asarray(list(g)), **g)
         if lin.logprobs and part.index == 0:
-            write_json_atomic(out / LOGPROBS, logprobs(cfg, traj, steps, out))
+            write_json_atomic(out / LOGPROBS, logprobs(cfg, traj, selected, out))
         write_json_atomic(out / MARKER, {"key": key, **summary, "names": names,  # last: marks it complete
                                          "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return summary
@@ -92,7 +106,7 @@ def merge(cfg, out_dir) -> dict:
     out_dir = Path(out_dir)
     lin = cfg.linearity
     with claim_output(out_dir / "linearity"):
-        traj, steps = open_checked(cfg)
+        traj, steps, selected = open_checked(cfg)
         key = config_key(cfg, traj)
         dirs = require_complete(out_dir, int(cfg.partition.count), lambda d: _done(d, key), "linearity")
         order = list(traj.tensor_names)
@@ -108,4 +122,4 @@ def merge(cfg, out_dir) -> dict:
             low = lowrank(cfg, traj, steps, {n: merged[n] for n in order if n in merged}, out_dir / "linearity")
         if lin.logprobs:
             probes = json.loads((dirs[0] / "linearity" / LOGPROBS).read_text())
-        return write_outputs(out_dir, steps, weights, low, probes)
+        return write_outputs(out_dir, steps, selected, weights, low, probes)

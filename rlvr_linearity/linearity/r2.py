@@ -93,12 +93,18 @@ def block_r2(d: torch.Tensor, design: WindowDesign) -> torch.Tensor:
     return r2.masked_fill_(q == 0, float("nan"))
 
 
+UNIQUE_DTYPES = {"stored": None, "bfloat16": torch.bfloat16}  # linearity.unique_filter_dtype
+
+
 def block_keep(block: torch.Tensor, d: torch.Tensor, lengths, min_abs_change: float,
-               min_unique: int) -> torch.Tensor | None:
+               min_unique: int, unique_dtype: str = "stored") -> torch.Tensor | None:
     """LIN's filters per window -> bool [W, C] (None when no filter is active).
 
     min_abs_change: keep if max - min over the window's steps > threshold (LIN: 1e-4).
-    min_unique: keep if the window's values take >= this many distinct stored values (LIN: 4).
+    min_unique: keep if the window's values take >= this many distinct values (LIN: 4), counted
+    on the stored values or, with unique_dtype "bfloat16", on the values rounded to bf16 (round to
+    nearest even, as LIN's bf16 load does: an fp32 trajectory's steps that differ only below bf16's
+    resolution count once).
     """
     if not min_abs_change and min_unique <= 1:
         return None
@@ -111,6 +117,8 @@ def block_keep(block: torch.Tensor, d: torch.Tensor, lengths, min_abs_change: fl
         keep &= (hi[rows] - lo[rows]) > min_abs_change
     if min_unique > 1:
         b = block.reshape(block.shape[0], -1)
+        if UNIQUE_DTYPES[unique_dtype] is not None:
+            b = b.to(UNIQUE_DTYPES[unique_dtype])
         for j, n in enumerate(lengths):
             srt = torch.sort(b[:n], dim=0).values
             distinct = 1 + (srt[1:] != srt[:-1]).sum(0)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.lowrank import projection_weights
 from rlvr_linearity.linearity.plan import Combine, Copy, Plan
+
+
+def reconstruction_dir(out_root: Path, step: int, rank: int) -> Path:
+    """Where the rank-`rank` reconstruction of `step` is written under `out_root`."""
+    return Path(out_root) / f"step_{step}_rank{rank}"
 
 
 class Reconstruct:
@@ -26,16 +29,16 @@ class Reconstruct:
         self.n_win = len(observed) if history is None else sum(1 for s in observed if s <= int(history))
 
     def path(self, step: int) -> Path:
-        return self.out_root / f"step_{step}_rank{self.rank}"
+        return reconstruction_dir(self.out_root, step, self.rank)
 
     def plan(self, traj) -> Plan:
         window = tuple(self.observed[: self.n_win])  # the projection is a combination of the window's deltas
         tensors = {}
         for name in traj.base.tensor_names:
             g = self.grams.get(name)
-            tensors[name] = Copy(0) if g is None else Combine(0, window, np.stack(
-                [projection_weights(g, self.n_win, self.observed.index(s), self.rank) for s in self.targets]),
-                exact=True)
+            rows = [self.observed.index(s) for s in self.targets]
+            tensors[name] = Copy(0) if g is None else Combine(0, window, projection_weights(g, self.n_win, rows, self.rank),
+                                                              exact=True)
         return Plan([self.path(s) for s in self.targets], tensors, label="reconstruct")
 
     def report(self) -> list[dict]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.linearity.names import module_sort_key, parse_name
-from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
+from rlvr_linearity.linearity.r2 import (HIST_BINS, MEDIAN_ERROR_BOUND, UNIQUE_DTYPES, R2Stats, WindowDesign, _key, block_deltas, block_keep, block_r2,
                                          sample_indices, sample_size, window_lengths)
 from rlvr_linearity.trajectory.streaming import PREFETCH_RING, by_tensor, prefetch, tensor_stream
 
@@ -89,7 +89,7 @@ def _window_result(steps, n, stats: R2Stats, rows: list[dict], n_weights: int) -
             "heatmap": heatmap}
 
 
-def _block_r2_stats(block, design, lengths, min_abs_change, min_unique, tstats, sub_chunk, keep_last):
+def _block_r2_stats(block, design, lengths, min_abs_change, min_unique, unique_dtype, tstats, sub_chunk, keep_last):
     """R² of a block's columns in cache-sized pieces, added to the per-window statistics;
     returns the largest window's R² of every column when `keep_last` (else None)."""
     last = []
@@ -97,7 +97,7 @@ def _block_r2_stats(block, design, lengths, min_abs_change, min_unique, tstats, 
         b = block[:, a: a + sub_chunk]
         d = block_deltas(b)
         r2 = block_r2(d, design)
-        keep = block_keep(b, d, lengths, min_abs_change, min_unique)
+        keep = block_keep(b, d, lengths, min_abs_change, min_unique, unique_dtype)
         if keep is not None:
             r2 = r2.masked_fill_(~keep, float("nan"))
         for j, st in enumerate(tstats):
@@ -128,9 +128,13 @@ def weight_pass(traj, steps: list[int] | None = None, *, windows=("all",), thres
                 device: str = "cpu", chunk_elements: int = 1 << 24, sample_fraction: float | None = None,
                 min_samples: int = 50, min_abs_change: float = 0.0, min_unique: int = 0,
                 sample_seed: int = 42, sub_chunk: int = 8192, engine: str = "auto",
-                names: list[str] | None = None, per_weight_path: Path | None = None,
-                examples: int = 4, progress: bool = True, scope: list[str] | None = None) -> "WeightState":
+                names: list[str] | None = None, tensors: str = "all", unique_dtype: str = "stored",
+                per_weight_path: Path | None = None, examples: int = 4, progress: bool = True,
+                scope: list[str] | None = None) -> "WeightState":
     """R² of every weight (or LIN's sample) of every tensor over `steps` (default: all, base first).
+
+    tensors "weights_only" keeps the tensors named `*.weight` (LIN skips biases); unique_dtype is
+    the dtype the min_unique filter counts distinct values in ("stored" or "bfloat16", LIN's).
 
     chunk_elements bounds one block read (all steps together) in elements. engine "kernel" uses
     the fused numba kernel on CPU (one pass per block, windows nearly free), "auto" does so for
@@ -144,10 +148,12 @@ def weight_pass(traj, steps: list[int] | None = None, *, windows=("all",), thres
     steps = list(traj.steps if steps is None else steps)
     if steps[0] != 0:
         steps = [0] + steps
-    names = list(traj.tensor_names if names is None else names)
-    scope = names if scope is None else list(scope)
+    names = select_tensors(list(traj.tensor_names if names is None else names), tensors)
+    scope = names if scope is None else select_tensors(list(scope), tensors)
+    if unique_dtype not in UNIQUE_DTYPES:
+        raise ConfigError(f"linearity.unique_filter_dtype={unique_dtype!r}: use stored or bfloat16")
     filters = {"sample_fraction": sample_fraction, "min_samples": min_samples, "min_abs_change": min_abs_change,
-               "min_unique": min_unique, "seed": sample_seed}
+               "min_unique": min_unique, "unique_filter_dtype": unique_dtype, "tensors": tensors, "seed": sample_seed}
     run = _WeightPass(traj, steps, names, window_lengths(steps, windows), tuple(thresholds), device, filters,
                       use_kernel=_use_kernel(traj, steps, scope, engine, device, min_unique), sub_chunk=sub_chunk,
                       per_weight_path=per_weight_path, examples=examples, scope=scope)
@@ -169,6 +175,16 @@ def weight_pass(traj, steps: list[int] | None = None, *, windows=("all",), thres
         blocks.close()
         torch.set_num_threads(threads)
     return run.state()
+
+
+def select_tensors(names: list[str], tensors: str) -> list[str]:
+    """The tensors `linearity.tensors` counts: all, or (weights_only) those named `*.weight`."""
+    if tensors not in ("all", "weights_only"):
+        raise ConfigError(f"linearity.tensors={tensors!r}: use all or weights_only")
+    chosen = names if tensors == "all" else [n for n in names if n.endswith(".weight")]
+    if not chosen:
+        raise ConfigError(f"linearity.tensors={tensors}: no tensor of the model is named *.weight")
+    return chosen
 
 
 def _use_kernel(traj, steps, names, engine: str, device: str, min_unique: int) -> bool:
@@ -198,6 +214,7 @@ class _WeightPass:
         self.lengths = [n for _, n in wins]
         self.filters, self.sub_chunk = filters, sub_chunk
         self.min_abs_change, self.min_unique = filters["min_abs_change"], filters["min_unique"]
+        self.unique_dtype = filters["unique_filter_dtype"]
         self.base = traj.model(0)
         # the fused kernel detects NaN/Inf itself, for free in its one pass (every column: no sampling)
         self.own_check = use_kernel and filters["sample_fraction"] is None and bool(getattr(traj, "check_finite", False))
@@ -275,8 +292,8 @@ class _WeightPass:
                 last = torch.from_numpy(out[-1])
         else:
             last = _block_r2_stats(block.to(self.design.m.device, non_blocking=True), self.design, self.lengths,
-                                   self.min_abs_change, self.min_unique, tstats, self.sub_chunk,
-                                   keep_last=self.writer is not None)
+                                   self.min_abs_change, self.min_unique, self.unique_dtype, tstats,
+                                   self.sub_chunk, keep_last=self.writer is not None)
         if self.writer is not None:
             full = last
             if cols is not None:

@@ -18,6 +18,8 @@ from omegaconf import OmegaConf, open_dict
 from rlvr_linearity.config import derive, section
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.paths import conf_dir
+from rlvr_linearity.pipeline.fetch import HubFetch, announce, pair_targets, plan_hub_fetch
+from rlvr_linearity.pipeline import reconstruction as rec
 from rlvr_linearity.pipeline.stages import StageCache, StageResult, stage_key, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Pipeline:
         self.plan: list[tuple[Stage, bool]] = []  # (stage, cached) in order, for dry runs and reports
         self.timings: dict[str, float] = {}
         self.stage_dirs: dict[str, Path] = {}  # label -> stage directory (evaluations' samples.jsonl)
+        self.hub: HubFetch | None = None  # a hub trajectory's fetch plan: what each stage reads
+        self.fetched: dict | None = None  # that plan as announced (steps, bytes)
 
     # -- running --------------------------------------------------------------------------
     def run_stage(self, stage: Stage) -> StageResult | None:
@@ -70,15 +74,16 @@ class Pipeline:
     def trajectory(self) -> tuple[str | None, str]:
         """The trajectory to analyse: trained here (cached) or given; returns (path, identity)."""
         tcfg = self.cfg.trajectory
-        if tcfg.path or tcfg.hub_repo:
+        if tcfg.hub_repo:  # only the steps the stages read, said first and fetched before they run
+            self.hub = plan_hub_fetch(self.cfg, required=not self.dry_run)
+            if self.hub is None:  # a dry run, the hub unreachable and nothing cached: keyed by the config
+                return None, json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
+            self.fetched = announce(self.hub, fetch=not self.dry_run)
+            return None, self.hub.identity  # the hub's commits: the same key in a dry run
+        if tcfg.path:
             from rlvr_linearity.trajectory import open_trajectory
 
-            # A given trajectory (local or hub) is used as configured: identity = its content (a dry
-            # run downloads nothing: a hub trajectory is then keyed by its config, a local one by content).
-            ident = json.dumps(section(self.cfg, "trajectory"), sort_keys=True)
-            if not (self.dry_run and tcfg.hub_repo):
-                ident = open_trajectory(tcfg).fingerprint()
-            return None, ident
+            return None, open_trajectory(tcfg).fingerprint()  # a given trajectory: identity = its content
         if "train" not in self.cfg.pipeline.stages:
             raise ConfigError("pipeline: no trajectory.path and no train stage: nothing to analyse")
         from rlvr_linearity.train.app import train
@@ -91,50 +96,54 @@ class Pipeline:
 
         stage = Stage("train", config, [], fn, label="train")
         res = self.run_stage(stage)
-        return (res.result["trajectory"] if res else None), stage.key
+        done = res.result if res else (self.cache.lookup(stage.name, stage.key) or {}).get("result")
+        return (done or {}).get("trajectory"), stage.key  # a dry run knows a trained trajectory once cached
 
     def linearity(self, traj: str | None, ident: str) -> dict | None:
         config = {"linearity": section(self.cfg, "linearity"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("linearity", config, [ident], lambda d: self._analysis("linearity", traj, d), label="linearity")
+        stage = Stage("linearity", config, [ident], lambda d: self._analysis("linearity", traj, d, stage="linearity"),
+                      label="linearity")
         res = self.run_stage(stage)
         return None if res is None else {"dir": str(res.path), **(res.result or {})}
 
     def relex(self, traj: str | None, ident: str) -> list[dict]:
         """Predicted checkpoints for every (window, target), from `extrapolate.*` as `rlvr
         extrapolate` reads them (windows, or history for one): [{history, target, path}]."""
+        from rlvr_linearity.extrapolate.app import histories
+
         ex = self.cfg.extrapolate
         if ex.method != "relex":
             raise ConfigError(f"pipeline stage relex: extrapolate.method is {ex.method!r}; drop the stage or use "
                               "extrapolate=relex (weight extrapolation is the weight stage: pipeline.weight.pairs)")
-        windows = list(ex.windows) if ex.windows else ([ex.history] if ex.history is not None else [])
+        windows = histories(ex)
         targets = list(ex.targets)
         if not windows or not targets:
             return []
         config = {"extrapolate": section(self.cfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-        stage = Stage("relex", config, [ident], lambda d: self._analysis("extrapolate", traj, d), label="relex")
-        res = self.run_stage(stage)
+        stage = Stage("relex", config, [ident], lambda d: self._analysis("extrapolate", traj, d, stage="relex"),
+                      label="relex")
+        self.run_stage(stage)
         method = {"rank": int(ex.rank), "fit": str(ex.fit)}
-        return [
+        return [  # paths known in a dry run too: they key the predictions' evaluations
             {"history": w, "target": t, **method,
-             "path": None if res is None else str(_prediction_dir(res.path, t, w if len(windows) > 1 else None))}
+             "path": str(_prediction_dir(self.cache.path(stage.name, stage.key), t, w if len(windows) > 1 else None))}
             for w in windows for t in targets
         ]
 
     def weight(self, traj: str | None, ident: str) -> list[dict]:
-        pcfg = self.cfg.pipeline.weight
-        targets = list(pcfg.targets)
         out = []
-        for a, b in [tuple(p) for p in pcfg.pairs]:
+        for a, b, targets in pair_targets(self.cfg.pipeline.weight):
             over = {"extrapolate": {**section(self.cfg, "extrapolate"), "method": "weight", "base_step": a,
                                     "second_step": b, "targets": targets}}
             ecfg = derive(self.cfg, **over)
             ecfg = _weight_only(ecfg)
             config = {"extrapolate": section(ecfg, "extrapolate"), "trajectory": _traj_selection(self.cfg)}
-            stage = Stage("weight", config, [ident], lambda d, e=ecfg: self._analysis("extrapolate", traj, d, e),
+            stage = Stage("weight", config, [ident],
+                          lambda d, e=ecfg: self._analysis("extrapolate", traj, d, e, stage="weight"),
                           label=f"weight_{a}_{b}")
-            res = self.run_stage(stage)
+            self.run_stage(stage)
             for t in targets:
-                path = None if res is None else str(_prediction_dir(res.path, t, None))
+                path = str(_prediction_dir(self.cache.path(stage.name, stage.key), t, None))
                 out.append({"base_step": a, "second_step": b, "target": t, "path": path})
         return out
 
@@ -151,13 +160,35 @@ class Pipeline:
         if "mechanism" in stages:
             config = {**mech.mechanism_config(self.cfg), "trajectory": _traj_selection(self.cfg)}
             res = self.run_stage(Stage("mechanism", config, [ident], label="mechanism",
-                                       fn=lambda d: mech.mechanism_analysis(self.cfg, self.open_trajectory(traj),
-                                                                            d / "mechanism")))
+                                       fn=lambda d: mech.mechanism_analysis(
+                                           self.cfg, self.open_trajectory(traj, "mechanism"), d / "mechanism")))
             out["mechanism"] = res.result if res else None
         return out
 
-    def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None) -> dict | None:
-        """Benchmark metrics of one model (or a model pair with an engine override)."""
+    def reconstruct(self, traj: str | None, ident: str) -> list[dict]:
+        """RELEX Finding 1: rank-r reconstructions of trained steps, one cached stage per rank
+        (`pipeline.reconstruct.*`): [{step, rank, history, path}]."""
+        out = []
+        for r in [int(x) for x in self.cfg.pipeline.reconstruct.ranks]:
+            config = {**rec.reconstruct_config(self.cfg, r), "trajectory": _traj_selection(self.cfg)}
+            stage = Stage("reconstruct", config, [ident], label=f"reconstruct_r{r}",
+                          fn=lambda d, r=r: rec.reconstruct_stage(self.cfg, self.open_trajectory(traj, "reconstruct"), r, d))
+            self.run_stage(stage)
+            out += rec.stage_rows(self.cfg, r, self.cache.path(stage.name, stage.key))
+        return out
+
+    def model_identity(self, model: str) -> str:
+        """A model directory as a cache identity: its path inside the stage cache (which names the
+        stage key that made it), else the path as given (a given trajectory's content is `ident`)."""
+        path = Path(model)
+        return str(path.relative_to(self.cache.root)) if path.is_relative_to(self.cache.root) else str(model)
+
+    def evaluate_model(self, label: str, model: str | None, ident: str, engine: dict | None = None,
+                       model_id: str | None = None) -> dict | None:
+        """Benchmark metrics of one model (or a model pair with an engine override), keyed by the
+        model's identity (not the label: two models may share one) and the evaluation config. A
+        step of the trajectory `ident` names itself (`model_id`): its path is unknown to a dry run
+        of a hub trajectory, and the content is `ident` already."""
         from rlvr_linearity.evaluate.app import evaluate
 
         config = {k: section(self.cfg, k) for k in ("evaluate", "benchmarks", "sampling", "task")}
@@ -172,7 +203,8 @@ class Pipeline:
                     ecfg.engine = OmegaConf.create(engine)
             return evaluate(ecfg, d)
 
-        res = self.run_stage(Stage("evaluate", config, [ident, label], fn, label=f"eval_{label}"))
+        model_id = model_id or (self.model_identity(model) if model else label)  # no model: a logits pair (its engine) or a dry run's
+        res = self.run_stage(Stage("evaluate", config, [ident, model_id], fn, label=f"eval_{label}"))
         return None if res is None else res.result
 
     def correctness(self, label: str, benchmark: str) -> dict[str, list[bool]] | None:
@@ -201,11 +233,11 @@ class Pipeline:
     def prediction_errors(self, traj: str | None, ident: str, rows: list[dict]) -> None:
         """Weight-space error (relative L2, cosine of deltas from step 0) of every prediction
         whose target was trained, added to its row; one cached stage over all of them."""
-        if self.dry_run:
+        if self.dry_run or (self.hub is not None and "prediction_error" not in self.hub.reads):
             return
-        traj_obj = self.open_trajectory(traj)
-        todo = {f"{i}": (r["path"], r["target"]) for i, r in enumerate(rows)
-                if r.get("path") and r["target"] in traj_obj.steps and r["target"] != 0}
+        traj_obj = self.open_trajectory(traj, "prediction_error")
+        todo = {f"{i}": (r["path"], _target(r)) for i, r in enumerate(rows)
+                if r.get("path") and _target(r) in traj_obj.steps and _target(r) != 0}
         if not todo:
             return
 
@@ -216,36 +248,45 @@ class Pipeline:
             return {i: prediction_error(traj_obj.base, traj_obj.model(t), ModelFiles(path, t))
                     for i, (path, t) in todo.items()}
 
-        config = {"predictions": {i: [str(Path(p).relative_to(self.cache.root)) if Path(p).is_relative_to(self.cache.root)
-                                      else p, t] for i, (p, t) in todo.items()}}
+        config = {"predictions": {i: [self.model_identity(p), t] for i, (p, t) in todo.items()}}
         res = self.run_stage(Stage("prediction_error", config, [ident], fn, label="prediction_error"))
         for i, err in res.result.items():
             rows[int(i)]["weight_error"] = err
 
-    def _analysis(self, command: str, traj: str | None, out_dir: Path, cfg=None) -> dict:
-        """`rlvr linearity` or `rlvr extrapolate`'s work in a stage directory; with `partition.count`
-        > 1 split by tensors and merged (`pipeline.partitions`: docs/scaling.md), the same outputs."""
+    def _analysis(self, command: str, traj: str | None, out_dir: Path, cfg=None, stage: str | None = None) -> dict:
+        """`rlvr linearity` or `rlvr extrapolate`'s work in a stage directory, on what `stage` reads
+        of a hub trajectory (`_on`: fetched before any stage runs); with `partition.count` > 1 split
+        by tensors and merged (`pipeline.partitions`: docs/scaling.md), the same outputs."""
         from rlvr_linearity.extrapolate.app import extrapolate
         from rlvr_linearity.linearity.app import analyse
         from rlvr_linearity.linearity.partition import run_partition
         from rlvr_linearity.pipeline.partitions import run_partitioned
 
-        cfg = self._on(traj, out_dir, cfg)
+        cfg = self._on(traj, out_dir, cfg, stage)
         if cfg.partition.count > 1:
             return run_partitioned(command, cfg, out_dir, run_partition if command == "linearity" else extrapolate)
         return (analyse if command == "linearity" else extrapolate)(cfg, out_dir)
 
-    def _on(self, traj: str | None, out_dir: Path, cfg=None):
-        """The config a stage runs with: the trained trajectory (if any) and the stage's dir."""
+    def _on(self, traj: str | None, out_dir: Path, cfg=None, stage: str | None = None):
+        """The config a stage runs with: the trained trajectory (if any) and the stage's dir; of
+        a hub trajectory, only the steps the stage reads (fetched already)."""
         cfg = cfg if cfg is not None else self.cfg
+        if traj is None and self.hub is not None and stage is not None:
+            return derive(cfg, **{"trajectory.steps": self.hub.reading(stage), "trajectory.max_step": None,
+                                  "output_dir": str(out_dir)})
         if traj is None:  # a given trajectory: keep trajectory.* as configured
             return derive(cfg, output_dir=str(out_dir))
         return derive(cfg, **{"trajectory.path": traj, "trajectory.hub_repo": None, "output_dir": str(out_dir)})
 
-    def open_trajectory(self, traj: str | None):
+    def open_trajectory(self, traj: str | None, stage: str | None = None):
         from rlvr_linearity.trajectory import open_trajectory
 
-        return open_trajectory(self._on(traj, self.out).trajectory)
+        return open_trajectory(self._on(traj, self.out, stage=stage).trajectory)
+
+
+def _target(row: dict) -> int:
+    """The trained step a prediction (`target`) or a reconstruction (`step`) is compared with."""
+    return row["target"] if "target" in row else row["step"]
 
 
 def _traj_selection(cfg) -> dict:
@@ -288,11 +329,11 @@ def _scored(metrics: dict | None, benches: list[str]) -> dict:
 
 
 def _compare(p: "Pipeline", row: dict, label: str, benches: list[str]) -> None:
-    """Paired comparison with the trained checkpoint at the row's target, per benchmark (the
-    first benchmark's also as the row's `vs_trained`)."""
+    """Paired comparison with the trained checkpoint at the row's target (a reconstruction's
+    step), per benchmark (the first benchmark's also as the row's `vs_trained`)."""
     for b in benches:
         if row["metrics"].get(b) is not None:
-            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, row["target"], b)}
+            row["metrics"][b] = {**row["metrics"][b], "vs_trained": p.vs_trained(label, _target(row), b)}
     row["vs_trained"] = (row["metrics"].get(benches[0]) or {}).get("vs_trained")
 
 
@@ -309,6 +350,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
     relex = p.relex(traj_path, ident) if "relex" in stages else []
     weight = p.weight(traj_path, ident) if "weight" in stages else []
     mechanism = p.mechanism(traj_path, ident)
+    recon = p.reconstruct(traj_path, ident) if "reconstruct" in stages and cfg.pipeline.reconstruct.steps else []
 
     given = cfg.trajectory.path or (f"hub:{cfg.trajectory.hub_repo}" if cfg.trajectory.hub_repo else None)
     results: dict[str, Any] = {"benchmark": bench, "benchmarks": benches, "trajectory": traj_path or given}
@@ -316,7 +358,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         steps = _eval_steps(p, traj_path)
         rlvr = []
         for step, path in steps:
-            metrics = p.evaluate_model(f"step_{step}", path, ident)
+            metrics = p.evaluate_model(f"step_{step}", path, ident, model_id=f"step_{step}")
             rlvr.append({"step": step, **_scored(metrics, benches), "path": path})
         base = next((r for r in rlvr if r["step"] == 0), None)
         results["base"] = {"step": 0, **({k: base[k] for k in ("accuracy", "accuracy_ci95", "metrics")} if base
@@ -330,10 +372,16 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
             label = f"weight_{r['base_step']}_{r['second_step']}_t{r['target']}"
             r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
             _compare(p, r, label, benches)
+        for r in recon:
+            label = rec.eval_label(r)
+            r.update(_scored(p.evaluate_model(label, r["path"], ident), benches))
+            _compare(p, r, label, benches)
         results["logits_extrapolation"] = _logits(p, cfg, traj_path, ident, benches) if "logits" in stages else []
-    p.prediction_errors(traj_path, ident, relex + weight)
+    p.prediction_errors(traj_path, ident, relex + weight + recon)
     results["relex"] = relex
     results["weight_extrapolation"] = weight
+    if recon:
+        results["reconstruction"] = recon
     if lin is not None:
         results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
                                 "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
@@ -343,7 +391,7 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         listing = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
         for row in listing:
             print(f"{'cached' if row['cached'] else 'to run':>7}  {row['stage']}  ({row['key']})")
-        return {"dry_run": listing}
+        return {"dry_run": listing, **({"fetch": p.fetched} if p.fetched else {})}
     results["timings"] = {**p.timings, "total": round(time.perf_counter() - start, 3)}
     results["stages"] = [{"stage": s.label or s.name, "key": s.key, "cached": c} for s, c in p.plan]
     write_json_atomic(Path(out_dir) / "results.json", results)
@@ -366,13 +414,13 @@ def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | Non
     """(step, model dir) of the RLVR checkpoints to evaluate, base included."""
     wanted = p.cfg.pipeline.evaluate_steps
     given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
-    if p.dry_run and not (given and traj_path is None):  # nothing trained yet: list what was asked
+    if p.dry_run and not given and traj_path is None:  # nothing trained yet: list what was asked
         return [(s, None) for s in ([] if wanted == "all" else sorted({0, *wanted}))]
-    traj = p.open_trajectory(traj_path)
+    traj = p.open_trajectory(traj_path, "evaluate")
     steps = traj.steps if wanted == "all" else [s for s in traj.steps if s in set(wanted)]
     if wanted != "all" and 0 not in steps:
         steps = [0, *steps]
-    return [(s, None if p.dry_run else str(traj.model(s).path)) for s in steps]
+    return [(s, str(traj.model(s).path)) for s in steps]
 
 
 def _logits_engine(cfg, models: list[str], alpha: float) -> dict:
@@ -384,18 +432,26 @@ def _logits_engine(cfg, models: list[str], alpha: float) -> dict:
     return {**spec, "models": models, "alpha": alpha, "device": device}
 
 
+def _pair_models(p: Pipeline, traj_path: str | None) -> Callable[[int], str]:
+    """step -> model directory of a logits pair; a dry run before training (or of a hub trajectory)
+    names the step instead, so its listing shows the stages (their keys final once the models exist)."""
+    given = p.cfg.trajectory.path and not p.cfg.trajectory.hub_repo
+    if p.dry_run and not (given and traj_path is None):
+        return lambda step: f"<step {step}>"
+    traj = p.open_trajectory(traj_path, "logits")
+    return lambda step: str(traj.model(step).path)
+
+
 def _logits(p: Pipeline, cfg, traj_path: str | None, ident: str, benches: list[str]) -> list[dict]:
-    pcfg = cfg.pipeline.logits
     out = []
-    if not pcfg.pairs or not pcfg.targets:
+    pairs = [(a, b, targets) for a, b, targets in pair_targets(cfg.pipeline.logits) if targets]
+    if not pairs:
         return out
-    if p.dry_run:
-        return out
-    traj = p.open_trajectory(traj_path)
-    for a, b in [tuple(x) for x in pcfg.pairs]:
-        for t in pcfg.targets:
+    model = _pair_models(p, traj_path)
+    for a, b, targets in pairs:
+        for t in targets:
             alpha = (t - a) / (b - a)
-            engine = _logits_engine(cfg, [str(traj.model(a).path), str(traj.model(b).path)], alpha)
+            engine = _logits_engine(cfg, [model(a), model(b)], alpha)
             label = f"logits_{a}_{b}_t{t}"
             metrics = p.evaluate_model(label, None, ident, engine=engine)
             row = {"base_step": a, "second_step": b, "target": t, "alpha": alpha, **_scored(metrics, benches)}

@@ -14,7 +14,8 @@ from pathlib import Path
 from rlvr_linearity.config import section
 from rlvr_linearity.io import jsonable, write_json_atomic
 
-R2_FILTERS = ("thresholds", "engine", "sample_fraction", "min_samples", "min_abs_change", "min_unique", "sample_seed")
+R2_FILTERS = ("thresholds", "engine", "sample_fraction", "min_samples", "min_abs_change", "min_unique",
+              "unique_filter_dtype", "tensors", "sample_seed")  # the keys of linearity.app.r2_filters
 
 
 def token_snr_config(cfg) -> dict:

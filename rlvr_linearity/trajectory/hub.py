@@ -12,6 +12,7 @@ valid step: a half-downloaded revision never gets one, a corrupt one is deleted 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rlvr_linearity.errors import TrajectoryError, where
+from rlvr_linearity.io import write_json_atomic
 
 from .files import ModelFiles
 
@@ -37,11 +39,21 @@ def _snapshot_download(**kw) -> str:
     return snapshot_download(**kw)
 
 
-def _list_revisions(repo: str) -> list[str]:
-    """Branch names of a hub model repository."""
+def _list_revisions(repo: str) -> dict[str, str]:
+    """Branch name -> commit of a hub model repository."""
     from huggingface_hub import HfApi
 
-    return [b.name for b in HfApi().list_repo_refs(repo).branches]
+    return {b.name: b.target_commit for b in HfApi().list_repo_refs(repo).branches}
+
+
+def _revision_files(repo: str, revision: str) -> list[tuple[str, int]]:
+    """(path, bytes) of the files of one revision that `snapshot_download(allow_patterns=ALLOW)` fetches."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [f for f in HfApi().list_repo_tree(repo, revision=revision, recursive=True) if isinstance(f, RepoFile)]
+    return [(f.path, f.size) for f in filter_repo_objects(files, allow_patterns=ALLOW, key=lambda f: f.path)]
 
 
 def _offline_hint(e: Exception) -> str:
@@ -70,29 +82,63 @@ def hub_cache_dir(cache: Path, repo: str) -> Path:
     return Path(cache) / "hub" / repo.replace("/", "--")
 
 
-def _cached_steps(root: Path, prefix: str) -> list[int]:
-    rx = re.compile(rf"^{re.escape(prefix)}(\d+)$")
-    return sorted(int(m.group(1)) for d in root.glob("*") if d.is_dir() and (m := rx.match(d.name)))
+def _cached_revisions(root: Path) -> dict[int, str]:
+    """Linked steps -> commit (the name of the HF snapshot each `step_N` link points to)."""
+    rx = re.compile(r"^step_(\d+)$")
+    return {int(m.group(1)): d.resolve().name for d in sorted(root.glob("*")) if d.is_dir() and (m := rx.match(d.name))}
 
 
-def hub_steps(repo: str, prefix: str, cache_root: Path) -> list[int]:
-    """Steps available as revisions `<prefix>N` (offline: the ones already linked, with a warning;
-    other revisions in the HF cache are used when asked for by trajectory.steps)."""
+def hub_revisions(repo: str, prefix: str, cache_root: Path) -> dict[int, str]:
+    """Step -> commit of the revisions `<prefix>N` (offline: the steps already linked, with a
+    warning; other revisions in the HF cache are used when asked for by trajectory.steps). The
+    commits identify the steps' content without downloading them."""
     rx = re.compile(rf"^{re.escape(prefix)}(\d+)$")
     try:
         revs = _list_revisions(repo)
     except Exception as e:
-        cached = _cached_steps(cache_root, "step_") if cache_root.is_dir() else []
+        cached = _cached_revisions(cache_root) if cache_root.is_dir() else {}
         if cached:
             log.warning("cannot list revisions of %s (%s); using the %d cached steps", repo, _offline_hint(e),
                         len(cached))
-            return cached
+            return dict(sorted(cached.items()))
         raise TrajectoryError(f"trajectory.hub_repo {repo}: cannot list its revisions and nothing is cached in "
                               f"{cache_root} (offline?) [{_offline_hint(e)}]") from None
-    steps = sorted({int(m.group(1)) for r in revs if (m := rx.match(r))})
+    steps = dict(sorted((int(m.group(1)), commit) for r, commit in revs.items() if (m := rx.match(r))))
     if not steps:
         raise TrajectoryError(f"trajectory.hub_repo {repo}: no revisions named {prefix}N")
+    cache_root.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(_listing(cache_root), steps)
     return steps
+
+
+def _listing(cache_root: Path) -> Path:
+    """`<cache>/hub/<org>--<name>.revisions.json`, beside the step links."""
+    return cache_root.with_name(cache_root.name + ".revisions.json")
+
+
+def listed_revisions(cache_root: Path) -> dict[int, str]:
+    """Step -> commit of the last listing `hub_revisions` saved (empty if none): offline, the
+    commits of the steps not linked, so an offline run keys its stages as the online one did."""
+    try:
+        return {int(s): str(c) for s, c in json.loads(_listing(cache_root).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def hub_step_sizes(repo: str, prefix: str, steps: list[int], workers: int = 8) -> dict[int, int]:
+    """Bytes each step's download holds (the files `fetch_hub_trajectory` takes), from the hub's
+    file listing: one metadata request per step, nothing downloaded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def size(s: int) -> int:
+        return sum(n for _, n in _revision_files(repo, f"{prefix}{s}"))
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return dict(zip(steps, pool.map(size, steps)))
+    except Exception as e:
+        raise TrajectoryError(f"trajectory.hub_repo {repo}: cannot list the files of its revisions "
+                              f"(offline?) [{_offline_hint(e)}]") from None
 
 
 def fetch_hub_trajectory(repo: str, steps: list[int], cache: Path, prefix: str = "step_",

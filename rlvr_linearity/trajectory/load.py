@@ -12,7 +12,7 @@ from rlvr_linearity.errors import ConfigError, TrajectoryError, where
 from .core import Trajectory
 from .discover import Found, discover, trajectory_json, verl_base_hint
 from .files import ModelFiles
-from .hub import fetch_hub_trajectory, hub_cache_dir, hub_steps, resolve_model_path
+from .hub import fetch_hub_trajectory, hub_cache_dir, hub_revisions, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,13 @@ def open_trajectory(cfg=None, **kwargs) -> Trajectory:
     if opt["hub_repo"]:
         if opt["path"]:
             raise ConfigError("trajectory: set either trajectory.path or trajectory.hub_repo, not both")
-        from rlvr_linearity.paths import cache_dir
-
-        cache = Path(opt["cache_dir"]).expanduser() if opt["cache_dir"] else cache_dir()
+        cache = hub_cache(opt["cache_dir"])
         repo, prefix = str(opt["hub_repo"]), str(opt["hub_revision_prefix"] or "step_")
         if steps_req is not None and max_step is None:
             wanted = steps_req
         else:
-            avail = hub_steps(repo, prefix, hub_cache_dir(cache, repo))
-            wanted = _select(avail, steps_req, max_step, where_=f"trajectory.hub_repo {repo}")
+            avail = sorted(hub_revisions(repo, prefix, hub_cache_dir(cache, repo)))
+            wanted = select_steps(avail, steps_req, max_step, where_=f"trajectory.hub_repo {repo}")
         root = fetch_hub_trajectory(repo, [s for s in wanted if s != 0 or not opt["base"]], cache, prefix)
         found = [f for f in discover(root) if f.step in set(wanted)]
     elif opt["path"]:
@@ -63,7 +61,7 @@ def open_trajectory(cfg=None, **kwargs) -> Trajectory:
             raise TrajectoryError(f"{where(opt['path'])}: cannot resolve the trajectory path ({e})") from None
         found = discover(root)
         avail = [f.step for f in found]
-        wanted = _select(avail, steps_req, max_step, where_=str(root))
+        wanted = select_steps(avail, steps_req, max_step, where_=str(root))
         found = [f for f in found if f.step in set(wanted) or f.step == 0]
     else:
         raise ConfigError("trajectory: set trajectory.path=DIR (or trajectory.hub_repo=ORG/NAME)")
@@ -91,7 +89,14 @@ def _open_found(f: Found) -> ModelFiles:
     return ModelFiles(f.dir, step=f.step)
 
 
-def _select(avail: list[int], steps_req, max_step, where_: str) -> list[int]:
+def hub_cache(cache_dir_opt) -> Path:
+    """The cache a hub trajectory's step links go under: trajectory.cache_dir, else paths.cache_dir()."""
+    from rlvr_linearity.paths import cache_dir
+
+    return Path(str(cache_dir_opt)).expanduser() if cache_dir_opt else cache_dir()
+
+
+def select_steps(avail: list[int], steps_req, max_step, where_: str) -> list[int]:
     """Steps kept by trajectory.steps / trajectory.max_step (0 is always kept if present)."""
     if steps_req is not None:
         missing = [s for s in steps_req if s not in avail and s != 0]

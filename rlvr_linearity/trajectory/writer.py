@@ -33,6 +33,7 @@ SKIP = {INDEX, "trajectory.json", "fsdp_config.json", "trainer_state.json"}  # r
 DTYPE_ALIASES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "float64": torch.float64}
 EMB, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+TIED_CHUNK = 1 << 24  # bytes of the embedding compared (and copied) at a time
 
 
 def parse_dtype(dtype) -> torch.dtype | None:
@@ -257,13 +258,17 @@ class ModelWriter:
             return
         (fe, oe, n), (fh, oh, _) = self._where[EMB], self._where[HEAD]
         src, dst = self._files[fe], self._files[fh]
-        src.seek(oe)
-        emb = src.read(n)
-        dst.seek(oh)
-        if dst.read(n) != emb:
+        differ = False
+        for a in range(0, n, TIED_CHUNK):  # chunk by chunk: a 32B model's embedding is 1.6 GB
+            src.seek(oe + a)
+            emb = src.read(min(TIED_CHUNK, n - a))
+            dst.seek(oh + a)
+            if dst.read(len(emb)) != emb:
+                differ = True
+                dst.seek(oh + a)
+                dst.write(emb)
+        if differ:
             log.warning("%s: tied embeddings written with a different lm_head; lm_head set to the embedding", self.out)
-            dst.seek(oh)
-            dst.write(emb)
 
     def _written_dtype(self) -> torch.dtype | None:
         sizes: dict[torch.dtype, int] = {}

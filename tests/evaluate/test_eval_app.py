@@ -264,12 +264,14 @@ def test_relex_presets_sample_math_and_ood_sets_as_the_paper(preset, math, ood):
 
 
 def test_lin_preset_samples_avg64():
+    """D1: the math benchmarks at avg@64, LiveCodeBench at the paper's avg@4, all at T 0.6, top-p 0.95."""
     from rlvr_linearity.evaluate.app import benchmark_sampling
 
     cfg = compose_config("pipeline", "experiment=paper/lin_deepscaler_r1_distill_1.5b")
+    assert "livecodebench" in cfg.benchmarks
     for b in cfg.benchmarks:
         s = benchmark_sampling(b, cfg)
-        assert (s["n"], s["temperature"], s["top_p"]) == (64, 0.6, 0.95), b
+        assert (s["n"], s["temperature"], s["top_p"]) == (4 if b == "livecodebench" else 64, 0.6, 0.95), b
 
 
 def test_resume_key_holds_the_benchmarks_own_sampling(tmp_path, tiny_model_dir, rlvr_cache):

@@ -287,15 +287,20 @@ def test_hub_trajectory_downloads_only_the_histories():
 
     def cfg(tr, ex):
         return OmegaConf.create({"trajectory": {"hub_repo": "org/repo", "steps": None, "max_step": None, **tr},
-                                 "extrapolate": {"history": None, "window": None, "last": None, "windows": None, **ex}})
+                                 "extrapolate": {"history": None, "window": None, "last": None, "windows": None,
+                                                 "gram_steps": "window", **ex}})
 
     assert _hub_max_step(cfg({}, {"history": 75}), cfg({}, {"history": 75}).extrapolate) == 75
     c = cfg({}, {"windows": [25, 50, 100]})
     assert _hub_max_step(c, c.extrapolate) == 100
     c = cfg({}, {"history": 75, "last": 5})
     assert _hub_max_step(c, c.extrapolate) == 75
-    for c in (cfg({"max_step": 30}, {"history": 75}), cfg({"hub_repo": None}, {"history": 75}),
-              cfg({}, {"window": [1, 2]}), cfg({}, {"last": 5})):
+    c = cfg({"max_step": 500}, {"history": 75})  # the RELEX 1.5B preset: 75 steps, not 500
+    assert _hub_max_step(c, c.extrapolate) == 75
+    c = cfg({"max_step": 30}, {"history": 75})
+    assert _hub_max_step(c, c.extrapolate) == 30
+    for c in (cfg({"hub_repo": None}, {"history": 75}), cfg({}, {"window": [1, 2]}), cfg({}, {"last": 5}),
+              cfg({}, {"history": 75, "gram_steps": "all"}), cfg({"steps": [1, 2]}, {"history": 75})):
         assert _hub_max_step(c, c.extrapolate) is None
 
 

@@ -21,7 +21,8 @@ FIX = REPO / "tests" / "fixtures" / "figures"
              "lin_robustness.png", "lin_weight_extrapolation.png", "lin_table1.png", "lin_table2.png",
              "lin_fig6_regrounding.png"}),
     ("relex", {"relex_explained_variance.png", "relex_rank1_coefficient.png", "relex_accuracy_vs_target.png",
-               "relex_ablations.png", "relex_run_explained_variance.png", "relex_run_coefficient.png"}),
+               "relex_ablations.png", "relex_run_explained_variance.png", "relex_run_coefficient.png",
+               "relex_finding1_reconstruction.png", "relex_denoising.png", "relex_main_table.png"}),
 ])
 def test_notebook_executes_on_fixture_results(tmp_path, monkeypatch, name, expected):
     path = REPO / "notebooks" / f"{name}.ipynb"

@@ -112,6 +112,22 @@ def test_bad_window_is_config_error(tmp_path, rlvr_cache):
         analyse(compose_cfg(f"trajectory.path={tt.path}", "linearity.windows=[10]"), tmp_path / "out")
 
 
+def test_max_step_cuts_every_window(tmp_path, rlvr_cache):
+    """linearity.max_step: "all" and the low-rank fits end there; the smaller of it and
+    trajectory.max_step wins; a window beyond it is a config error."""
+    from rlvr_linearity.linearity.app import analyse
+
+    tt = make_trajectory(tmp_path / "run", steps=(1, 2, 3, 5, 8), write_json=True)
+    base = (f"trajectory.path={tt.path}", "linearity.logprobs=false")
+    assert analyse(compose_cfg(*base, "linearity.max_step=3"), tmp_path / "a")["steps"] == [0, 1, 2, 3]
+    lowrank = json.loads((tmp_path / "a" / "linearity" / "lowrank.json").read_text())
+    assert lowrank["steps"] == [1, 2, 3]
+    both = compose_cfg(*base, "linearity.max_step=5", "trajectory.max_step=2")
+    assert analyse(both, tmp_path / "b")["steps"] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="window 5"):
+        analyse(compose_cfg(*base, "linearity.max_step=3", "linearity.windows=[5]"), tmp_path / "c")
+
+
 def test_cli(tmp_path, rlvr_cache):
     tt = make_trajectory(tmp_path / "run", layout="verl", steps=(1, 2, 3, 5), write_json=True)
     rlvr = Path(sys.executable).parent / "rlvr"
@@ -227,7 +243,7 @@ def test_lin_paper_preset_reproduces_reference(tmp_path, rlvr_cache):
     res = json.loads((tmp_path / "out" / "linearity" / "weights_r2.json").read_text())
     steps = [0, *STEPS]
     kept, n_sampled = [], 0
-    for n in tt.names:
+    for n in [n for n in tt.names if n.endswith(".weight")]:  # linearity.tensors=weights_only
         y = np.stack([tt.values[s][n].numpy().ravel() for s in steps])
         idx = sample_indices(y.shape[1], sample_size(y.shape[1], 0.001, 50), 42, n)
         n_sampled += idx.size
@@ -238,4 +254,5 @@ def test_lin_paper_preset_reproduces_reference(tmp_path, rlvr_cache):
     kept = np.asarray(kept)
     assert res["n_weights"] == n_sampled and res["n_defined"] == kept.size > 0
     assert abs(res["mean"] - kept.mean()) < 1e-9 and abs(res["median"] - np.median(kept)) < 1e-9
-    assert res["filters"]["min_unique"] == 4
+    assert (res["filters"]["min_unique"], res["filters"]["unique_filter_dtype"], res["filters"]["tensors"]) == \
+        (4, "bfloat16", "weights_only")

@@ -118,6 +118,9 @@ def test_lowrank_matches_svd():
     w = lowrank.projection_weights(g, 6, 8, 2)
     proj = vt[:2].T @ (vt[:2] @ m[8])
     assert np.allclose(w @ m[:6], proj, atol=1e-10)
+    both = lowrank.projection_weights(g, 6, [8, 7], 2)  # several targets: one eigendecomposition
+    assert both.shape == (2, 6) and np.allclose(both[0], w, atol=1e-12)
+    assert np.allclose(both[1] @ m[:6], vt[:2].T @ (vt[:2] @ m[7]), atol=1e-10)
     assert np.isnan(lowrank.explained_variance(np.zeros((3, 3)), [1])[1])
 
 

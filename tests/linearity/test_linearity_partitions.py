@@ -61,6 +61,37 @@ def test_three_partitions_merge_into_the_single_run(tmp_path, rlvr_cache, engine
     assert (w["median_error_bound"] > 0) == (engine == "kernel")  # the kernel's fine histogram was merged
 
 
+def test_partitions_respect_lin_options(tmp_path, rlvr_cache):
+    """linearity.tensors=weights_only, a linearity.steps subset, the bf16 unique filter and
+    linearity.max_step: weight R² is shared over the *.weight tensors alone, the Grams over every
+    tensor up to max_step, and the merge equals the single run with the same options."""
+    from rlvr_linearity.linearity.app import analyse
+    from rlvr_linearity.linearity.partition import merge, run_partition
+
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
+    opts = ["linearity.tensors=weights_only", "linearity.steps=[2,3,5]", "linearity.max_step=5",
+            "linearity.unique_filter_dtype=bfloat16", "linearity.min_unique=2"]
+    single = tmp_path / "single"
+    expect = analyse(_cfg(tt, *opts), single)
+    assert expect["r2_steps"] == [0, 2, 3, 5] and expect["steps"] == [0, 1, 2, 3, 5]
+    out = tmp_path / "parts"
+    shares = []
+    for i in range(3):
+        run_partition(_cfg(tt, *opts, "partition.count=3", f"partition.index={i}"), partition_dir(out, 3, i))
+        shares.append(json.loads((partition_dir(out, 3, i) / "linearity" / "partition.json").read_text())["names"])
+    weights = [n for s in shares for n in s["weights"]]
+    assert sorted(weights) == sorted(n for n in tt.names if n.endswith(".weight"))  # disjoint, *.weight only
+    assert sorted(n for s in shares for n in s["lowrank"]) == sorted(tt.names)  # biases' Grams too
+    summary = merge(_cfg(tt, *opts, "partition.count=3", "partition.merge=true"), out)
+    assert summary["r2_steps"] == expect["r2_steps"] and summary["steps"] == expect["steps"]
+    for name in ("weights_r2.json", "lowrank.json"):
+        a = json.loads((single / "linearity" / name).read_text())
+        b = json.loads((out / "linearity" / name).read_text())
+        assert differences(a, b) == [], name
+    w = json.loads((out / "linearity" / "weights_r2.json").read_text())
+    assert w["steps"] == [0, 2, 3, 5] and w["filters"]["unique_filter_dtype"] == "bfloat16"
+
+
 def _rlvr(*args, env):
     return subprocess.run([sys.executable, "-m", "rlvr_linearity", "linearity", *args], capture_output=True, text=True,
                           env=env, timeout=600)

@@ -21,7 +21,7 @@ SMALL = [
     "linearity.probes.n_samples=2",
     "pipeline.evaluate_steps=[0,2,4,6]", "extrapolate.windows=[2,3]", "extrapolate.targets=[4,6,9]",
     "pipeline.weight.pairs=[[0,2]]", "pipeline.weight.targets=[4,6]",
-    "pipeline.logits.pairs=[[0,2]]", "pipeline.logits.targets=[4]",
+    "pipeline.logits.pairs=[[0,2]]", "pipeline.logits.targets=[4]", "pipeline.reconstruct.steps=[2,6]",
     "sampling.max_tokens=8", "figures.pdf=false",
 ]
 
@@ -51,6 +51,8 @@ def test_demo_pipeline_small(tmp_path):
     assert all(acc_ok(x["accuracy"]) for x in r["weight_extrapolation"])
     assert r["logits_extrapolation"][0]["alpha"] == 2.0 and acc_ok(r["logits_extrapolation"][0]["accuracy"])
     assert 0.0 <= r["linearity"]["median_r2"] <= 1.0 and 0.0 <= r["linearity"]["frac_above_0.7"] <= 1.0
+    assert sorted((x["step"], x["rank"]) for x in r["reconstruction"]) == [(2, 1), (2, 2), (6, 1), (6, 2)]
+    assert all(acc_ok(x["accuracy"]) and x["weight_error"]["rel_l2"] >= 0 for x in r["reconstruction"])
     assert {"train", "linearity", "relex", "total"} <= set(r["timings"])
 
     # every prediction is a loadable model of the base's dtype; the RELEX history-2 run observed 1..2
@@ -61,7 +63,8 @@ def test_demo_pipeline_small(tmp_path):
                     "## Logits extrapolation", "## Figures"):
         assert heading in report
     for png in ("training_reward.png", "accuracy_vs_step.png", "lin_weight_r2_histogram.png",
-                "lin_logprob_r2_histogram.png", "relex_accuracy_vs_target.png", "lin_weight_extrapolation.png"):
+                "lin_logprob_r2_histogram.png", "relex_accuracy_vs_target.png", "lin_weight_extrapolation.png",
+                "relex_finding1_reconstruction.png", "relex_denoising.png", "relex_main_table.png"):
         assert (out / "figures" / png).stat().st_size > 1000, png
         assert f"figures/{png}" in report
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb")), "no W&B offline run"

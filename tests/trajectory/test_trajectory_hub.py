@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import constants, scan_cache_dir
 
 from conftest import make_trajectory
-from fake_hf_hub import FakeHfHub
+from fake_hf_hub import FakeHfHub, serve
 from rlvr_linearity.errors import TrajectoryError
 from rlvr_linearity.trajectory import open_trajectory
 
@@ -25,10 +25,7 @@ def fake_hub(tmp_path, monkeypatch):
     for s, d in t.step_dirs.items():
         shutil.copytree(d, hub.revision_dir(REPO, f"step_{s}"))
     shutil.copytree(t.base, hub.revision_dir("Qwen/Tiny-Base", "main"))
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    serve(hub, monkeypatch, tmp_path / "hf-cache")
     hub.traj, hub.cache = t, tmp_path / "hf-cache"
     yield hub
     hub.close()

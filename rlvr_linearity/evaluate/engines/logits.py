@@ -85,7 +85,7 @@ class LogitsExtrapolationEngine(Engine):
                               "engine.base_step, engine.second_step (different) and engine.target_step with trajectory.path")
         from rlvr_linearity.trajectory import open_trajectory
 
-        traj = open_trajectory(cfg.trajectory)
+        traj = open_trajectory(cfg.trajectory, steps=[int(a), int(b)])  # a hub trajectory: fetch only these
         alpha = (float(t) - float(a)) / (float(b) - float(a))
         return cls(str(traj.model(int(a)).path), str(traj.model(int(b)).path), alpha, **settings)
 
