@@ -63,11 +63,22 @@ def test_figures_draw_the_sweep_from_run_dirs(sweep_dir, tmp_path):
     figs = tmp_path / "out" / "figures"
     assert (figs / "lr_sweep.png").stat().st_size > 10_000
     md = (figs / "lr_sweep.md").read_text()
-    assert "| 1e-05 | 2 | 0.30 ± 0.00 | 0.43 ± 0.01 | +13.0 ± 1.4 | 0.42 ± 0.01 | -1.0 ± 0.0 | 0.60 ± 0.14 |" in md
-    assert "| 1e-04 | 1 |" in md and md.count("| yes |") == 1
+    assert "| 1e-05 | 90 | 14 | 2 | 0.30 ± 0.00 | 0.43 ± 0.01 | +13.0 ± 1.4 | 0.42 ± 0.01 | -1.0 ± 0.0 | 0.60 ± 0.14 |" in md
+    assert "| 1e-04 | 90 | 14 | 1 |" in md and md.count("| yes |") == 1
     data = json.loads((figs / "lr_sweep.json").read_text())
     assert [s["lr"] for s in data["summary"]] == [1e-5, 1e-4] and len(data["runs"]) == 3
     assert {r["run"] for r in data["runs"]} == set(RUNS)
+
+
+def test_runs_of_another_length_are_their_own_rows(sweep_dir, tmp_path):
+    d = sweep_dir / "long"
+    d.mkdir()
+    long = fake_results(1e-5, 1, 0.5, 0.49, 0.8)
+    long["train"]["steps"] = 270
+    (d / "results.json").write_text(json.dumps(long))
+    regenerate([sweep_dir], tmp_path / "out", pdf=False)
+    data = json.loads((tmp_path / "out" / "figures" / "lr_sweep.json").read_text())
+    assert [(s["lr"], s["steps"], s["n_runs"]) for s in data["summary"]] == [(1e-5, 90, 2), (1e-5, 270, 1), (1e-4, 90, 1)]
 
 
 def test_one_learning_rate_draws_no_sweep(tmp_path):
