@@ -35,7 +35,7 @@ def sweep_row(results: dict, run: str) -> dict | None:
     history = lin.get("coefficient_history") if lin.get("coefficient_history") in relex else min(relex, default=None)
     base = (results.get("base") or {}).get("accuracy")
     pred = relex.get(history)
-    return {"run": run, "lr": float(lr), "steps": (results.get("train") or {}).get("steps"),
+    return {"run": run, "trajectory": results.get("trajectory"), "lr": float(lr), "steps": (results.get("train") or {}).get("steps"),
             "seed": (results.get("train") or {}).get("seed"), "final_step": final, "relex_history": history,
             "base": base, "trained": trained[final], "gain": None if base is None else trained[final] - base,
             "relex": pred, "relex_minus_trained": None if pred is None else pred - trained[final],
@@ -110,6 +110,8 @@ def plot_lr_sweep(summary: list[dict], rows: list[dict], path) -> Path:
 def lr_sweep(rows: list[dict], out_dir) -> dict[str, Path] | None:
     """lr_sweep.png, .md (the table) and .json (runs and per-lr summary) in `out_dir`, when the
     runs span at least two learning rates; else None."""
+    seen: set = set()  # one row per trained trajectory: the demo and a sweep job may share one
+    rows = [r for r in rows if r["trajectory"] is None or not (r["trajectory"] in seen or seen.add(r["trajectory"]))]
     summary = summarise(rows)
     if len({s["lr"] for s in summary}) < 2:
         return None

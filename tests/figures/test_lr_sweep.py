@@ -13,7 +13,7 @@ from rlvr_linearity.figures.regenerate import regenerate
 
 def fake_results(lr: float, seed: int, trained: float, relex: float, oos: float, base: float = 0.3) -> dict:
     """A pipeline results.json as a demo_lr_sweep job writes it (accuracies made up)."""
-    return {"benchmark": "arithmetic", "base": {"step": 0, "accuracy": base},
+    return {"benchmark": "arithmetic", "trajectory": f"stages/train-{lr}-{seed}/trajectory", "base": {"step": 0, "accuracy": base},
             "rlvr": [{"step": 14, "accuracy": base + 0.02}, {"step": 90, "accuracy": trained}],
             "relex": [{"history": 14, "target": 90, "accuracy": relex}, {"history": 23, "target": 90, "accuracy": 0.0},
                       {"history": 14, "target": 30, "accuracy": 0.0},
@@ -34,6 +34,8 @@ def sweep_dir(tmp_path):
         d = tmp_path / "multirun" / name
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps(fake_results(*args)))
+    (tmp_path / "demo").mkdir()  # the demo run whose trained trajectory a sweep job reused: counted once
+    (tmp_path / "demo" / "results.json").write_text(json.dumps(fake_results(*RUNS["lr1e-5_s1"])))
     (tmp_path / "multirun" / "given").mkdir()  # a run on a given trajectory: no `train`, not in the sweep
     (tmp_path / "multirun" / "given" / "results.json").write_text(
         json.dumps({k: v for k, v in fake_results(3e-5, 0, 0.5, 0.5, 0.9).items() if k != "train"}))
@@ -57,9 +59,9 @@ def test_summary_means_sds_and_verdict():
 
 
 def test_figures_draw_the_sweep_from_run_dirs(sweep_dir, tmp_path):
-    index = regenerate([sweep_dir], tmp_path / "out", pdf=False)
+    index = regenerate([sweep_dir, tmp_path / "demo"], tmp_path / "out", pdf=False)
     made = [m for m in index["made"] if m["id"] == "lr_sweep"]
-    assert len(made) == 1 and len(made[0]["inputs"]) == 3  # the run without `train` is not a sweep job
+    assert len(made) == 1 and len(made[0]["inputs"]) == 4  # the run without `train` is not a sweep job
     figs = tmp_path / "out" / "figures"
     assert (figs / "lr_sweep.png").stat().st_size > 10_000
     md = (figs / "lr_sweep.md").read_text()
@@ -74,7 +76,7 @@ def test_runs_of_another_length_are_their_own_rows(sweep_dir, tmp_path):
     d = sweep_dir / "long"
     d.mkdir()
     long = fake_results(1e-5, 1, 0.5, 0.49, 0.8)
-    long["train"]["steps"] = 270
+    long["train"]["steps"], long["trajectory"] = 270, "stages/train-long/trajectory"
     (d / "results.json").write_text(json.dumps(long))
     regenerate([sweep_dir], tmp_path / "out", pdf=False)
     data = json.loads((tmp_path / "out" / "figures" / "lr_sweep.json").read_text())
