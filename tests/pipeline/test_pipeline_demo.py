@@ -51,6 +51,8 @@ def test_demo_pipeline_small(tmp_path):
     assert all(acc_ok(x["accuracy"]) for x in r["weight_extrapolation"])
     assert r["logits_extrapolation"][0]["alpha"] == 2.0 and acc_ok(r["logits_extrapolation"][0]["accuracy"])
     assert 0.0 <= r["linearity"]["median_r2"] <= 1.0 and 0.0 <= r["linearity"]["frac_above_0.7"] <= 1.0
+    assert r["linearity"]["coefficient_history"] == 3 and r["linearity"]["coefficient_r2_in_sample"] <= 1.0
+    assert r["train"] == {"lr": 3e-5, "steps": 6, "seed": 42}  # what a learning-rate sweep is drawn against
     assert {"train", "linearity", "relex", "total"} <= set(r["timings"])
 
     # every prediction is a loadable model of the base's dtype; the RELEX history-2 run observed 1..2
