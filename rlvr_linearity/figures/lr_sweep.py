@@ -64,6 +64,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def _cell(m: dict, scale: float = 1.0, digits: int = 2, signed: bool = False) -> str:
+    """A table cell: "mean ± sd" over the runs, the bare value for one run, "—" for none."""
     if m["mean"] is None:
         return "—"
     sign = "+" if signed else ""
@@ -98,7 +99,7 @@ def plot_lr_sweep(summary: list[dict], rows: list[dict], path) -> Path:
         ax.minorticks_off()
         ax.set_xlabel("learning rate")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     axes[0].set_yscale("symlog", linthresh=1.0)
     axes[0].axhline(0.0, color="k", lw=0.8)
     axes[1].axhspan(-MATCH_POINTS, MATCH_POINTS, color=PALETTE[1], alpha=0.12)
