@@ -88,6 +88,10 @@ CATALOGUE = [
     PaperFigure("relex_ablations", "RELEX", "Rank and fit ablations",
                 "results.json `relex` rows with `rank`/`fit` keys (several values)",
                 f"rlvr pipeline -m {RELEX_EXP} extrapolate.rank=1,2,5 extrapolate.fit=linear,polynomial hydra/launcher=slurm_gpu (GPU)"),
+    PaperFigure("lr_sweep", "demo", "Where linearity holds: coefficient R² out of sample, RELEX − trained, weight R² "
+                "vs learning rate", "results.json of >= 2 pipeline runs trained at different `train.lr` (keys `train`, "
+                "`linearity.coefficient_r2_out_of_sample`)",
+                "rlvr pipeline -m experiment=demo_lr_sweep train.lr=3e-6,1e-5,3e-5,1e-4 (CPU, docs/where_linearity_holds.md)"),
 ]
 BY_ID = {f.id: f for f in CATALOGUE}
 

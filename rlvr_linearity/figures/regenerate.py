@@ -15,6 +15,7 @@ from typing import Callable
 from rlvr_linearity.errors import ConfigError
 from rlvr_linearity.figures import extrapolation as ext
 from rlvr_linearity.figures import linearity as lin
+from rlvr_linearity.figures import lr_sweep
 from rlvr_linearity.figures import mechanism as mech
 from rlvr_linearity.figures import paper
 from rlvr_linearity.figures import relex
@@ -77,6 +78,7 @@ def regenerate(inputs, out_dir, *, pdf: bool = True, reference: bool = True, rob
         _mechanism_figures(index, files, inputs)
         groups = _results_figures(index, files, inputs, reference)
         _table1(index, files, groups, reference)
+        _lr_sweep(index, files, inputs)
         for p in files["regrounding"][:1]:
             data = check_regrounding(load_json(p), p)
             made = paper.regrounding_figures(data, fig_dir, budgets=table2_budgets, thresholds=fig6_thresholds,
@@ -170,6 +172,13 @@ def _table1(index: Index, files: dict[str, list[Path]], groups: list, reference:
                 t1_inputs += paths
     if t1_rows:
         index.add("lin_table1", paper.table1(t1_rows, index.out_dir, reference=reference), t1_inputs)
+
+
+def _lr_sweep(index: Index, files: dict[str, list[Path]], inputs) -> None:
+    """Where linearity holds: pipeline runs trained at >= 2 learning rates (experiment=demo_lr_sweep)."""
+    runs = [(p, row) for p in files["results"]
+            if isinstance(res := load_json(p), dict) and (row := lr_sweep.sweep_row(res, run_label(p, inputs)))]
+    index.add("lr_sweep", lr_sweep.lr_sweep([row for _, row in runs], index.out_dir), [p for p, _ in runs])
 
 
 def _write_index(index: Index, inputs: list[str], files: dict[str, list[Path]]) -> dict:

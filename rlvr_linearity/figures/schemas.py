@@ -136,7 +136,8 @@ class PipelineResults(TypedDict):
     weight_extrapolation: list[WeightRow]
     logits_extrapolation: NotRequired[list[dict]]  # {base_step, second_step, target, alpha, accuracy}
     reconstruction: NotRequired[list[ReconstructionRow]]
-    linearity: NotRequired[dict]
+    linearity: NotRequired[dict]  # median_r2, frac_above_0.7, coefficient_history, coefficient_r2_out_of_sample, ...
+    train: NotRequired[dict]  # {lr, steps, seed} when the pipeline trained the trajectory (figure lr_sweep)
 
 
 class BenchmarkPair(TypedDict):

@@ -384,7 +384,9 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
         results["reconstruction"] = recon
     if lin is not None:
         results["linearity"] = {"median_r2": lin.get("median"), "frac_above_0.7": (lin.get("frac_above") or {}).get("0.7"),
-                                "mean_r2": lin.get("mean"), "dir": lin.get("dir")}
+                                "mean_r2": lin.get("mean"), "dir": lin.get("dir"), **_coefficient_fit(cfg, lin)}
+    if traj_path:  # trained here: the settings a learning-rate sweep is drawn against
+        results["train"] = {"lr": float(cfg.train.lr), "steps": int(cfg.train.steps), "seed": int(cfg.seed)}
     if mechanism:
         results["mechanism"] = mechanism
     if p.dry_run:
@@ -408,6 +410,15 @@ def run_chain(cfg, out_dir: Path, tracker=None) -> dict:
 
         tell(tracker, p, results, Path(out_dir), bench)
     return results
+
+
+def _coefficient_fit(cfg, lin: dict) -> dict:
+    """Where RELEX's straight line holds: the rank-1 coefficient fitted on steps <=
+    `linearity.coefficient_history` (the RELEX window), scored on the later steps; median over tensors."""
+    oos = (lin.get("lowrank") or {}).get("coefficient_r2_out_of_sample") or {}
+    ins = (lin.get("lowrank") or {}).get("coefficient_r2_in_sample") or {}
+    return {"coefficient_history": cfg.linearity.coefficient_history,
+            "coefficient_r2_in_sample": ins.get("median"), "coefficient_r2_out_of_sample": oos.get("median")}
 
 
 def _eval_steps(p: Pipeline, traj_path: str | None) -> list[tuple[int, str | None]]:

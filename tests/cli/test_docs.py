@@ -19,7 +19,7 @@ TEXT_NAMES = {"Makefile", "run"}
 SKIP_DIRS = {".git", ".venv", "outputs", "logs", "__pycache__", ".pytest_cache"}
 # Markdown files the code writes into output directories: a bare mention names an output, not a doc.
 GENERATED_MD = {"report.md", ".report.md", "README.md", ".README.md", "lin_table1.md", "lin_table2.md",
-                "lin_fig6_speedups.md", "relex_main_table.md", "relex_denoising.md"}
+                "lin_fig6_speedups.md", "relex_main_table.md", "relex_denoising.md", "lr_sweep.md"}
 # First path components that name a place in an output directory, not in the repository.
 OUTPUT_ROOTS = {"DIR", "OUT", "RUN", "outputs", "paper", "figures", "out_dir", "logs", "sweep"}
 # Repository folders whose paths must exist wherever a file names them (`LIN:scripts/x.py`, a path in

@@ -53,6 +53,8 @@ def test_demo_pipeline_small(tmp_path):
     assert 0.0 <= r["linearity"]["median_r2"] <= 1.0 and 0.0 <= r["linearity"]["frac_above_0.7"] <= 1.0
     assert sorted((x["step"], x["rank"]) for x in r["reconstruction"]) == [(2, 1), (2, 2), (6, 1), (6, 2)]
     assert all(acc_ok(x["accuracy"]) and x["weight_error"]["rel_l2"] >= 0 for x in r["reconstruction"])
+    assert r["linearity"]["coefficient_history"] == 3 and r["linearity"]["coefficient_r2_in_sample"] <= 1.0
+    assert r["train"] == {"lr": 3e-5, "steps": 6, "seed": 42}  # what a learning-rate sweep is drawn against
     assert {"train", "linearity", "relex", "total"} <= set(r["timings"])
 
     # every prediction is a loadable model of the base's dtype; the RELEX history-2 run observed 1..2
