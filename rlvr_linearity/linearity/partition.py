@@ -83,6 +83,7 @@ def run_partition(cfg, out_dir) -> dict:
         if _done(out_dir, key):
             log.info("linearity partition %d of %d in %s is complete; nothing to do", part.index, part.count, out_dir)
             return summary
+        (out / MARKER).unlink(missing_ok=True)  # an earlier config's marker must not vouch for shares rewritten below
         lin = cfg.linearity
         if lin.weights:
             weight_state(cfg, traj, selected, out, names=names["weights"]).save(out / STATE)

@@ -4,8 +4,10 @@ The Slurm versions of these runs are in tests/cli/test_slurm.py."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import compose_config, differences, make_trajectory
@@ -125,6 +127,68 @@ def test_multirun_merges_and_a_missing_partition_is_named_then_rerun_alone(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert "merged 3 partitions" in r.stdout
     assert [(partition_dir(out, 3, i) / "linearity" / "partition.json").stat().st_mtime_ns for i in (0, 2)] == done
+    for name in ("weights_r2.json", "lowrank.json"):
+        a = json.loads((single / "linearity" / name).read_text())
+        assert differences(a, json.loads((out / "linearity" / name).read_text())) == [], name
+
+
+def _files(d):
+    return {str(f.relative_to(d)): f.stat().st_mtime_ns for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def test_a_partition_killed_mid_way_is_named_then_rerun_alone(tmp_path, rlvr_cache):
+    """Partition 1 really SIGKILLed mid-way, deterministically: it has written its weight-R² share
+    (over an earlier run's, whose marker it withdrew first) and waits for the Gram cache's lock,
+    which the test holds. The merge then fails with one line naming it and writes nothing; rerun
+    alone (past the locks the killed job left), it completes and the merge equals the single run;
+    partitions 0 and 2 are not touched."""
+    from rlvr_linearity.io import write_json_atomic
+    from rlvr_linearity.linearity.app import analyse, open_checked
+    from rlvr_linearity.linearity.gram import GramCache
+    from rlvr_linearity.linearity.partition import config_key, run_partition
+    from rlvr_linearity.partitions import partition_names
+
+    tt = make_trajectory(tmp_path / "run", steps=STEPS, drift="random", write_json=True)
+    cache, single, out = tmp_path / "cache", tmp_path / "single", tmp_path / "D"
+    part = [f"paths.cache_dir={cache}", "partition.count=3"]  # a fresh Gram cache: no entry covers partition 1
+    analyse(_cfg(tt), single)
+    for i in (0, 2):
+        run_partition(_cfg(tt, *part, f"partition.index={i}"), partition_dir(out, 3, i))
+    others = {i: _files(partition_dir(out, 3, i)) for i in (0, 2)}
+    p1 = partition_dir(out, 3, 1) / "linearity"
+    traj, steps, _ = open_checked(_cfg(tt))
+    earlier = config_key(_cfg(tt, *part, "partition.index=1", "linearity.windows=[all]"), traj)
+    write_json_atomic(p1 / "partition.json", {"key": earlier})  # an earlier run's marker, other options
+    env = {**os.environ, "RLVR_CACHE_DIR": str(rlvr_cache)}
+    common = [f"trajectory.path={tt.path}", "logger=none", "linearity.windows=[3,all]", f"output_dir={out}", *part]
+    gram_cache = GramCache(cache / "grams", traj.fingerprint())
+    gram_lock = gram_cache.claim([s for s in steps if s], partition_names(traj, 3, 1))  # partition 1's Gram entry
+    log = tmp_path / "killed.log"
+    with gram_lock, open(log, "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "rlvr_linearity", "linearity", *common, "partition.index=1"],
+                               stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 120
+            while not (p1 / "weights_state.npz").exists():  # its weight share written, it then waits for the lock
+                assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.05)
+            assert job.poll() is None, f"partition 1 did not wait for the Gram lock: {log.read_text()[-2000:]}"
+            assert not (p1 / "partition.json").exists()  # mid-way, and the earlier run's marker withdrawn
+        finally:
+            job.kill()  # SIGKILL: no handler, no cleanup
+            job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL
+    assert not (p1 / "partition.json").exists() and (p1.parent / ".linearity.lock").exists()  # the lock it left
+    r = _rlvr(*common, "partition.merge=true", env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith("rlvr linearity: error: cannot merge linearity: partition(s) 1 of 3 missing"), lines
+    assert not (out / "linearity").exists() and not (out / "figures").exists()  # nothing merged, nothing half-written
+    r = _rlvr(*common, "partition.index=1", env=env)
+    assert r.returncode == 0 and (p1 / "partition.json").exists(), r.stderr[-2000:]
+    r = _rlvr(*common, "partition.merge=true", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {i: _files(partition_dir(out, 3, i)) for i in (0, 2)} == others  # the rerun and merge touched neither
     for name in ("weights_r2.json", "lowrank.json"):
         a = json.loads((single / "linearity" / name).read_text())
         assert differences(a, json.loads((out / "linearity" / name).read_text())) == [], name
