@@ -128,6 +128,7 @@ def _extrapolate(cfg, out_dir) -> dict:
     if done is not None:  # a rerun of a finished job (a sweep resubmitted, a requeued Slurm job)
         log.info("extrapolate: %s is complete for this config; nothing to do", root)
         return done
+    (root / "extrapolation.json").unlink(missing_ok=True)  # an earlier config's must not vouch for new models
     part = cfg.partition
     names = partition_names(traj, int(part.count), int(part.index)) if part.count > 1 else None
     res, params, steps = METHODS[method](cfg, traj, root, names)
