@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the complete directory `tmp` in place of `out`: the old one is renamed aside first and
+    removed only after the rename, so `out` is always either the old whole or the new whole."""
+    old = None
+    if out.exists():
+        old = out.parent / f"{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

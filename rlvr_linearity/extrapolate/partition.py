@@ -22,7 +22,7 @@ from pathlib import Path
 from rlvr_linearity.errors import writing
 from rlvr_linearity.extrapolate.app import complete, open_keyed
 from rlvr_linearity.extrapolate.relex import ev_summary
-from rlvr_linearity.io import jsonable, write_json_atomic
+from rlvr_linearity.io import jsonable, replace_dir, write_json_atomic
 from rlvr_linearity.partitions import require_complete
 from rlvr_linearity.trajectory.files import INDEX, SINGLE, read_header
 
@@ -94,9 +94,7 @@ def link_model(parts: list[Path], out: Path, order: dict[str, int]) -> None:
             for f in sorted(parts[0].iterdir()):
                 if f.is_file() and f.name != INDEX and f.suffix != ".safetensors":
                     shutil.copy2(f, tmp / f.name)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

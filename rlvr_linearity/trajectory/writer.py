@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from rlvr_linearity.errors import OutputError, RlvrError, writing
+from rlvr_linearity.io import replace_dir
 
 from .files import DTYPE_NAMES, INDEX, SINGLE, ModelFiles, read_header
 
@@ -242,14 +243,8 @@ class ModelWriter:
             index = {"metadata": {"total_size": total}, "weight_map": {n: self._where[n][0] for n in self.tensor_names}}
             (self._tmp / INDEX).write_text(json.dumps(index, indent=2))
         self._copy_aux()
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f"{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.out, old)
-        os.replace(self._tmp, self.out)
+        replace_dir(self._tmp, self.out)
         self._tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
     def _keep_tied(self) -> None:
         """A tied template storing both embedding and lm_head: keep them byte-identical."""
