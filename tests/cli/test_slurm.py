@@ -97,6 +97,17 @@ def slurm_cluster(tmp_path_factory):
         log.close()
 
     def stop():
+        # Let jobs finish their completion first: a slurmd stopped while a step completes leaves
+        # its slurmstepd and srun waiting forever (seen after short runs of this file alone).
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            q = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+            if q.returncode or not q.stdout.strip():
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["scancel", "--user", getpass.getuser()], env=env, capture_output=True)
+            time.sleep(2)
         for p in reversed(procs):
             if p.poll() is None:
                 p.terminate()
